@@ -1,0 +1,1 @@
+"""ZegOT in JAX."""
