@@ -1,0 +1,26 @@
+"""Trains ZegOT: `python train.py --config=configs/coco.py --workdir=runs/coco`.
+
+Flags only; everything else is `zegot_jax.train.loop.train`. Override any field with
+`--config.a.b=value`; a mistyped or wrongly typed field fails at launch (the config is locked).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from zegot_jax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go "
+                               "(a local path or gs://...). An existing run there is resumed.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    loop.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

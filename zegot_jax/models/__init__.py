@@ -1,0 +1,1 @@
+"""The ZegOT segmenter: learned prompts, DLFA, MPOT-refined score maps and losses."""

@@ -1,0 +1,117 @@
+"""Text side of ZegOT: learned prompt contexts (CoOp-style) and hand-crafted templates.
+
+A learned prompt for class k and context n is the token sequence
+`[SOS] ctx_n,1 .. ctx_n,L  <class-name tokens> . [EOT]`: the L context vectors replace the token
+embeddings right after SOS and go through the frozen text transformer. The contexts are shared across
+classes, so a new vocabulary needs no training.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zegot_jax import clip as clip_lib
+
+
+class Trainable(nnx.Param):
+    """Every parameter the optimiser updates: prompt contexts and DLFA projections, nothing else."""
+
+
+def check_vocabulary(class_names: Sequence[str], max_classes: int) -> tuple[str, ...]:
+    """Validates a vocabulary: non-empty, unique, non-blank names, at most `max_classes`."""
+    names = tuple(class_names)
+    if not names:
+        raise ValueError("The class vocabulary is empty: give at least one class name.")
+    blank = [i for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if blank:
+        raise ValueError(f"Class names at positions {blank} are empty or not strings.")
+    seen, dupes = set(), []
+    for n in names:
+        key = n.strip().lower()
+        if key in seen:
+            dupes.append(n)
+        seen.add(key)
+    if dupes:
+        raise ValueError(f"Duplicate class names {sorted(set(dupes))}: each class must appear once.")
+    if len(names) > max_classes:
+        raise ValueError(
+            f"{len(names)} classes exceed model.max_classes={max_classes}; raise it in the config "
+            "(the similarity tensor grows linearly with the vocabulary).")
+    return names
+
+
+def prompt_token_table(class_names: Sequence[str], *, num_context: int,
+                       context_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `[SOS] X*L name . [EOT]` per class, and the EOT positions.
+
+    Args:
+      class_names: K class names.
+      num_context: L, the number of context slots after SOS (filled by learned vectors).
+      context_length: the (possibly shortened) text context length.
+
+    Returns:
+      tokens `[K, context_length]` int32 (slots hold a placeholder id) and eot `[K]` int32.
+    """
+    placeholder = clip_lib.encode("X")[0]
+    period = clip_lib.encode(".")
+    rows, eot = [], []
+    for name in class_names:
+        ids = [clip_lib.SOS, *([placeholder] * num_context), *clip_lib.encode(name), *period,
+               clip_lib.EOT]
+        if len(ids) > context_length:
+            raise ValueError(
+                f"The prompt for class {name!r} needs {len(ids)} tokens but the text context "
+                f"length is {context_length}; raise clip.text_context_length or shorten the name.")
+        eot.append(len(ids) - 1)
+        rows.append(ids + [0] * (context_length - len(ids)))
+    return np.asarray(rows, np.int32), np.asarray(eot, np.int32)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / ||x|| along `axis` (with a small floor against division by zero)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
+
+
+class PromptLearner(nnx.Module):
+    """N learned contexts of L vectors each, `context` `[N, L, W_text]`, shared across classes."""
+
+    def __init__(self, num_prompts: int, num_context: int, width: int, *, init_std: float,
+                 rngs: nnx.Rngs):
+        shape = (num_prompts, num_context, width)
+        self.context = Trainable(init_std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+    def __call__(self, clip: clip_lib.CLIP, tokens: jax.Array, eot: jax.Array) -> jax.Array:
+        """Encodes every (class, prompt) pair with the frozen text tower.
+
+        Args:
+          clip: the frozen CLIP model.
+          tokens: `[K, Lt]` int32 from `prompt_token_table`.
+          eot: `[K]` EOT positions.
+
+        Returns:
+          L2-normalised text features `[K, N, D]`.
+        """
+        context = self.context.value
+        num_prompts, num_context, _ = context.shape
+        k, lt = tokens.shape
+        embedded = clip.embed_tokens(tokens)  # [K, Lt, W]
+        x = jnp.broadcast_to(embedded[None], (num_prompts, *embedded.shape))
+        ctx = jnp.broadcast_to(context[:, None].astype(x.dtype), (num_prompts, k, num_context,
+                                                                 x.shape[-1]))
+        x = x.at[:, :, 1:1 + num_context].set(ctx)
+        feats = clip.encode_embedded_text(x.reshape(num_prompts * k, lt, -1),
+                                          jnp.tile(eot, num_prompts))
+        feats = feats.reshape(num_prompts, k, -1).astype(jnp.float32)
+        return l2_normalize(jnp.swapaxes(feats, 0, 1))
+
+
+def template_features(clip: clip_lib.CLIP, class_names: Sequence[str], templates: Sequence[str],
+                      *, context_length: int) -> jax.Array:
+    """Hand-crafted prompts: each template is one of the N prompts. Returns `[K, T, D]`."""
+    texts = [t.format(name) for name in class_names for t in templates]
+    tokens = jnp.asarray(clip_lib.tokenize(texts, context_length=context_length))
+    feats = clip.encode_text(tokens).astype(jnp.float32)
+    return l2_normalize(feats.reshape(len(class_names), len(templates), -1))

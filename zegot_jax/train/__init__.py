@@ -1,0 +1,1 @@
+"""Training: optimiser and schedule, mesh and shardings, checkpoints, the loop."""

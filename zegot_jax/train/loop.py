@@ -1,0 +1,143 @@
+"""`train(config, workdir)`: the sharded training loop with resume, logging and evaluation.
+
+One jitted step over a data-parallel mesh (see `sharding.py`); the frozen CLIP weights are placed
+replicated once and passed beside the donated train state. Checkpoints hold only what trains plus the
+data iterator state, so a killed run resumes exactly where it stopped.
+"""
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from zegot_jax.evaluation import evaluator
+from zegot_jax.train import checkpoint as ckpt_lib
+from zegot_jax.train import inputs, optim, sharding, step as step_lib
+from zegot_jax.train import state as state_lib
+from zegot_jax.train.metric_writer import MetricWriter
+
+
+class _Preemption:
+    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None) -> None:
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
+            "no checkpoint was written yet"
+        raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
+                                 f"Inf; {kept}. Lower optim.learning_rate or check the data.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
+
+    Returns:
+      The final evaluation summary (also the last row of `workdir/metrics.jsonl`).
+    """
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh()
+    data = inputs.DataSetup.from_config(config)
+    local_batch = sharding.local_batch_size(config.train.global_batch_size, mesh)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+
+    model = state_lib.build_model(config)
+    parts = state_lib.split_model(model)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+    replicated = sharding.replicated(mesh)
+    frozen = jax.device_put(parts.frozen, replicated)
+    state = jax.device_put(step_lib.init_state(parts.params, tx, config.seed), replicated)
+    text_inputs = jax.device_put(model.text_inputs(data.train_classes,
+                                                   config.clip.text_context_length), replicated)
+
+    ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
+    train_iter = data.train_iterator(local_batch, seed=config.seed)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state, _ = ckpt.restore(ckpt_lib.abstract(state), start)
+        train_iter.set_state(data_state)
+    elif config.train.init_from:
+        state = _initialize_from(config.train.init_from, state)
+    start = int(start or 0)
+
+    train_step = jax.jit(
+        step_lib.make_train_step(parts.graphdef, tx, schedule, config,
+                                 pseudo_label_ids=data.pseudo_label_ids),
+        donate_argnums=(0,))
+    writer = MetricWriter(workdir)
+    preempt = _Preemption()
+    num_steps, last_saved = config.train.num_steps, start or None
+    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    tick, tick_step = time.perf_counter(), start
+    try:
+        for step in range(start + 1, num_steps + 1):
+            batch = sharding.to_global(next(train_iter), mesh)
+            state, metrics = train_step(state, frozen, batch, text_inputs)
+            bar.update(1)
+            is_last = step == num_steps
+            should_save = step % config.train.checkpoint_every == 0 or is_last or preempt.requested
+            if step % config.train.log_every == 0 or should_save:
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(host, step, last_saved)
+                now = time.perf_counter()
+                host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / max(
+                    now - tick, 1e-9)
+                tick, tick_step = now, step
+                writer.write(step, host)
+                bar.set_postfix(loss=f"{host['loss']:.4f}")
+            if should_save:
+                ckpt.save(step, state, train_iter.get_state(), config)
+                last_saved = step
+            if preempt.requested:
+                ckpt.wait()
+                writer.write_text(f"preempted at step {step}; checkpoint saved")
+                return {"preempted_at": step}
+            if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
+                _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
+    finally:
+        bar.close()
+        preempt.restore()
+        ckpt.close()
+    summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps)
+    writer.close()
+    return summary
+
+
+def _evaluate(config, data, graphdef, state, frozen, writer, step) -> dict[str, Any]:
+    summary = evaluator.evaluate(config, graphdef, state["params"], frozen,
+                                 data.eval_iterator(), data.class_names, data.unseen,
+                                 seen_penalty=data.seen_penalty(config))
+    writer.write(step, evaluator.flat_row(summary))
+    out = Path(writer.workdir)
+    (out / "results.md").write_text(evaluator.markdown(summary, config))
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _initialize_from(path: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Starts from another run's params (transductive from the inductive checkpoint).
+
+    Only the trainable parameters are taken; the step and optimizer state start fresh.
+    """
+    source = ckpt_lib.Checkpointer(path, async_save=False)
+    restored, _, _ = source.restore(ckpt_lib.abstract(state))
+    source.close()
+    return {**state, "params": restored["params"]}

@@ -1,0 +1,63 @@
+"""The one module that names mesh axes: a data-parallel mesh over every device of every process.
+
+Parameters, optimizer state and the frozen CLIP weights are replicated; batches are sharded on the
+leading axis over `DATA`. Each process contributes its own local slice of the global batch.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls `jax.distributed.initialize()` when launched as one of several processes.
+
+    Cloud TPU pods are detected by JAX itself; elsewhere set `JAX_COORDINATOR_ADDRESS`,
+    `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (the test suite does this for two local processes).
+    """
+    if jax.distributed.is_initialized():
+        return
+    num = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num > 1:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=num,
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over all devices of all processes, axis `DATA`."""
+    return Mesh(np.asarray(jax.devices()), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of everything that is not a batch."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of batches: leading axis split over `DATA`."""
+    return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """This process's share of the global batch; fails clearly when it does not divide."""
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise ValueError(f"train.global_batch_size={global_batch_size} is not divisible by the "
+                         f"{devices} devices of the mesh; pick a multiple of {devices}.")
+    return global_batch_size // jax.process_count()
+
+
+def to_global(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's local batch into global arrays sharded over `DATA`."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}

@@ -1,0 +1,70 @@
+"""Building the model from a config and splitting it into trainable and frozen state.
+
+`nnx.split(model, Trainable, ...)` gives three things: the static graph, the `Trainable` state (prompt
+contexts and DLFA projections: the only thing differentiated, optimised and checkpointed) and the
+frozen rest (CLIP), which is replicated once and passed beside the train state.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from zegot_jax import clip as clip_lib
+from zegot_jax.models.prompts import Trainable
+from zegot_jax.models.zegot import ZegOT
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """The backbone's compute dtype named by `clip.dtype`."""
+    if config.clip.dtype not in DTYPES:
+        raise ValueError(f"clip.dtype={config.clip.dtype!r}: use one of {sorted(DTYPES)}.")
+    return DTYPES[config.clip.dtype]
+
+
+def load_clip(config: ml_collections.ConfigDict) -> clip_lib.CLIP:
+    """The frozen backbone named by `clip.weights`.
+
+    'random:<variant>' builds a randomly initialised CLIP (tests, smoke runs); 'synthetic' is the
+    synthetic world's small CLIP (pretrained and cached on first use); anything else is a path or a
+    Hugging Face hub id given to `zegot_jax.clip.load`.
+    """
+    weights, dtype = config.clip.weights, compute_dtype(config)
+    if weights.startswith("random:"):
+        spec = clip_lib.get_spec(weights.split(":", 1)[1])
+        return clip_lib.CLIP(spec, rngs=nnx.Rngs(config.seed), dtype=dtype)
+    if weights == "synthetic":
+        from zegot_jax.synthetic import pretrain  # noqa: PLC0415 (only the synthetic world needs it)
+
+        return pretrain.pretrained_clip(config.synthetic.pretrain, dtype=dtype)
+    return clip_lib.load(weights, dtype=dtype)
+
+
+class SplitModel(NamedTuple):
+    """A ZegOT model in pieces: `nnx.merge(graphdef, params, frozen)` rebuilds it."""
+
+    graphdef: Any
+    params: nnx.State  # Trainable only
+    frozen: nnx.State  # CLIP and everything else
+
+
+def build_model(config: ml_collections.ConfigDict, clip: clip_lib.CLIP | None = None) -> ZegOT:
+    """The segmenter around `clip` (loaded from the config when not given)."""
+    clip = clip if clip is not None else load_clip(config)
+    frozen_cfg = ml_collections.FrozenConfigDict(config.model)
+    return ZegOT(clip, frozen_cfg, rngs=nnx.Rngs(params=jax.random.key(config.seed)))
+
+
+def split_model(model: ZegOT) -> SplitModel:
+    """Splits into graph, `Trainable` state and frozen state."""
+    graphdef, params, frozen = nnx.split(model, Trainable, ...)
+    return SplitModel(graphdef, params, frozen)
+
+
+def merge(graphdef: Any, params: nnx.State, frozen: nnx.State) -> ZegOT:
+    """Inverse of `split_model`."""
+    return nnx.merge(graphdef, params, frozen)

@@ -1,0 +1,102 @@
+"""The jitted train step: forward, loss (with transductive pseudo-labels), AdamW update.
+
+The step is a pure function of `(state, frozen, batch, text_inputs)`; `state` holds the trainable
+parameters, the optimizer state, the step and the RNG key and is donated. Gradients are taken with
+respect to `state['params']` only, so CLIP's weights are never differentiated or updated.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from zegot_jax.models.losses import segmentation_loss
+from zegot_jax.train.state import merge
+
+
+def upsample(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of `[B, K, h, w]` maps to `[B, K, *size]` (half-pixel centres)."""
+    b, k = logits.shape[:2]
+    return jax.image.resize(logits, (b, k, *size), method="bilinear")
+
+
+def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) -> jax.Array:
+    """Transductive self-training: pixels of unseen classes take the model's own argmax over them.
+
+    Args:
+      logits: `[B, K, H, W]` scores over all classes.
+      labels: `[B, H, W]` full-space ids (255 ignore).
+      unseen: ids of the unseen classes.
+
+    Returns:
+      labels with every unseen-class pixel replaced by the unseen class the model scores highest
+      (no gradient, no threshold).
+    """
+    ids = jnp.asarray(unseen, jnp.int32)
+    best = jnp.argmax(jax.lax.stop_gradient(logits[:, ids]), axis=1)
+    is_unseen = jnp.isin(labels, ids)
+    return jnp.where(is_unseen, ids[best], labels)
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:
+    """The train state: step, trainable params, optimizer state, RNG key."""
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, *,
+                    pseudo_label_ids: Sequence[int] = ()) -> Callable:
+    """Returns `step(state, frozen, batch, text_inputs) -> (state, metrics)` (not yet jitted).
+
+    Args:
+      graphdef: the model graph from `split_model`.
+      tx: the optimiser; schedule: its learning rate (for logging).
+      config: the experiment config (reads `loss`).
+      pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
+    """
+    loss_cfg = config.loss
+    pseudo = tuple(int(i) for i in pseudo_label_ids)
+
+    def loss_fn(params, frozen, batch, text_inputs):
+        model = merge(graphdef, params, frozen)
+        out = model(batch["image"], text_inputs)
+        size = batch["label"].shape[1:]
+        logits = upsample(out.logits, size)
+        labels = batch["label"]
+        if pseudo:
+            labels = pseudo_label(logits, labels, pseudo)
+
+        def loss_of(x):
+            return segmentation_loss(
+                x, labels, focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
+                alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
+                ignore_as_negative=loss_cfg.ignore_as_negative)
+
+        loss, aux = loss_of(logits)
+        if loss_cfg.layer_weight > 0:
+            for layer_logits in out.layer_logits:
+                loss = loss + loss_cfg.layer_weight * loss_of(upsample(layer_logits, size))[0]
+        return loss, aux
+
+    def step(state, frozen, batch, text_inputs):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], frozen, batch, text_inputs)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {
+            "loss": loss,
+            "focal": aux["focal"],
+            "dice": aux["dice"],
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "learning_rate": schedule(state["step"]),
+        }
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                     "rng": state["rng"]}
+        return new_state, metrics
+
+    return step
