@@ -7,6 +7,8 @@ both commands are safe to run again. Extra arguments are passed on: `python3 dev
 `python3 dev.py demo --config.train.num_steps=50`.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import subprocess
@@ -30,7 +32,7 @@ def _run(cmd: list[str], **kwargs) -> None:
 
 def ensure_env(extra: str | None) -> None:
     """Creates the virtual environment and installs the project when needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py may be run by an older python3)
         sys.exit(f"zegot_jax needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     if not PYTHON.exists():
         print(f"Creating a virtual environment in {VENV} ...", flush=True)

@@ -130,8 +130,8 @@ def apply_variants(c: ml_collections.ConfigDict, words: set[str], *,
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
     """A few steps of a tiny random CLIP on tiny random data, on CPU, in seconds."""
     c.clip.weights = "random:tiny"
-    c.clip.text_context_length = 24
-    c.model.layers = (0, 1)
+    c.clip.text_context_length = 16
+    c.model.layers = (1, 2)
     c.model.num_prompts = 2
     c.model.context_tokens = 4
     c.model.ot.num_iterations = 5

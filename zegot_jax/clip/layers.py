@@ -54,10 +54,17 @@ class MultiheadAttention(nnx.Module):
             `[B, T, W]`.
         """
         b, t, w = x.shape
-        qkv = self.in_proj(x).reshape(b, t, 3, self.heads, w // self.heads)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(out.reshape(b, t, w))
+        head_dim = w // self.heads
+        # Heads-first batched matmuls: on XLA:CPU about 2x faster than dot_product_attention's
+        # [B, T, N, H] layout at 1025 tokens (ViT-B/16 at 512x512, measured on 2 cores).
+        qkv = self.in_proj(x).reshape(b, t, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]  # [B, N, T, H]
+        logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)  # [B, N, T, T]
+        if causal:
+            logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
+        return self.out_proj(out)
 
     def value_path(self, x: jax.Array) -> jax.Array:
         """Value projection then output projection, without any mixing of tokens.

@@ -32,7 +32,8 @@ def check_images(images, patch_size: int) -> None:
         raise TypeError(f'images must be an array [B, H, W, 3], got {type(images).__name__}.')
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f'images have dtype {dtype}; expected float [B, H, W, 3] normalised with CLIP mean/std. '
+            f'images have dtype {dtype}; expected float [B, H, W, 3] normalised with CLIP '
+            'mean/std. '
             'Convert uint8 images with zegot_jax.clip.normalize(images).'
         )
     if len(shape) != 4:

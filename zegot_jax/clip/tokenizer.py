@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import itertools
 import pathlib
 from collections.abc import Sequence
 
@@ -75,7 +76,7 @@ class BPETokenizer:
         parts = [*word[:-1], word[-1] + '</w>']
         ranks, unranked = self.ranks, len(self.ranks)
         while len(parts) > 1:
-            best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, unranked))
+            best = min(itertools.pairwise(parts), key=lambda pair: ranks.get(pair, unranked))
             if best not in ranks:
                 break
             merged, i = [], 0
@@ -103,7 +104,8 @@ class BPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Approximate inverse of `encode` (cleaning is lossy); padding zeros should be removed."""
         text = ''.join(self.decoder[int(i)] for i in ids)
-        data = bytearray(self.byte_decoder[c] for c in text.replace('</w>', self.byte_encoder[ord(' ')]))
+        text = text.replace('</w>', self.byte_encoder[ord(' ')])
+        data = bytearray(self.byte_decoder[c] for c in text)
         return data.decode('utf-8', errors='replace').strip()
 
 

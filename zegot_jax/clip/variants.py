@@ -50,7 +50,8 @@ class CLIPSpec:
         for tower in ('vision', 'text'):
             width, heads = getattr(self, f'{tower}_width'), getattr(self, f'{tower}_heads')
             if heads < 1 or width % heads:
-                raise ValueError(f'{tower}_width {width} is not divisible by {tower}_heads {heads}.')
+                raise ValueError(
+                    f'{tower}_width {width} is not divisible by {tower}_heads {heads}.')
 
     @property
     def grid_size(self) -> int:

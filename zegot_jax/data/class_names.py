@@ -5,8 +5,9 @@ sees them verbatim: VOC keeps 'pottedplant', 'diningtable', 'tvmonitor'; PASCAL 
 'pottedplant' and 'tvmonitor' except the one name the zero-shot peers write out ('tv monitor');
 COCO-Stuff keeps the hyphenated stuff names ('wall-concrete', 'sky-other').
 
-Unseen indices are 0-based positions in each tuple (method.md, section 4). ADE20K-150 is used for
-cross-dataset evaluation only: it has no seen/unseen split, so every class counts as unseen there.
+Unseen indices are 0-based positions in each tuple (method.md, section 4). ADE20K-150 serves
+cross-dataset evaluation only and has no split: its unseen tuple is empty (as ZegCLIP's
+cross-dataset configs, `novel_class = []`), and one reports the mIoU over all 150 classes.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ UNSEEN: dict[str, tuple[int, ...]] = {
     'voc': (15, 16, 17, 18, 19),
     'context': (0, 6, 7, 14, 19, 24, 31, 33, 48, 54),
     'coco_stuff': (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160),
-    'ade20k': tuple(range(150)),
+    'ade20k': (),
 }
 
 DATASETS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {

@@ -5,14 +5,17 @@ resolution, sigmoid, minus `seen_penalty` on seen classes (inductive calibration
 the confusion matrix accumulates on device and yields mIoU(S), mIoU(U), hIoU and pixel accuracy.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import metrics, sliding
@@ -73,14 +76,20 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
     conf = jnp.zeros((k, k), jnp.int32)
     count = 0
     for ex in tqdm(examples, desc="eval", unit="img", disable=jax.process_index() != 0):
+        if not ex.get("valid", True):  # padding slot of an uneven per-process shard
+            continue
         image = jnp.asarray(ex["image"])[None]
         label = np.asarray(ex["label"])
         scores = predict(params, frozen, text, image, label.shape)
         pred = jnp.argmax(scores - penalty[:, None, None], axis=0)
         conf = conf + metrics.confusion_matrix(pred, jnp.asarray(label), k)
         count += 1
-    summary = metrics.summarize(np.asarray(conf), class_names, unseen)
-    summary["num_images"] = count
+    conf, count = np.asarray(conf), np.asarray(count)
+    if jax.process_count() > 1:  # each process scored its own shard
+        conf = multihost_utils.process_allgather(conf).sum(0)
+        count = multihost_utils.process_allgather(count).sum()
+    summary = metrics.summarize(conf, class_names, unseen)
+    summary["num_images"] = int(count)
     return summary
 
 
@@ -100,3 +109,13 @@ def markdown(summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
             f"{100 * summary['hiou']:.1f} | {100 * summary['pixel_acc']:.1f} | "
             f"{summary.get('num_images', '')} |\n\n")
     return head + metrics.markdown_table(summary) + "\n"
+
+
+def write_results(out_dir: str, summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+    """Writes `results.md` and `results.json` into `out_dir`; returns the Markdown."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(summary, config)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return text

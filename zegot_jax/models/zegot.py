@@ -78,14 +78,12 @@ class ZegOT(nnx.Module):
         self.clip = clip
         self.config = config
         self.layers = tuple(int(i) for i in config.layers)
-        self.prompt_learner = None
-        if config.prompts == "learned":
-            self.prompt_learner = prompts_lib.PromptLearner(
-                config.num_prompts, config.context_tokens, spec.text_width,
-                init_std=config.prompt_init_std, rngs=rngs)
-        self.alignment = None
-        if config.alignment:
-            self.alignment = nnx.List([Alignment(spec.embed_dim, rngs=rngs) for _ in self.layers])
+        self.prompt_learner = nnx.data(prompts_lib.PromptLearner(
+            config.num_prompts, config.context_tokens, spec.text_width,
+            init_std=config.prompt_init_std, rngs=rngs) if config.prompts == "learned" else None)
+        self.alignment = nnx.data(
+            nnx.List([Alignment(spec.embed_dim, rngs=rngs) for _ in self.layers])
+            if config.alignment else None)
 
     @property
     def num_prompts(self) -> int:

@@ -59,7 +59,7 @@ def noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     n = int(np.prod(shape))
     if n > _BANK_SIZE:
         return rng.standard_normal(shape, dtype=np.float32)
-    start = int(rng.integers(0, _BANK_SIZE - n + 1))
+    start = int(rng.random() * (_BANK_SIZE - n))  # one draw whatever the shape
     return _noise_bank()[start:start + n].reshape(shape)
 
 
@@ -73,6 +73,14 @@ def _unit_power(u: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
             out = out * base
         base, k = base * base, k >> 1
     return out
+
+
+def _coarse(grid: Grid, cells: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour upsampling of an `[n, n]` array of cells to the pixel grid `[H, W]`."""
+    n = cells.shape[0]
+    rows = np.minimum((grid[0][:, 0] * n).astype(np.int32), n - 1)
+    cols = np.minimum((grid[1][0] * n).astype(np.int32), n - 1)
+    return cells[rows[:, None], cols[None, :]]
 
 
 def _frame(grid: Grid, cy: float, cx: float, angle: float) -> Grid:
@@ -154,21 +162,18 @@ def blob(grid, rng, cy, cx, r, angle):
 
 def shaded(grid, rng, base, fp):
     """Base colour, darker towards the rim (a lit round object)."""
-    shade = 1.04 - 0.22 * np.clip(fp.radial, 0, 1) ** 2
+    shade = 1.03 - 0.13 * np.clip(fp.radial, 0, 1) ** 2
     return base * shade[..., None]
 
 
 def speckled(grid, rng, base, fp, spot=(0.4, 0.25, 0.12), density=0.2):
     """Shaded base with sparse dark spots whose colour is `spot` times the base (cookie chips)."""
     out = shaded(grid, rng, base, fp)
-    size = grid[0].shape[0]
-    cell = max(size // 16, 1)
-    coarse = rng.random(((size + cell - 1) // cell,) * 2) < density
-    chips = coarse.repeat(cell, 0).repeat(cell, 1)[:size, :size]
+    chips = _coarse(grid, rng.random((16, 16)) < density)
     return np.where(chips[..., None], base * np.asarray(spot, np.float32), out)
 
 
-def grainy(grid, rng, base, fp, amount=22.0):
+def grainy(grid, rng, base, fp, amount=12.0):
     """Base colour with strong per-pixel grey noise (rock)."""
     grain = amount * noise(rng, grid[0].shape)
     return shaded(grid, rng, base, fp) + grain[..., None]
@@ -183,23 +188,23 @@ def treaded(grid, rng, base, fp):
 
 def ridged(grid, rng, base, fp):
     """Shaded base with faint ridges across the object's long axis (carrot)."""
-    ridges = 0.88 + 0.12 * (np.sin(fp.u * 90 + float(rng.uniform(0, 6.3))) > 0.5)
+    ridges = 0.92 + 0.08 * (np.sin(fp.u * 90 + float(rng.uniform(0, 6.3))) > 0.5)
     return shaded(grid, rng, base, fp) * ridges[..., None]
 
 
 def gradient_sky(grid, rng, base, fp):
     """Smooth vertical gradient, darker at the top."""
     y, _ = grid
-    t = (0.82 + 0.3 * y)[..., None]
+    t = (0.9 + 0.16 * y)[..., None]
     return base * t
 
 
 def blades(grid, rng, base, fp):
     """Vertical streaks of varying brightness (grass)."""
     size = grid[0].shape[0]
-    column = rng.normal(1.0, 0.18, size).astype(np.float32)
+    column = 1.0 + 0.18 * noise(rng, (1, size))
     pixel = 0.08 * noise(rng, (size, size))
-    return base * np.clip(column[None, :] + pixel, 0.55, 1.45)[..., None]
+    return base * np.clip(column + pixel, 0.55, 1.45)[..., None]
 
 
 def speckles(grid, rng, base, fp):
@@ -219,8 +224,5 @@ def waves(grid, rng, base, fp):
 
 def mottled(grid, rng, base, fp):
     """Near-white with faint bluish low-frequency mottling (snow)."""
-    size = grid[0].shape[0]
-    coarse = rng.random((4, 4)).astype(np.float32)
-    cell = size // 4 + 1
-    fine = coarse.repeat(cell, 0).repeat(cell, 1)[:size, :size]
+    fine = _coarse(grid, rng.random((4, 4)).astype(np.float32))
     return base - (14.0 * fine)[..., None] * np.float32([1.0, 0.7, 0.2])

@@ -5,7 +5,6 @@ replicated once and passed beside the donated train state. Checkpoints hold only
 data iterator state, so a killed run resumes exactly where it stopped.
 """
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -18,8 +17,9 @@ from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import evaluator
 from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import inputs, optim, sharding, step as step_lib
+from zegot_jax.train import inputs, optim, sharding
 from zegot_jax.train import state as state_lib
+from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
 
 
@@ -126,9 +126,7 @@ def _evaluate(config, data, graphdef, state, frozen, writer, step) -> dict[str, 
                                  data.eval_iterator(), data.class_names, data.unseen,
                                  seen_penalty=data.seen_penalty(config))
     writer.write(step, evaluator.flat_row(summary))
-    out = Path(writer.workdir)
-    (out / "results.md").write_text(evaluator.markdown(summary, config))
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    evaluator.write_results(writer.workdir, summary, config)
     return summary
 
 

@@ -1,0 +1,145 @@
+"""`zegot_jax.inference`: loading a run, any vocabulary, any image size, no recompilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+import pytest
+from inference_fixtures import random_image, save_run, smoke_config
+
+from zegot_jax import inference
+from zegot_jax.data import class_names, transforms
+from zegot_jax.train import state as state_lib
+from zegot_jax.train import step as step_lib
+
+VOCAB = ["cat", "dog", "grass"]  # cat and dog are seen VOC classes; grass is new
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_clip):
+    """A saved smoke run and the split model it holds."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = smoke_config()
+    return workdir, config, save_run(workdir, config, tiny_clip)
+
+
+@pytest.fixture(scope="module")
+def segmenter(run):
+    workdir, _, _ = run
+    return inference.Segmenter.from_run(workdir)
+
+
+def test_from_run_restores_saved_params_and_config(run, segmenter):
+    _, config, parts = run
+    for got, want in zip(jax.tree.leaves(segmenter.params), jax.tree.leaves(parts.params),
+                         strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert segmenter.config.model.layers == tuple(config.model.layers)
+    assert segmenter.config.eval.crop == config.eval.crop
+    assert segmenter.run_class_names == tuple(class_names.VOC20)
+
+
+def test_segment_shapes_calibration_and_details(segmenter):
+    image = random_image(50, 70)
+    result = segmenter.segment(image, VOCAB, details=True)
+    k, n = len(VOCAB), segmenter.config.model.num_prompts
+    assert result.class_names == tuple(VOCAB)
+    assert result.label_map.shape == (50, 70) and result.label_map.dtype == np.int32
+    assert result.scores.shape == (k, 50, 70)
+    assert ((result.scores > 0) & (result.scores < 1)).all()
+    # Seen classes lose eval.seen_penalty before the arg-max (as in evaluation); grass does not.
+    penalty = np.asarray([0.1, 0.1, 0.0])[:, None, None]
+    np.testing.assert_array_equal(result.label_map, np.argmax(result.scores - penalty, axis=0))
+    plain = segmenter.segment(image, VOCAB, calibrate=False)
+    np.testing.assert_array_equal(plain.label_map, np.argmax(plain.scores, axis=0))
+    assert plain.similarity is None and plain.plan is None
+    # Token-resolution maps of the whole-image pass (short side 32 -> 32 x 45 -> 32 x 48, patch 8).
+    num_layers = len(segmenter.config.model.layers)
+    assert result.similarity.shape == result.plan.shape == (num_layers, k, 4, 6, n)
+    assert result.layer_logits.shape == (num_layers, k, 4, 6)
+    np.testing.assert_allclose(result.plan.sum(-1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(result.layer_logits, n * (result.plan * result.similarity).sum(-1),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_padding_does_not_change_scores(segmenter):
+    """A 32 x 32 image is one crop: the scores equal the model's own unpadded forward pass."""
+    image = random_image(32, 32, seed=1)
+    result = segmenter.segment(image, VOCAB, calibrate=False)
+    tokens = segmenter.model.text_inputs(VOCAB, segmenter.config.clip.text_context_length)
+    assert segmenter.text_features(VOCAB).shape[0] == 8
+
+    @jax.jit
+    def forward(params, frozen, tokens, images):
+        model = state_lib.merge(segmenter.graphdef, params, frozen)
+        logits = model(images, tokens).logits  # 3 classes, no padding
+        return jax.nn.sigmoid(step_lib.upsample(logits, (32, 32)))[0]
+
+    want = forward(segmenter.params, segmenter.frozen, tokens,
+                   jnp.asarray(transforms.normalize(image))[None])
+    np.testing.assert_allclose(result.scores, np.asarray(want), atol=2e-5)
+
+
+def test_same_bucket_and_size_do_not_recompile(segmenter):
+    image = random_image(50, 70, seed=2)
+    segmenter.segment(image, ["sky", "tree"])
+    before = segmenter.num_compilations()
+    features = segmenter.text_features(["sky", "tree"])
+    assert segmenter.text_features(["sky", "tree"]) is features  # cached per vocabulary
+    for vocab in (["a", "b", "c", "d", "e"], ["boat", "water"], ["x", "y", "z", "w"]):
+        result = segmenter.segment(image, vocab)
+        assert result.scores.shape == (len(vocab), 50, 70)
+    assert segmenter.num_compilations() == before
+    segmenter.text_features([f"class {i}" for i in range(9)])  # the next bucket compiles anew
+    assert segmenter.num_compilations() == before + 1
+
+
+def test_image_kinds_agree(segmenter, tmp_path):
+    rgb = random_image(50, 70, seed=3)
+    path = tmp_path / "im.png"
+    PIL.Image.fromarray(rgb).save(path)
+    rgba = np.concatenate([rgb, np.full((50, 70, 1), 7, np.uint8)], axis=-1)
+    want = segmenter.segment(rgb, VOCAB).scores
+    for image in (str(path), path, PIL.Image.fromarray(rgb), rgba):
+        np.testing.assert_allclose(segmenter.segment(image, VOCAB).scores, want, atol=1e-6)
+    grey = inference.load_image(rgb[..., 0])
+    assert grey.shape == (50, 70, 3) and (grey[..., 2] == rgb[..., 0]).all()
+
+
+def test_bad_inputs_fail_clearly(segmenter, tmp_path):
+    image = random_image(32, 32)
+    with pytest.raises(ValueError, match="empty"):
+        segmenter.segment(image, [])
+    with pytest.raises(ValueError, match="Duplicate"):
+        segmenter.segment(image, ["cat", "Cat"])
+    with pytest.raises(TypeError, match="uint8"):
+        inference.load_image(image.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="shape"):
+        inference.load_image(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference.load_image(tmp_path / "missing.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="Cannot read"):
+        inference.load_image(tmp_path / "notes.png")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference.Segmenter.from_run(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        inference.Segmenter.from_run(tmp_path)
+
+
+def test_processed_size_follows_eval_protocol():
+    assert inference.processed_size(50, 70, short_side=32, patch=8, whole=False) == (32, 45)
+    assert inference.processed_size(50, 70, short_side=32, patch=8, whole=True) == (32, 48)
+    # The long side is capped at 4 x the short side, as in evaluation.
+    assert inference.processed_size(10, 1000, short_side=32, patch=8, whole=False) == (1, 128)
+    assert inference.processed_size(10, 1000, short_side=32, patch=8, whole=True) == (8, 128)
+
+
+def test_from_model_wraps_in_memory_model(tiny_clip):
+    config = smoke_config()
+    config.eval.mode = "whole"
+    model = state_lib.build_model(config, tiny_clip)
+    seg = inference.Segmenter.from_model(model, config, vocab_bucket=4)
+    result = seg.segment(random_image(20, 30), ["sky", "sea"])
+    assert result.label_map.shape == (20, 30)
+    assert seg.text_features(["sky", "sea"]).shape[0] == 4

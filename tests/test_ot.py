@@ -1,0 +1,237 @@
+"""Tests for zegot_jax.ot: MPOT against POT, finite differences and a plain JAX loop."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot as pot
+import pytest
+
+import zegot_jax.ot as zot
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _similarity(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    """Cosine-like similarities in [-scale, scale], float64."""
+    return scale * np.random.default_rng(seed).uniform(-1.0, 1.0, shape)
+
+
+def _pot_plan(s: np.ndarray, epsilon: float, num_iterations: int) -> np.ndarray:
+    m, n = s.shape
+    a, b = np.full(m, 1.0 / m), np.full(n, 1.0 / n)
+    return pot.sinkhorn(a, b, 1.0 - s, reg=epsilon, method="sinkhorn_log",
+                        numItermax=num_iterations, stopThr=0.0, warn=False)
+
+
+@pytest.mark.parametrize("num_iterations", [1, 37, 100])
+def test_exact_iteration_count_matches_pot_float64(x64, num_iterations):
+    # POT updates in the same order from the same start, so equal counts give equal plans; an
+    # iteration more or less would differ by far more than the tolerance.
+    s = _similarity(0, (40, 3))
+    out = zot.mpot(jnp.asarray(s), epsilon=0.05, num_iterations=num_iterations,
+                   dtype=jnp.float64)
+    assert int(out.iterations) == num_iterations
+    expected = _pot_plan(s, 0.05, num_iterations)
+    np.testing.assert_allclose(np.asarray(out.plan) * s.size, expected * s.size, atol=1e-10)
+    other = _pot_plan(s, 0.05, num_iterations + 1)
+    assert np.abs(other - expected).max() * s.size > 1e-8
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.02])
+def test_float32_plan_within_1e4_of_cell_mass_of_pot(epsilon):
+    s = _similarity(1, (256, 4))
+    out = zot.mpot(jnp.asarray(s), epsilon=epsilon, num_iterations=100)
+    assert out.plan.dtype == jnp.float32 and out.score.dtype == jnp.float32
+    expected = _pot_plan(s, epsilon, 100)
+    cell = 1.0 / s.size
+    assert np.abs(np.asarray(out.plan, np.float64) - expected).max() < 1e-4 * cell
+    ref = zot.sinkhorn_log_reference(jnp.asarray(1.0 - s, jnp.float32), epsilon=epsilon,
+                                     num_iterations=100)
+    assert np.abs(np.asarray(ref, np.float64) - expected).max() < 1e-4 * cell
+
+
+def test_marginals_score_and_entropy(x64):
+    s = _similarity(2, (50, 4))
+    out = zot.mpot(jnp.asarray(s), epsilon=0.05, num_iterations=300, dtype=jnp.float64)
+    plan = np.asarray(out.plan)
+    np.testing.assert_allclose(plan.sum(1), 1 / 50, atol=1e-12)  # f is updated last
+    np.testing.assert_allclose(plan.sum(0), 1 / 4, atol=1e-8)
+    assert float(out.marginal_error) < 1e-7
+    np.testing.assert_allclose(out.score, 200 * (plan * s).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(out.entropy, -(plan * np.log(plan)).sum(), rtol=1e-10)
+    # OT moves each pixel's mass towards its most similar prompts: the score beats the mean.
+    assert float(out.score.mean()) > float(s.sum(1).mean()) + 0.1
+
+
+def test_uniform_is_sum_over_prompts_exactly():
+    s = jnp.asarray(_similarity(3, (2, 5, 30, 4)), jnp.float32)
+    out = zot.mpot(s, epsilon=0.05, num_iterations=10, uniform=True)
+    np.testing.assert_array_equal(out.score, s.sum(-1))
+    np.testing.assert_array_equal(out.plan, np.full(s.shape, 1 / 120, np.float32))
+    np.testing.assert_allclose(out.entropy, np.log(120.0), rtol=1e-6)
+    assert out.score.shape == (2, 5, 30) and int(out.iterations.max()) == 0
+    w = jnp.asarray(_similarity(4, (2, 5, 30)), jnp.float32)
+    grad = jax.grad(lambda x: jnp.sum(w * zot.mpot(x, epsilon=0.05, num_iterations=10,
+                                                   uniform=True).score))(s)
+    np.testing.assert_allclose(grad, jnp.broadcast_to(w[..., None], s.shape), rtol=1e-6)
+
+
+@jax.jit
+def _loss(s, w):
+    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64).score)
+
+
+@jax.jit
+def _loss_stop_gradient(s, w):
+    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64,
+                                plan_gradient=False).score)
+
+
+def test_unrolled_gradient_matches_central_differences(x64):
+    # Also guards ott 0.6.0's fixed-scan backward, which is wrong with more than one outer step.
+    s = jnp.asarray(_similarity(5, (6, 3)))
+    w = jnp.asarray(_similarity(6, (6,)))
+    grad = np.asarray(jax.grad(_loss)(s, w))
+    h = 1e-6
+    fd = np.zeros(s.shape)
+    for idx in np.ndindex(*s.shape):
+        e = jnp.zeros(s.shape).at[idx].set(h)
+        fd[idx] = (_loss(s + e, w) - _loss(s - e, w)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, atol=1e-7 * np.abs(fd).max())
+    ref_grad = jax.grad(lambda x: jnp.sum(w * 18 * jnp.sum(
+        zot.sinkhorn_log_reference(1 - x, epsilon=0.1, num_iterations=60) * x, -1)))(s)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_stop_gradient_plan_matches_analytic_formula(x64):
+    s = jnp.asarray(_similarity(7, (6, 3)))
+    w = jnp.asarray(_similarity(8, (6,)))
+    grad = jax.grad(_loss_stop_gradient)(s, w)
+    plan = zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64).plan
+    np.testing.assert_allclose(grad, 18 * plan * w[:, None], rtol=1e-12)
+    assert np.abs(grad - jax.grad(_loss)(s, w)).max() > 1e-3  # the two choices really differ
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7])
+def test_implicit_gradient_matches_unrolled_when_converged(x64, tau):
+    s = jnp.asarray(_similarity(9, (12, 4)))
+    w = jnp.asarray(_similarity(10, (12,)))
+
+    def loss(x, implicit):
+        return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=400, tau=tau,
+                                    implicit_diff=implicit, dtype=jnp.float64).score)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    unrolled, implicit = grad(s, False), grad(s, True)
+    np.testing.assert_allclose(implicit, unrolled, atol=1e-6 * np.abs(unrolled).max())
+
+
+def test_implicit_float32_finite_and_close():
+    s = jnp.asarray(_similarity(11, (256, 4)), jnp.float32)
+
+    def loss(x, implicit):
+        return jnp.sum(zot.mpot(x, epsilon=0.05, num_iterations=100,
+                                implicit_diff=implicit).score)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    unrolled, implicit = grad(s, False), grad(s, True)
+    assert bool(jnp.isfinite(implicit).all())
+    np.testing.assert_allclose(implicit, unrolled, atol=1e-3 * float(jnp.abs(unrolled).max()))
+
+
+def test_no_nan_at_small_epsilon_float32():
+    s = jnp.asarray(_similarity(12, (2, 1024, 4)), jnp.float32)
+    w = jnp.asarray(_similarity(13, (2, 1024)), jnp.float32)
+
+    def loss(x):
+        out = zot.mpot(x, epsilon=0.01, num_iterations=100)
+        return jnp.sum(w * out.score), out
+
+    (value, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(s)
+    assert np.isfinite(float(value))
+    for x in (out.score, out.plan, out.entropy, out.marginal_error, grad):
+        assert bool(jnp.isfinite(x).all())
+    np.testing.assert_allclose(out.plan.sum(-1), 1 / 1024, rtol=1e-3)
+    assert float(jnp.abs(grad).max()) > 0
+
+
+def test_unbalanced_relaxes_marginals_and_tau_one_is_balanced(x64):
+    s = jnp.asarray(_similarity(14, (30, 4)))
+    solve = jax.jit(lambda x, tau: zot.mpot(x, epsilon=0.05, num_iterations=300, tau=tau,
+                                            dtype=jnp.float64), static_argnums=1)
+    np.testing.assert_array_equal(solve(s, 1.0).plan, solve(s, None).plan)
+    errors = [float(solve(s, t).marginal_error) for t in (1.0, 0.99, 0.9, 0.5)]
+    assert errors[0] < 1e-9 and all(e1 < e2 for e1, e2 in zip(errors, errors[1:], strict=False))
+
+
+def test_unbalanced_matches_pot_and_reference(x64):
+    s = _similarity(15, (20, 3))
+    epsilon, tau = 0.1, 0.8
+    out = zot.mpot(jnp.asarray(s), epsilon=epsilon, tau=tau, num_iterations=500,
+                   dtype=jnp.float64)
+    ref = zot.sinkhorn_log_reference(jnp.asarray(1 - s), epsilon=epsilon, tau=tau,
+                                     num_iterations=500)
+    np.testing.assert_allclose(out.plan, ref, atol=1e-12)
+    rho = tau * epsilon / (1 - tau)  # ott's tau = rho / (rho + epsilon)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT warns that reg_type='entropy' ignores c
+        expected = pot.unbalanced.sinkhorn_unbalanced(
+            np.full(20, 1 / 20), np.full(3, 1 / 3), 1 - s, epsilon, rho, reg_type="entropy",
+            numItermax=5000, stopThr=1e-14)
+    np.testing.assert_allclose(out.plan, expected, atol=1e-8 / s.size)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 4), (2, 2, 3, 16, 4)])
+def test_batched_equals_per_problem(shape):
+    s = jnp.asarray(_similarity(16, shape), jnp.float32)
+    out = jax.jit(lambda x: zot.mpot(x, epsilon=0.05, num_iterations=30))(s)
+    assert out.score.shape == shape[:-1] and out.plan.shape == shape
+    assert out.entropy.shape == shape[:-2] and out.iterations.shape == shape[:-2]
+    solve_one = jax.jit(lambda x: zot.mpot(x, epsilon=0.05, num_iterations=30))
+    for idx in np.ndindex(*shape[:-2]):
+        single = solve_one(s[idx])
+        np.testing.assert_allclose(out.plan[idx], single.plan, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(out.score[idx], single.score, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_input_is_solved_in_float32():
+    s = jnp.asarray(_similarity(17, (16, 4)), jnp.bfloat16)
+    out = zot.mpot(s, epsilon=0.05, num_iterations=20)
+    assert out.score.dtype == jnp.float32 and out.plan.dtype == jnp.float32
+
+
+def test_remat_reference_gradient_is_unchanged():
+    c = jnp.asarray(1 - _similarity(18, (3, 16, 4)), jnp.float32)
+
+    def loss(x, remat):
+        return jnp.sum(zot.sinkhorn_log_reference(x, epsilon=0.05, num_iterations=20,
+                                                  remat=remat) * x)
+
+    expected = jax.grad(loss)(c, False)
+    np.testing.assert_allclose(jax.grad(loss)(c, True), expected,
+                               atol=1e-5 * float(jnp.abs(expected).max()))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(epsilon=None, num_iterations=10), "epsilon is required"),
+    (dict(epsilon=0.0, num_iterations=10), "epsilon must be > 0"),
+    (dict(epsilon=-0.1, num_iterations=10), "epsilon must be > 0"),
+    (dict(epsilon=0.05, num_iterations=0), "num_iterations"),
+    (dict(epsilon=0.05, num_iterations=2.5), "num_iterations"),
+    (dict(epsilon=0.05, num_iterations=10, tau=0.0), "tau"),
+    (dict(epsilon=0.05, num_iterations=10, tau=1.5), "tau"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        zot.mpot(jnp.zeros((4, 2)), **kwargs)
+
+
+def test_bad_shape_raises():
+    with pytest.raises(ValueError, match=r"\[\.\.\., M, N\]"):
+        zot.mpot(jnp.zeros((4,)), epsilon=0.05, num_iterations=10)

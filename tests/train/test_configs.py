@@ -1,0 +1,60 @@
+"""Every config loads, rejects typos at launch, and runs end to end at its ':smoke' size."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ["voc", "context", "coco", "synthetic"]
+
+
+def _load(name, arg=None):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "transductive", "supervised", "smoke"])
+def test_configs_load(name, arg):
+    config = _load(name, arg)
+    assert config.train.global_batch_size > 0
+    if arg == "transductive":
+        assert config.data.label_mode == "transductive"
+        assert config.eval.seen_penalty == 0.0
+
+
+def test_unknown_variant_fails():
+    with pytest.raises(ValueError, match="Unknown config variant"):
+        _load("voc", "transductiv")
+
+
+def _train(args, workdir, timeout=600):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_override_typo_fails_at_launch(tmp_path):
+    result = _train(["--config=configs/voc.py:smoke", "--config.model.num_promts=3"], tmp_path)
+    assert result.returncode != 0
+    assert "num_promts" in result.stderr
+    result = _train(["--config=configs/voc.py:smoke", "--config.model.num_prompts=abc"], tmp_path)
+    assert result.returncode != 0
+    assert "num_prompts" in result.stderr
+
+
+@pytest.mark.parametrize("spec", ["voc.py:smoke", "context.py:smoke", "coco.py:smoke",
+                                  "synthetic.py:smoke", "voc.py:transductive,smoke",
+                                  "coco.py:supervised,smoke"])
+def test_smoke_runs_every_config(tmp_path, spec):
+    result = _train([f"--config=configs/{spec}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for r in train_rows:
+        assert {"loss", "learning_rate", "grad_norm", "images_per_s"} <= set(r)
+    assert {"miou_seen", "miou_unseen", "hiou", "pixel_acc", "per_class_iou"} <= set(rows[-1])
+    assert (tmp_path / "results.md").exists()

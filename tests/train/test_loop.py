@@ -1,0 +1,147 @@
+"""The training loop as users run it: resume after SIGKILL, SIGTERM, NaN, devices and processes.
+
+Every run here is `train.py` in a subprocess at the ':smoke' size (tiny random CLIP, random data).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ["--config=configs/voc.py:smoke", "--config.data.eval_max_images=1"]
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *SMOKE, *extra]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(extra)
+    return env
+
+
+def _run(workdir, *extra, env=None, timeout=300):
+    result = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, env=env or _env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _train_losses(workdir, *extra, env=None) -> dict[int, float]:
+    _run(workdir, *extra, env=env)
+    return _losses(workdir)
+
+
+def _losses(workdir) -> dict[int, float]:
+    """Per-step losses from metrics.jsonl (a resumed run's later rows win)."""
+    out = {}
+    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    d = Path(workdir) / "checkpoints"
+    if not d.exists():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+
+
+def _wait_for_checkpoint(proc, workdir, at_least, timeout=240):
+    start = time.time()
+    while time.time() - start < timeout:
+        steps = _checkpoint_steps(workdir)
+        if steps and steps[-1] >= at_least:
+            return steps[-1]
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    pytest.fail("no checkpoint appeared")
+
+
+LONG = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    reference = _train_losses(tmp_path / "ref", *LONG)
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(work, *LONG), cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    _wait_for_checkpoint(proc, work, at_least=10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(work))
+    assert killed_at < 60, "the run finished before it was killed; the test proves nothing"
+    _run(work, *LONG)
+    resumed = _losses(work)
+    assert sorted(resumed) == sorted(reference) == list(range(1, 61))
+    np.testing.assert_allclose([resumed[s] for s in range(1, 61)],
+                               [reference[s] for s in range(1, 61)], rtol=1e-5)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = subprocess.Popen(_cmd(tmp_path, "--config.train.num_steps=100000",
+                                 "--config.train.checkpoint_every=5"),
+                            cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(proc, tmp_path, at_least=5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted at step" in out
+    last = max(_losses(tmp_path))
+    assert _checkpoint_steps(tmp_path)[-1] == last
+
+
+def test_nan_stops_with_the_step_named(tmp_path):
+    result = subprocess.run(_cmd(tmp_path, "--config.optim.learning_rate=nan",
+                                 "--config.train.num_steps=6"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+    assert result.returncode != 0
+    assert "diverged at step 2" in result.stderr
+    assert "last good checkpoint (step 2)" not in result.stderr
+
+
+def test_eight_devices_match_one_device(tmp_path):
+    args = ["--config.train.global_batch_size=8", "--config.train.num_steps=4"]
+    one = _train_losses(tmp_path / "one", *args)
+    eight_env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    eight = _train_losses(tmp_path / "eight", *args, env=eight_env)
+    np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
+                               rtol=2e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    args = ["--config.train.global_batch_size=4", "--config.train.num_steps=3"]
+    one = _train_losses(tmp_path / "one", *args)
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = _env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
+                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
+        procs.append(subprocess.Popen(_cmd(tmp_path / "two", *args), cwd=ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    two = _losses(tmp_path / "two")
+    np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)],
+                               rtol=2e-5)

@@ -1,0 +1,155 @@
+"""The `zegot-jax` command line.
+
+    zegot-jax segment photo.jpg more/*.png --classes "cat,dog,grass" --run runs/synthetic --out out/
+
+For each image it writes `<name>_overlay.png` (image, colour overlay, legend), `<name>_labels.png`
+(the label map: palette PNG whose pixel values are class indices, 16-bit grey above 256 classes),
+`<name>_prompts.png` (per-prompt similarity maps and transport plans of the largest classes) and
+`<name>.json` (classes, pixel shares, mean scores, output files). Without `--classes` the run's own
+class list is used. An image that fails is reported and skipped; the exit status is 1 if any did.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+from tqdm.auto import tqdm
+
+from zegot_jax import inference, viz
+from zegot_jax.models import prompts as prompts_lib
+
+
+def parse_classes(text: str) -> list[str]:
+    """'cat, dog,grass' -> ['cat', 'dog', 'grass'] (validated: non-empty, no duplicates)."""
+    names = [n.strip() for n in text.split(",")]
+    if all(not n for n in names):
+        raise ValueError("--classes is empty: give comma-separated class names, e.g. "
+                         "--classes \"cat,dog,grass\".")
+    if any(not n for n in names):
+        raise ValueError(f"--classes {text!r} has an empty name (two commas in a row or a "
+                         "trailing comma).")
+    return list(prompts_lib.check_vocabulary(names, max_classes=len(names)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zegot-jax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    seg = sub.add_parser("segment", help="Segment images with a trained run and any vocabulary.")
+    seg.add_argument("images", nargs="+", help="Image files (PNG, JPEG, ...).")
+    seg.add_argument("--run", required=True, help="A training workdir (its latest checkpoint).")
+    seg.add_argument("--out", required=True, help="Output directory (created if needed).")
+    seg.add_argument("--classes", default=None,
+                     help="Comma-separated vocabulary; default: the run's own class list.")
+    seg.add_argument("--clip-weights", default=None,
+                     help="CLIP weights to use instead of the path the run's config names.")
+    seg.add_argument("--grid-classes", default=None,
+                     help="Comma-separated classes for the per-prompt grid (default: the 4 "
+                          "largest in each image).")
+    seg.add_argument("--alpha", type=float, default=0.5, help="Overlay opacity in [0, 1].")
+    seg.add_argument("--no-calibrate", action="store_true",
+                     help="Do not subtract eval.seen_penalty from the run's seen classes.")
+    return parser
+
+
+def _output_stems(images: Sequence[str]) -> list[str]:
+    """File stems for the outputs, made unique when two inputs share a name."""
+    stems, used = [], {}
+    for image in images:
+        stem = Path(image).stem or "image"
+        count = used.get(stem, 0)
+        used[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}-{count}")
+    return stems
+
+
+def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
+    """Palette PNG (class indices as pixel values) or 16-bit grey PNG above 256 classes."""
+    if num_classes <= 256:
+        img = PIL.Image.fromarray(label_map.astype(np.uint8), mode="P")
+        colours = viz.palette(num_classes)
+        img.putpalette(colours.ravel().tolist() + [0] * (3 * (256 - num_classes)))
+    else:
+        img = PIL.Image.fromarray(label_map.astype(np.uint16))
+    img.save(path)
+
+
+def summarize(result: inference.SegmentationResult) -> dict:
+    """Per-class pixel shares and score statistics of one result (JSON-ready)."""
+    k = len(result.class_names)
+    counts = np.bincount(result.label_map.ravel(), minlength=k)
+    share = counts / max(int(counts.sum()), 1)
+    return {
+        "size": list(result.label_map.shape),
+        "classes": list(result.class_names),
+        "present": [result.class_names[i] for i in np.argsort(-counts) if counts[i] > 0],
+        "pixel_share": {n: round(float(share[i]), 6) for i, n in enumerate(result.class_names)},
+        "mean_score": {n: round(float(result.scores[i].mean()), 6)
+                       for i, n in enumerate(result.class_names)},
+        "max_score": {n: round(float(result.scores[i].max()), 6)
+                      for i, n in enumerate(result.class_names)},
+    }
+
+
+def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path,
+                args: argparse.Namespace, classes: list[str] | None,
+                grid_classes: list[str] | None) -> dict:
+    """Segments one image and writes its four outputs; returns its JSON summary."""
+    start = time.perf_counter()
+    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate)
+    files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png",
+             "prompts": f"{stem}_prompts.png"}
+    viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name),
+             out / files["overlay"])
+    save_label_map(result.label_map, len(result.class_names), out / files["labels"])
+    viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
+    summary = {"image": str(image), **summarize(result), "outputs": files,
+               "seconds": round(time.perf_counter() - start, 3)}
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def segment_command(args: argparse.Namespace) -> int:
+    """Runs `zegot-jax segment`; returns the exit status."""
+    try:
+        classes = parse_classes(args.classes) if args.classes is not None else None
+        grid = parse_classes(args.grid_classes) if args.grid_classes else None
+        if not 0.0 <= args.alpha <= 1.0:
+            raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
+        inference.check_run(args.run)
+        segmenter = inference.Segmenter.from_run(args.run, clip_weights=args.clip_weights)
+        if classes is None:
+            classes = list(segmenter.run_class_names)
+        if grid and (missing := set(grid) - set(classes)):
+            raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"zegot-jax segment: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = []
+    stems = _output_stems(args.images)
+    for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment",
+                            unit="img", file=sys.stderr):
+        try:
+            segment_one(segmenter, image, stem, out, args, classes, grid)
+        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
+            failures.append((image, f"{type(e).__name__}: {e}"))
+            tqdm.write(f"failed: {image}: {e}", file=sys.stderr)
+    done = len(args.images) - len(failures)
+    print(f"Segmented {done} of {len(args.images)} images into {out} "
+          f"({len(classes)} classes).", file=sys.stderr)
+    for image, reason in failures:
+        print(f"  FAILED {image}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `zegot-jax` console script."""
+    args = _parser().parse_args(argv)
+    commands = {"segment": segment_command}
+    return commands[args.command](args)

@@ -1,0 +1,257 @@
+"""Loads CLIP checkpoints into `CLIP` modules (strictly) and saves them as safetensors.
+
+Accepted: OpenAI's TorchScript `.pt` files (needs torch), OpenAI/open_clip state dicts (`.pt`,
+`.bin` via torch; `.safetensors` via safetensors' numpy API), Hugging Face `openai/clip-vit-*`
+directories (`config.json` + `model.safetensors`) or their safetensors file alone, a variant name
+('ViT-B/16', fetched from the hub) or a hub id (huggingface_hub's cache and HF_HUB_OFFLINE apply).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import warnings
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zegot_jax.clip import convert
+from zegot_jax.clip.model import CLIP
+from zegot_jax.clip.variants import HUB_IDS, CLIPSpec
+
+_SAFETENSORS_FORMAT = 'zegot_jax.clip'
+_HUB_FILES = ('config.json', 'model.safetensors', 'open_clip_config.json',
+              'open_clip_model.safetensors')
+_WEIGHT_FILES = ('model.safetensors', 'open_clip_model.safetensors', 'open_clip_pytorch_model.bin',
+                 'pytorch_model.bin')  # in order of preference inside a directory
+
+
+def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework='np') as f:
+            metadata = f.metadata() or {}
+            state, raw = {}, []
+            for key in f.keys():
+                try:
+                    state[key] = f.get_tensor(key)
+                except TypeError:  # bfloat16: numpy has no such dtype, read the bytes ourselves
+                    raw.append(key)
+    except SafetensorError as e:
+        raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupt?): '
+                         f'{e}') from e
+    if raw:
+        state.update(_read_bfloat16(path, raw))
+    return state, metadata
+
+
+def _read_bfloat16(path: pathlib.Path, keys: list[str]) -> dict[str, np.ndarray]:
+    import ml_dtypes
+
+    data = np.memmap(path, np.uint8, mode='r')
+    size = int(np.frombuffer(data[:8].tobytes(), '<u8')[0])
+    header = json.loads(data[8:8 + size].tobytes())
+    out = {}
+    for key in keys:
+        info = header[key]
+        if info['dtype'] != 'BF16':
+            raise ValueError(f'{path}: tensor {key} has unsupported dtype {info["dtype"]}.')
+        start, end = (8 + size + o for o in info['data_offsets'])
+        out[key] = np.frombuffer(data[start:end].tobytes(), ml_dtypes.bfloat16).reshape(
+            info['shape'])
+    return out
+
+
+def _is_torchscript(path: pathlib.Path) -> bool:
+    """TorchScript archives are zip files with a `code/` folder; `torch.save` files have none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any('/code/' in name or name.endswith('constants.pkl')
+                       for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f'Reading {path.name} (a PyTorch file) needs torch: pip install torch '
+                          '(CPU is enough), or convert the checkpoint to .safetensors.') from e
+    try:
+        if _is_torchscript(path):  # OpenAI's released .pt files
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', DeprecationWarning)  # torch.jit is deprecated
+                state = torch.jit.load(str(path), map_location='cpu').state_dict()
+        else:
+            state = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f'{path} could not be read as a TorchScript archive or a torch state '
+                         f'dict (truncated or corrupt?): {e}') from e
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+        state = state['state_dict']  # open_clip training checkpoints
+    if not isinstance(state, dict):
+        raise ValueError(f'{path} holds a {type(state).__name__}, not a state dict.')
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        out[key.removeprefix('module.')] = value.numpy()
+    return out
+
+
+def _resolve(path_or_hub_id: str | os.PathLike) -> pathlib.Path:
+    """A local file or directory; variant names and hub ids are fetched through huggingface_hub."""
+    path = pathlib.Path(path_or_hub_id).expanduser()
+    if path.exists():
+        return path
+    name = str(path_or_hub_id)
+    repo_id = HUB_IDS.get(name, name)
+    if name.startswith(('.', '/', '~')) or name.count('/') != 1 or name.endswith(
+            ('.pt', '.bin', '.safetensors')):
+        raise FileNotFoundError(f'No CLIP checkpoint at {name!r} (not a file, directory, variant '
+                                f'{sorted(HUB_IDS)} or hub id "org/name").')
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_HUB_FILES)))
+        if not any((folder / name).is_file() for name in _WEIGHT_FILES):  # PyTorch files only
+            folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_WEIGHT_FILES)))
+        return folder
+    except Exception as e:
+        raise FileNotFoundError(f'No local file or directory {name!r}, and fetching {repo_id!r} '
+                                'from the Hugging Face hub failed (offline and not cached, or no '
+                                f'such repository?): {e}') from e
+
+
+def _pick_file(directory: pathlib.Path) -> pathlib.Path:
+    for name in _WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f'{directory} holds no model.safetensors, open_clip_model.safetensors '
+                            'or pytorch_model.bin.')
+
+
+def read_checkpoint(path: pathlib.Path,
+                    activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
+    """Reads a checkpoint file or directory into an OpenAI-layout dict and its inferred spec.
+
+    The activation comes from `activation` if given, else our safetensors metadata, a HF
+    `config.json` or an `open_clip_config.json` beside the file, else QuickGELU (OpenAI's).
+    """
+    file = _pick_file(path) if path.is_dir() else path
+    if file.suffix == '.safetensors':
+        state, metadata = _read_safetensors(file)
+    else:
+        state, metadata = _read_torch(file), {}
+    override, heads, activation = activation, {}, 'quick_gelu'
+    open_clip_config = file.parent / 'open_clip_config.json'
+    if open_clip_config.is_file():  # open_clip hub repos: GELU unless the model says QuickGELU
+        model_cfg = json.loads(open_clip_config.read_text()).get('model_cfg', {})
+        activation = 'quick_gelu' if model_cfg.get('quick_gelu', False) else 'gelu'
+    if metadata.get('format') == _SAFETENSORS_FORMAT:
+        heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
+        activation = metadata['activation']
+    if convert.is_hf_layout(state):
+        state = convert.hf_to_openai(state)
+        config = file.parent / 'config.json'
+        if config.is_file():
+            heads, activation = _hf_config(config)
+    return state, convert.infer_spec(state, activation=activation if override is None
+                                     else override, **heads)
+
+
+def _hf_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
+    config = json.loads(path.read_text())
+    try:
+        towers = {'vision': config['vision_config'], 'text': config['text_config']}
+    except KeyError as e:
+        raise ValueError(f'{path} is not a CLIPModel config (no {e}).') from e
+    acts = {t: c.get('hidden_act', 'quick_gelu') for t, c in towers.items()}
+    if acts['vision'] != acts['text'] or acts['vision'] not in ('quick_gelu', 'gelu'):
+        raise ValueError(f'{path}: unsupported activations {acts}; both towers must use '
+                         "'quick_gelu' or both 'gelu'.")
+    for tower, c in towers.items():
+        if abs(c.get('layer_norm_eps', 1e-5) - 1e-5) > 1e-12:
+            raise ValueError(f'{path}: {tower} layer_norm_eps {c["layer_norm_eps"]} != 1e-5.')
+    heads = {f'{t}_heads': int(c['num_attention_heads']) for t, c in towers.items()
+             if 'num_attention_heads' in c}
+    return heads, acts['vision']
+
+
+def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
+         activation: str | None = None) -> CLIP:
+    """Builds a `CLIP` from a checkpoint; the variant is read from the weights' shapes.
+
+    Args:
+        path_or_hub_id: a file, a directory, a variant name ('ViT-B/16') or a hub id.
+        dtype: compute dtype of the model.
+        param_dtype: dtype the parameters are stored in (fp16/bf16 checkpoints become float32
+            unless this says otherwise).
+        activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies (needed for
+            bare open_clip state dicts of non-OpenAI models, which use GELU).
+
+    Raises:
+        FileNotFoundError: nothing at the path and not fetchable.
+        ValueError: not a CLIP checkpoint, unreadable, or names/shapes that do not match the
+            model (all missing, unexpected and mis-shaped names are listed).
+    """
+    state, spec = read_checkpoint(_resolve(path_or_hub_id), activation)
+    abstract = nnx.eval_shape(
+        lambda: CLIP(spec, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    graphdef, abstract_state = nnx.split(abstract)
+    targets = dict(nnx.to_flat_state(abstract_state))
+    arrays, seen, unexpected, misshaped = {}, set(), [], []
+    for name, value in state.items():
+        if convert.IGNORED_KEYS.search(name):
+            continue
+        path, layout = convert.openai_to_path(name, set(targets))
+        if path not in targets:
+            unexpected.append(name)
+            continue
+        seen.add(path)
+        value = convert.to_model_layout(np.asarray(value), layout)
+        if value.size == 1 and math.prod(targets[path].shape) == 1:  # logit_scale: () or (1,)
+            value = value.reshape(targets[path].shape)
+        if tuple(value.shape) != tuple(targets[path].shape):
+            misshaped.append(f'{name}: checkpoint {tuple(value.shape)} vs model '
+                             f'{tuple(targets[path].shape)}')
+            continue
+        arrays[path] = jnp.asarray(value, param_dtype)
+    missing = [convert.path_to_openai(p)[0] for p in targets if p not in seen]
+    if missing or unexpected or misshaped:
+        raise ValueError(f'Checkpoint {path_or_hub_id} does not match CLIP {spec}:\n'
+                         f'  missing: {missing}\n  unexpected: {unexpected}\n'
+                         f'  mis-shaped: {misshaped}')
+    for path, variable in targets.items():
+        variable.set_value(arrays[path])
+    return nnx.merge(graphdef, nnx.from_flat_state(targets))
+
+
+def state_dict(model: CLIP) -> dict[str, np.ndarray]:
+    """The model's parameters under OpenAI's names and layouts (float32 numpy)."""
+    out = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, layout = convert.path_to_openai(path)
+        value = np.asarray(jax.device_get(variable[...]), np.float32)
+        out[name] = convert.from_model_layout(value, layout).copy(order='C')
+    return out
+
+
+def save_safetensors(model: CLIP, path: str | os.PathLike) -> None:
+    """Writes the model in OpenAI's layout, with heads and activation in the metadata."""
+    from safetensors.numpy import save_file
+
+    spec = model.spec
+    metadata = {'format': _SAFETENSORS_FORMAT, 'vision_heads': str(spec.vision_heads),
+                'text_heads': str(spec.text_heads), 'activation': spec.activation}
+    save_file(state_dict(model), str(path), metadata=metadata)

@@ -1,0 +1,56 @@
+"""`evaluate_checkpoint`: score a saved run on any dataset's classes (the `evaluate.py` entry)."""
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from zegot_jax.evaluation import evaluator
+from zegot_jax.train import checkpoint as ckpt_lib
+from zegot_jax.train import inputs, optim, sharding
+from zegot_jax.train import state as state_lib
+from zegot_jax.train import step as step_lib
+
+
+def run_config(eval_config: ml_collections.ConfigDict, checkpoint: str) -> ml_collections.ConfigDict:
+    """The trained run's backbone and model settings, with the evaluation config's data and eval."""
+    saved = ckpt_lib.read_config(checkpoint)
+    config = ml_collections.ConfigDict(eval_config.to_dict())
+    for section in ("clip", "model", "seed"):
+        if section in saved:
+            config[section] = (ml_collections.ConfigDict(saved[section])
+                               if isinstance(saved[section], dict) else saved[section])
+    for key in ("model.layers", "model.templates", "data.base_size", "data.ratio_range"):
+        # JSON turns tuples into lists; keep the config's tuple types.
+        section, field = key.split(".")
+        if field in config[section] and isinstance(config[section][field], list):
+            config[section][field] = tuple(config[section][field])
+    if "synthetic" in saved and "synthetic" in config:
+        config.synthetic = ml_collections.ConfigDict(saved["synthetic"])
+    return config
+
+
+def load_trained(config: ml_collections.ConfigDict, checkpoint: str
+                 ) -> tuple[state_lib.SplitModel, Any]:
+    """The model of `config` with the trainable parameters of `checkpoint`'s latest step."""
+    parts = state_lib.split_model(state_lib.build_model(config))
+    tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
+    template = step_lib.init_state(parts.params, tx, config.seed)
+    ckpt = ckpt_lib.Checkpointer(checkpoint, async_save=False)
+    state, _, _ = ckpt.restore(ckpt_lib.abstract(template))
+    ckpt.close()
+    return parts, state["params"]
+
+
+def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str, *,
+                        out: str | None = None) -> dict[str, Any]:
+    """Evaluates `checkpoint` on `eval_config`'s dataset; writes results.{md,json} into `out`."""
+    sharding.maybe_initialize_distributed()
+    config = run_config(eval_config, checkpoint)
+    parts, params = load_trained(config, checkpoint)
+    data = inputs.DataSetup.from_config(config)
+    summary = evaluator.evaluate(config, parts.graphdef, params, jax.device_put(parts.frozen),
+                                 data.eval_iterator(), data.class_names, data.unseen,
+                                 seen_penalty=data.seen_penalty(config))
+    print(evaluator.write_results(out or checkpoint, summary, config))
+    return summary
