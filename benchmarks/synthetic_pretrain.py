@@ -43,6 +43,9 @@ def main() -> None:
     held_out = SyntheticSource('test', config.image_size, args.eval_images, config.world_seed)
     rows = [('steps', config.steps), ('wall time (s)', f'{total:.1f}'),
             ('steps/s (incl. compile)', f'{config.steps / total:.3f}'),
+            ('steady steps/s (after step 1)',
+             f'{(config.steps - 1) / (history["seconds"][-1] - history["seconds"][0]):.3f}'),
+            ('first step (compile) s', f'{history["seconds"][0]:.1f}'),
             ('images/s', f'{config.steps * config.batch_size / total:.1f}'),
             ('loss first/last 10', f'{sum(history["loss"][:10]) / 10:.3f} / '
                                    f'{sum(history["loss"][-10:]) / 10:.3f}'),

@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.templates = TEMPLATES  # used when prompts == 'templates' (N = len(templates))
     c.model.layers = (5, 7, 11)  # 0-indexed frozen image-encoder layers
     c.model.dense_mode = "standard"  # last-layer pixel features: 'standard' or 'value' (MaskCLIP)
+    c.model.global_pool = "class"  # DLFA's g: 'class' token, or 'mean' of the patch embeddings
     c.model.alignment = True  # DLFA relationship descriptor per layer (False: q = t)
     c.model.max_classes = 512  # largest vocabulary accepted (guards memory: S is [L,B,K,M,N])
     c.model.ot = ml_collections.ConfigDict()

@@ -70,6 +70,7 @@ def test_prompt_grid_rows_and_columns(tmp_path):
     np.testing.assert_allclose(first, result.plan[:, 0, :, :, 0].mean(0), rtol=1e-6)
     # Default classes: the largest in the label map first.
     assert viz.pick_classes(result, limit=2) == [0, 2]
+    assert viz.pick_classes(result, limit=3) == [0, 2]  # 'dog' covers no pixel
     viz.save(fig, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from absl import logging
 from tqdm.auto import tqdm
 
 from zegot_jax import inference, viz
@@ -151,5 +152,6 @@ def segment_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `zegot-jax` console script."""
     args = _parser().parse_args(argv)
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     commands = {"segment": segment_command}
     return commands[args.command](args)

@@ -49,8 +49,8 @@ def blend(image: np.ndarray, label_map: np.ndarray, colours: np.ndarray,
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height))
+def _figure(width: float, height: float, layout: str | None = None) -> Figure:
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -81,7 +81,7 @@ def overlay_figure(result: SegmentationResult, *, alpha: float = 0.5, present_on
 
 def pick_classes(result: SegmentationResult, classes: Sequence[str] | None = None,
                  limit: int = 4) -> list[int]:
-    """Indices of `classes` (by name), or of the `limit` classes covering the most pixels."""
+    """Indices of `classes` (by name), or of up to `limit` classes covering the most pixels."""
     if classes is not None:
         lookup = {n.lower(): i for i, n in enumerate(result.class_names)}
         missing = [c for c in classes if c.lower() not in lookup]
@@ -90,7 +90,7 @@ def pick_classes(result: SegmentationResult, classes: Sequence[str] | None = Non
                              f"{list(result.class_names)}.")
         return [lookup[c.lower()] for c in classes]
     counts = np.bincount(result.label_map.ravel(), minlength=len(result.class_names))
-    return [int(i) for i in np.argsort(-counts, kind="stable")[:limit]]
+    return [int(i) for i in np.argsort(-counts, kind="stable")[:limit] if counts[i] > 0]
 
 
 def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None, *,
@@ -116,9 +116,11 @@ def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None
     ids = pick_classes(result, classes, limit)
     maps = {k: getattr(result, k) for k in kinds}
     maps = {k: (v.mean(0) if layer is None else v[layer]) for k, v in maps.items()}  # [K,h,w,N]
-    num_prompts = result.similarity.shape[-1]
+    num_prompts, (h, w) = result.similarity.shape[-1], result.similarity.shape[2:4]
     rows = [(i, k) for i in ids for k in kinds]
-    fig = _figure(1.8 * num_prompts + 0.8, 1.7 * len(rows) + 0.5)
+    cell = 1.6
+    fig = _figure(cell * num_prompts + 1.2, (cell * h / w + 0.15) * len(rows) + 0.5,
+                  layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), num_prompts, squeeze=False))
     where = "mean over layers" if layer is None else f"layer {result.layers[layer]}"
     for r, (i, kind) in enumerate(rows):

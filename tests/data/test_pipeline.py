@@ -101,9 +101,16 @@ def test_deterministic_for_a_seed_and_encoded_inputs():
     assert not _same(_take(_train(source, seed=3), 3), _take(_train(source, seed=4), 3))
 
 
-def test_workers_give_the_same_batches():
+def test_workers_give_the_same_examples():
+    # Each of W workers batches every W-th example, so W workers regroup the same examples.
     source = block_source()
-    assert _same(_take(_train(source, num_workers=1), 3), _take(_train(source), 3))
+    serial, parallel = _take(_train(source), 4), _take(_train(source, num_workers=2), 4)
+
+    def examples(batches):
+        return sorted(b['image'][i].tobytes() + b['label'][i].tobytes()
+                      for b in batches for i in range(len(b['image'])))
+
+    assert examples(serial) == examples(parallel)
 
 
 def _ids_source(n):

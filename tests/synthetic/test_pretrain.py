@@ -11,7 +11,7 @@ from zegot_jax.synthetic import world
 from zegot_jax.synthetic.source import SyntheticSource
 from zegot_jax.synthetic.zero_shot import (
     chance_iou,
-    patch_ceiling_iou,
+    patch_ceiling_confusion,
     retrieval_top1,
     zero_shot_dense_miou,
 )
@@ -107,6 +107,15 @@ def test_cache_is_written_loadable_and_reused(trained, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_pretraining_is_reproducible(trained):
+    cached, calls, _ = trained
+    again, history = P.pretrain(_config(), progress=False)  # same config: compiled step reused
+    assert history['loss'] == calls[1]['loss']
+    for x, y in zip(jax.tree.leaves(nnx.state(cached, nnx.Param)),
+                    jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_zero_shot_measures(trained):
     clip, _, _ = trained
     source = SyntheticSource('test', 32, 32)
@@ -125,6 +134,6 @@ def test_chance_and_ceiling_closed_forms():
     np.testing.assert_allclose(chance_iou(counts), expected)
     labels = np.zeros((1, 8, 8), np.uint8)
     labels[:, :4, :4] = 1
-    np.testing.assert_allclose(patch_ceiling_iou(labels, 4, 2), [1.0, 1.0])
+    np.testing.assert_array_equal(patch_ceiling_confusion(labels, 4, 2), [[48, 0], [0, 16]])
     labels[:, 0, 4] = 1  # one pixel a patch cannot resolve
-    assert patch_ceiling_iou(labels, 4, 2)[1] < 1.0
+    np.testing.assert_array_equal(patch_ceiling_confusion(labels, 4, 2), [[47, 0], [1, 16]])

@@ -4,8 +4,11 @@ A source has `len(source)` and `source[i] -> {'image': uint8 [H, W, 3] or JPEG/P
 'label': uint8 [H, W] or PNG bytes}` (train ids, 255 ignore). Both iterators yield numpy batches
 for this process only; `to_global_batch` turns them into sharded `jax.Array`s.
 
-Determinism: every random choice of example i comes from a generator seeded by (seed, i), so the
-batches depend on the seed and the process's shard only, not on the number of workers. The
+Determinism: every random choice for the i-th example of a process's stream comes from a generator
+seeded by seed + i, so the stream of examples depends on the seed and the process's shard only.
+grain's workers each batch every W-th example, so with W > 1 workers the same examples are grouped
+into batches differently: fix `num_workers` too to reproduce batches exactly (resuming requires
+the same worker count). The
 training iterator's position is `it.get_state()` (JSON bytes) and `it.set_state(state)`; orbax can
 save it with `grain.python.PyGrainCheckpointSave(it)` / `PyGrainCheckpointRestore(it)` under the
 `grain.python.PyGrainCheckpointHandler`.

@@ -73,6 +73,8 @@ class ZegOT(nnx.Module):
                              f"layers of a {spec.vision_layers}-layer image tower.")
         if config.prompts not in ("learned", "templates"):
             raise ValueError(f"model.prompts={config.prompts!r}: use 'learned' or 'templates'.")
+        if config.global_pool not in ("class", "mean"):
+            raise ValueError(f"model.global_pool={config.global_pool!r}: use 'class' or 'mean'.")
         if config.dense_mode not in ("standard", "value"):
             raise ValueError(f"model.dense_mode={config.dense_mode!r}: use 'standard' or 'value'.")
         self.clip = clip
@@ -120,7 +122,8 @@ class ZegOT(nnx.Module):
         """
         last = self.clip.spec.vision_layers - 1
         dense = self.config.dense_mode if last in self.layers else None
-        pooled, inter = self.clip.visual(images, layers=self.layers, dense=dense)
+        wanted = tuple(sorted({*self.layers, last})) if self.config.global_pool == "mean" else self.layers
+        pooled, inter = self.clip.visual(images, layers=wanted, dense=dense)
         b, hh, ww = images.shape[0], images.shape[1], images.shape[2]
         h, w = hh // self.clip.spec.patch_size, ww // self.clip.spec.patch_size
         feats = []
@@ -130,6 +133,8 @@ class ZegOT(nnx.Module):
             else:
                 v = self.clip.visual.project(inter[f"layer_{layer}"][:, 1:])
             feats.append(v.reshape(b, h, w, -1).astype(jnp.float32))
+        if self.config.global_pool == "mean":  # CLIPs trained on mean-pooled patch embeddings
+            pooled = self.clip.visual.project(inter[f"layer_{last}"][:, 1:]).mean(axis=1)
         return l2_normalize(jnp.stack(feats)), l2_normalize(pooled.astype(jnp.float32))
 
     def segment(self, images: jax.Array, text_features: jax.Array) -> ZegOTOutput:

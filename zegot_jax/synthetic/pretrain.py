@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +78,19 @@ def clip_spec(config: ml_collections.ConfigDict) -> CLIPSpec:
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    """12 hex digits identifying everything that determines the pretrained weights."""
-    payload = dict(config=config.to_dict(), trainer=TRAINER_VERSION, world=world.WORLD_VERSION)
+    """12 hex digits identifying everything that determines the pretrained weights.
+
+    Only the fields of `default_pretrain_config()` count, so a section that also carries other
+    settings (e.g. how many images segmentation trains on) keeps its cache.
+    """
+    fields = {}
+    for key in default_pretrain_config().keys():
+        if key not in config:
+            raise ValueError(f'pretraining config lacks field {key!r}; start from '
+                             'zegot_jax.synthetic.pretrain.default_pretrain_config().')
+        value = config[key]
+        fields[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    payload = dict(config=fields, trainer=TRAINER_VERSION, world=world.WORLD_VERSION)
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -162,19 +174,52 @@ def pretrain(config: ml_collections.ConfigDict, *, progress: bool = True) -> tup
     """Trains a CLIP from scratch for `config.steps` steps (no caching; see `pretrained_clip`).
 
     Returns:
-        The trained model and a history {'loss': [steps] float, 'logit_scale': [steps] float}.
+        The trained model and a history {'loss', 'logit_scale', 'seconds'}, one float per step
+        (`seconds`: wall time from the start to the end of the step, compilation included).
     """
     clip = init_clip(config)
     graphdef, params = nnx.split(clip)
-    tx = _optimizer(config)
+    tx, step = _train_step(config, graphdef)
     opt_state = tx.init(params)
+    history = {'loss': [], 'logit_scale': [], 'seconds': []}
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc='pretraining synthetic CLIP', disable=not progress)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(make_batch, config, 0)
+        for i in bar:
+            batch = pending.result()
+            if i + 1 < config.steps:
+                pending = pool.submit(make_batch, config, i + 1)
+            params, opt_state, loss, scale = step(params, opt_state, batch)
+            history['loss'].append(float(loss))
+            history['logit_scale'].append(float(scale))
+            history['seconds'].append(time.perf_counter() - start)
+            if not np.isfinite(history['loss'][-1]):
+                raise FloatingPointError(f'pretraining loss is {loss} at step {i}; lower '
+                                         'config.learning_rate or raise config.grad_clip.')
+            bar.set_postfix(loss=f'{history["loss"][-1]:.3f}', refresh=False)
+    nnx.update(clip, params)
+    return clip, history
+
+
+_STEPS: dict[str, tuple] = {}  # config hash -> (optimizer, compiled step), reused across runs
+
+
+def _train_step(config: ml_collections.ConfigDict, graphdef) -> tuple:
+    """The optimizer and the jitted pure step `(params, opt_state, batch) -> (params, opt_state,
+    loss, logit_scale)` of `config` (built once per configuration, so reruns skip compiling)."""
+    key = config_hash(config)
+    if key in _STEPS:
+        return _STEPS[key]
+    tx = _optimizer(config)
     max_scale = float(np.log(config.max_logit_scale))
+    multi_positive = bool(config.multi_positive)
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params)
         img = image_embedding(model, normalize(batch['images']))
         txt = model.encode_text(batch['tokens'])
-        groups = batch['groups'] if config.multi_positive else None
+        groups = batch['groups'] if multi_positive else None
         return contrastive_loss(img, txt, model.logit_scale[...], groups)
 
     @jax.jit
@@ -186,41 +231,36 @@ def pretrain(config: ml_collections.ConfigDict, *, progress: bool = True) -> tup
                                              params['logit_scale'])
         return params, opt_state, loss, params['logit_scale'][...]
 
-    history = {'loss': [], 'logit_scale': []}
-    bar = tqdm(range(config.steps), desc='pretraining synthetic CLIP', disable=not progress)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(make_batch, config, 0)
-        for i in bar:
-            batch = pending.result()
-            if i + 1 < config.steps:
-                pending = pool.submit(make_batch, config, i + 1)
-            params, opt_state, loss, scale = step(params, opt_state, batch)
-            history['loss'].append(float(loss))
-            history['logit_scale'].append(float(scale))
-            if not np.isfinite(history['loss'][-1]):
-                raise FloatingPointError(f'pretraining loss is {loss} at step {i}; lower '
-                                         'config.learning_rate or raise config.grad_clip.')
-            bar.set_postfix(loss=f'{history["loss"][-1]:.3f}', refresh=False)
-    nnx.update(clip, params)
-    return clip, history
+    _STEPS[key] = (tx, step)
+    return tx, step
 
 
 def pretrained_clip(config: ml_collections.ConfigDict | None = None, *,
-                    cache_dir: str | os.PathLike | None = None, progress: bool = True) -> CLIP:
-    """The synthetic CLIP of `config`: loaded from the cache, else trained and cached.
+                    cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                    dtype=jnp.float32, param_dtype=jnp.float32) -> CLIP:
+    """The synthetic CLIP of `config`: loaded from the cache, else trained, cached and loaded.
 
     Args:
-        config: a pretraining section (`default_pretrain_config()` when None).
+        config: a pretraining section (`default_pretrain_config()` when None); other fields in
+            it are ignored.
         cache_dir: overrides `$ZEGOT_CACHE` / `~/.cache/zegot_jax`.
         progress: show a tqdm bar while training.
+        dtype: compute dtype of the returned model.
+        param_dtype: storage dtype of its parameters.
 
     Returns:
-        The model; its weights live at `cache_path(config, cache_dir)`.
+        The model, always read back from `cache_path(config, cache_dir)` (so a fresh run and a
+        cached one return the same thing).
     """
     config = default_pretrain_config() if config is None else config
     path = cache_path(config, cache_dir)
-    if path.is_file():
-        return load(path)
+    if not path.is_file():
+        _train_and_store(config, path, progress)
+    return load(path, dtype=dtype, param_dtype=param_dtype)
+
+
+def _train_and_store(config: ml_collections.ConfigDict, path: pathlib.Path,
+                     progress: bool) -> None:
     clip, _ = pretrain(config, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
@@ -231,4 +271,3 @@ def pretrained_clip(config: ml_collections.ConfigDict | None = None, *,
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return clip

@@ -16,6 +16,7 @@ from flax import nnx
 from zegot_jax.clip.model import CLIP
 from zegot_jax.clip.preprocess import normalize
 from zegot_jax.clip.tokenizer import tokenize
+from zegot_jax.evaluation import metrics
 from zegot_jax.synthetic import world
 from zegot_jax.synthetic.pretrain import image_embedding
 
@@ -24,9 +25,17 @@ def _l2(x: jax.Array) -> jax.Array:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _jitted(clip: CLIP, fn):
+    """`fn(clip, *args)` as one compiled function of the arrays `args` (model split once)."""
+    graphdef, state = nnx.split(clip)
+    compiled = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+    return lambda *args: compiled(state, *args)
+
+
 def text_embeddings(clip: CLIP, texts: Sequence[str]) -> jax.Array:
     """L2-normalised text embeddings `[len(texts), D]`."""
-    return _l2(clip.encode_text(jnp.asarray(tokenize(list(texts), clip.spec.context_length))))
+    tokens = tokenize(list(texts), clip.spec.context_length)
+    return _jitted(clip, lambda m, t: _l2(m.encode_text(t)))(tokens)
 
 
 def _batches(source, num: int, batch_size: int):
@@ -36,32 +45,25 @@ def _batches(source, num: int, batch_size: int):
                [it['caption'] for it in items])
 
 
-def _confusion(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(label.ravel().astype(np.int64) * k + pred.ravel(),
-                       minlength=k * k).reshape(k, k)
-
-
-def _iou(conf: np.ndarray) -> np.ndarray:
-    """Per-class IoU `[K]` from a `[K, K]` (label, prediction) confusion; nan where undefined."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(union > 0, tp / union, np.nan)
-
-
 def chance_iou(label_counts: np.ndarray) -> np.ndarray:
     """Expected per-class IoU `[K]` of predictions drawn uniformly at random over K classes."""
     n, k = label_counts.astype(np.float64), len(label_counts)
     return (n / k) / (n + n.sum() / k - n / k)
 
 
-def patch_ceiling_iou(labels: np.ndarray, patch: int, k: int) -> np.ndarray:
-    """Per-class IoU `[K]` of the best prediction constant over each patch (majority label)."""
+def patch_ceiling_confusion(labels: np.ndarray, patch: int, k: int) -> np.ndarray:
+    """Confusion `[K, K]` of the best prediction constant over each patch (its majority label).
+
+    Args:
+        labels: `[B, H, W]` class ids, H and W multiples of `patch`.
+        patch: side of the constant blocks.
+        k: number of classes.
+    """
     b, h, w = labels.shape
     blocks = labels.reshape(b, h // patch, patch, w // patch, patch).transpose(0, 1, 3, 2, 4)
     counts = (blocks.reshape(*blocks.shape[:3], -1)[..., None] == np.arange(k)).sum(-2)
     major = counts.argmax(-1).repeat(patch, 1).repeat(patch, 2)
-    return _iou(_confusion(major, labels, k))
+    return np.asarray(metrics.confusion_matrix(major, labels, k), np.int64)
 
 
 def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_size: int = 64,
@@ -84,40 +86,35 @@ def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_siz
         unseen: ids of the unseen classes.
 
     Returns:
-        {'miou', 'miou_seen', 'miou_unseen', 'pixel_acc', 'chance_miou', 'chance_miou_unseen',
-         'ceiling_miou', 'per_class_iou' {name: iou}}; the ceiling is the best prediction constant
-        over each patch.
+        `zegot_jax.evaluation.metrics.summarize` of the predictions (miou, miou_seen, miou_unseen,
+        hiou, pixel_acc, per_class_iou, ...) plus 'chance_miou' and 'chance_miou_unseen' (uniform
+        random predictions) and 'ceiling_miou' (the best prediction constant over each patch).
     """
     k = len(class_names)
     num_images = min(num_images, len(source))
-    graphdef, state = nnx.split(clip)
     text = text_embeddings(clip, [template.format(n) for n in class_names])
 
-    @jax.jit
-    def predict(state, images):
-        model = nnx.merge(graphdef, state)
+    def predict(model, images, text, labels):
         _, inter = model.visual(normalize(images), dense=dense)
         scores = _l2(inter['dense']) @ text.T  # [B, h, w, K]
         scores = jax.image.resize(scores, (*images.shape[:3], k), 'bilinear', antialias=False)
-        return jnp.argmax(scores, -1)
+        return metrics.confusion_matrix(jnp.argmax(scores, -1), labels, k)
 
+    predict = _jitted(clip, predict)
     conf = np.zeros((k, k), np.int64)
     labels = []
     for images, label, _ in _batches(source, num_images, batch_size):
-        conf += _confusion(np.asarray(predict(state, images)), label, k)
+        conf += np.asarray(predict(images, text, label), np.int64)
         labels.append(label)
-    labels = np.concatenate(labels)
-    iou, chance = _iou(conf), chance_iou(conf.sum(1))
-    seen = [i for i in range(k) if i not in unseen]
-    return {
-        'miou': float(np.nanmean(iou)), 'miou_seen': float(np.nanmean(iou[seen])),
-        'miou_unseen': float(np.nanmean(iou[list(unseen)])),
-        'pixel_acc': float(np.trace(conf) / conf.sum()),
-        'chance_miou': float(chance.mean()),
-        'chance_miou_unseen': float(chance[list(unseen)].mean()),
-        'ceiling_miou': float(np.nanmean(patch_ceiling_iou(labels, clip.spec.patch_size, k))),
-        'per_class_iou': dict(zip(class_names, iou.round(4).tolist(), strict=True)),
-    }
+    ceiling = metrics.summarize(
+        patch_ceiling_confusion(np.concatenate(labels), clip.spec.patch_size, k), class_names,
+        unseen)
+    chance = chance_iou(conf.sum(1))
+    summary = metrics.summarize(conf, class_names, unseen)
+    summary.update(chance_miou=float(chance.mean()),
+                   chance_miou_unseen=float(chance[list(unseen)].mean()),
+                   ceiling_miou=ceiling['miou'])
+    return summary
 
 
 def retrieval_top1(clip: CLIP, source, *, num_images: int = 256, embed=None) -> dict:
@@ -136,7 +133,7 @@ def retrieval_top1(clip: CLIP, source, *, num_images: int = 256, embed=None) -> 
     """
     embed = embed or image_embedding
     images, labels, captions = next(_batches(source, min(num_images, len(source)), num_images))
-    img = _l2(embed(clip, normalize(images)))
+    img = _jitted(clip, lambda m, x: _l2(embed(m, normalize(x))))(images)
     best = np.asarray(jnp.argmax(img @ text_embeddings(clip, captions).T, -1))
     k = len(world.CLASS_NAMES)
     present = np.stack([np.bincount(lab.ravel(), minlength=k) > 0 for lab in labels])

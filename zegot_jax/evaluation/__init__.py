@@ -1,0 +1,1 @@
+"""Evaluation: confusion-matrix metrics (mIoU(S), mIoU(U), hIoU), sliding-window inference."""

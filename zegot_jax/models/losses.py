@@ -1,0 +1,98 @@
+"""Segmentation loss: sigmoid focal over all classes plus dice over the masks present.
+
+Notation: logits `x [B, K, H, W]`, labels `y [B, H, W]`, `P = H * W` pixels per image, one-hot
+targets `t[b, k, p] = (y[b, p] == k)` (all zero on ignore pixels), probabilities `q = sigmoid(x)`.
+
+- Pixel weights `w[b, p]`: 1 everywhere if `ignore_as_negative` (ignore pixels are negatives for
+  every class, OTSeg's behaviour), else 1 on labelled pixels and 0 on ignore pixels.
+- Present masks: `(b, k)` with at least one pixel of class `k` in image `b`;
+  `num_masks = max(#present over the whole batch, 1)`.
+- Focal, per element: `alpha_t * (1 - p_t)^gamma * BCE(x, t)` with
+  `p_t = q t + (1 - q)(1 - t)`, `alpha_t = alpha t + (1 - alpha)(1 - t)`. Per mask `(b, k)`,
+  the weighted mean over pixels `sum_p w focal / max(sum_p w, 1)`; summed over all B*K masks
+  (present or not), divided by `num_masks`.
+- Dice, per present mask: `1 - (2 sum_p w q t + 1) / (sum_p w q + sum_p t + 1)` (smoothing 1 in
+  numerator and denominator, as in MaskFormer); summed over present masks, divided by `num_masks`.
+- `loss = focal_weight * focal + dice_weight * dice`.
+
+Label ids outside `[0, K)` other than `ignore_index` get an all-zero target like ignore pixels, but
+stay in the focal/dice sums (weight 1) whatever `ignore_as_negative` says.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def sigmoid_focal(logits: jax.Array, targets: jax.Array, alpha: float, gamma: float) -> jax.Array:
+    """Element-wise sigmoid focal loss; same shape as `logits` (float32)."""
+    q = jax.nn.sigmoid(logits)
+    # BCE with logits, stable: max(x, 0) - x t + log(1 + exp(-|x|)).
+    bce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    p_t = q * targets + (1 - q) * (1 - targets)
+    loss = bce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss
+
+
+def segmentation_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    focal_weight: float = 100.0,
+    dice_weight: float = 1.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    ignore_index: int = 255,
+    ignore_as_negative: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Focal + dice loss of per-class logits against an integer label map (see module docstring).
+
+    Args:
+        logits: `[B, K, H, W]` per-class logits (any float dtype; computed in float32).
+        labels: `[B, H, W]` int class ids in `[0, K)` or `ignore_index`.
+        focal_weight: weight of the focal term (OTSeg: 100).
+        dice_weight: weight of the dice term (OTSeg: 1).
+        alpha: focal class balance (a negative value disables it).
+        gamma: focal focusing exponent.
+        ignore_index: label id of unlabelled pixels.
+        ignore_as_negative: if True, ignore pixels count as negatives for every class in the
+            focal term and their predictions enter the dice denominator; if False they are left
+            out of both.
+
+    Returns:
+        `(loss, aux)`: the scalar loss and `{'focal', 'dice', 'num_masks'}` (unweighted terms,
+        scalars; num_masks as float32).
+
+    Raises:
+        ValueError: on mismatched or wrong-rank shapes.
+    """
+    if logits.ndim != 4 or labels.ndim != 3:
+        raise ValueError(f"segmentation_loss: expected logits [B,K,H,W] and labels [B,H,W], got "
+                         f"{logits.shape} and {labels.shape}.")
+    b, k, h, w = logits.shape
+    if labels.shape != (b, h, w):
+        raise ValueError(f"segmentation_loss: labels {labels.shape} do not match logits "
+                         f"{logits.shape}; resize the logits to the label size first.")
+    x = logits.reshape(b, k, h * w).astype(jnp.float32)
+    y = labels.reshape(b, 1, h * w)
+    t = (y == jnp.arange(k)[None, :, None]).astype(jnp.float32)  # [B, K, P]
+    if ignore_as_negative:
+        weight = jnp.ones((b, 1, h * w), jnp.float32)
+    else:
+        weight = (y != ignore_index).astype(jnp.float32)
+
+    present = (t.sum(-1) > 0).astype(jnp.float32)  # [B, K]
+    num_masks = jnp.maximum(present.sum(), 1.0)
+
+    focal = sigmoid_focal(x, t, alpha, gamma)
+    focal_per_mask = (focal * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1.0)  # [B, K]
+    focal_loss = focal_per_mask.sum() / num_masks
+
+    q = jax.nn.sigmoid(x)
+    numerator = 2 * (q * t).sum(-1) + 1
+    denominator = (q * weight).sum(-1) + t.sum(-1) + 1
+    dice_loss = ((1 - numerator / denominator) * present).sum() / num_masks
+
+    loss = focal_weight * focal_loss + dice_weight * dice_loss
+    return loss, {"focal": focal_loss, "dice": dice_loss, "num_masks": num_masks}
