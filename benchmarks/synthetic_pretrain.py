@@ -64,7 +64,8 @@ def main() -> None:
                  (f'zero-shot mIoU unseen {names}, {dense} (chance)',
                   f'{z["miou_unseen"]:.3f} ({z["chance_miou_unseen"]:.3f})'),
                  (f'per-class IoU, {dense}',
-                  ' '.join(f'{k}={v:.2f}' for k, v in z['per_class_iou'].items()))]
+                  ' '.join(f'{k}={v:.2f}' for k, v in z['per_class_iou'].items()
+                           if v is not None))]
     width = max(len(k) for k, _ in rows)
     print(f'| {"measure":{width}} | value |\n|{"-" * (width + 2)}|-------|')
     for k, v in rows:

@@ -100,8 +100,9 @@ def test_cache_is_written_loadable_and_reused(trained, monkeypatch):
         raise AssertionError('pretrain ran although the cache holds the weights')
 
     monkeypatch.setattr(P, 'pretrain', fail)
-    again = P.pretrained_clip(_config(), cache_dir=cache)
+    again = P.pretrained_clip(_config(), cache_dir=cache, dtype=jnp.bfloat16)
     assert again.spec == clip.spec == P.clip_spec(_config())
+    assert again.dtype == jnp.bfloat16  # compute dtype as asked; parameters stay float32
     for a, b in zip(jax.tree.leaves(nnx.state(clip, nnx.Param)),
                     jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

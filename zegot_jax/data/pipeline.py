@@ -135,11 +135,16 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
                    base_size: tuple[int, int] = (2048, 512),
                    ratio_range: tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
                    flip_prob: float = 0.5, photometric: bool = True, normalize: bool = True,
-                   num_workers: int = 0, worker_buffer_size: int = 2,
-                   shard_options: grain.ShardOptions | None = None,
-                   num_epochs: int | None = None,
-                   read_options: grain.ReadOptions | None = None) -> grain.DataLoaderIterator:
-    """Returns an endless, shuffled, per-process training iterator.
+                   num_workers: int = 0, process_index: int | None = None,
+                   process_count: int | None = None,
+                   num_epochs: int | None = None) -> grain.DatasetIterator:
+    """Returns a shuffled training iterator over this process's slice of every global batch.
+
+    The global stream is the same whatever the number of processes: one permutation of the source
+    per epoch (seeded by `seed` and the epoch), every random choice of stream position i seeded by
+    (seed, i), cut into global batches of `batch_size * process_count` examples; process p gets
+    the p-th block of `batch_size` of each global batch, so assembling the processes' batches in
+    process order gives exactly the single-process batch.
 
     Args:
         source: random-access source (see module docstring), full-space train ids.
@@ -155,17 +160,13 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
             (the rescale target is ratio x base_size, aspect kept).
         normalize: True -> image float32 CLIP-normalised; False -> uint8 (normalise on device),
             padding with the mean colour.
-        num_workers: decoding processes (0 = in this process).
-        worker_buffer_size: batches each worker prepares ahead.
-        shard_options: default `grain.ShardByJaxProcess(drop_remainder=True)`: process p reads
-            the p-th contiguous slice of the source, shuffled per epoch.
+        num_workers: decoding processes (0 = in this process); batches do not depend on it.
+        process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
         num_epochs: None repeats forever.
-        read_options: record prefetching per process/worker; default 4 threads, 4 batches ahead
-            (grain's own default, 16 threads and 500 records, costs seconds to start).
 
     Returns:
         Iterator of `{'image': float32|uint8 [B, h, w, 3], 'label': int32 [B, h, w]}` with
-        `get_state() -> bytes` and `set_state(bytes)`.
+        `get_state()` and `set_state(state)` (a JSON-able dict).
     """
     crop = _crop_tuple(crop_size)
     lut = T.label_lut(label_mode, num_classes, unseen)
@@ -173,23 +174,22 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
         raise ValueError(f'batch_size must be positive; got {batch_size}.')
     if len(source) == 0:
         raise ValueError('The training source is empty.')
-    shard_options = shard_options or grain.ShardByJaxProcess(drop_remainder=True)
-    if num_workers > 0:
-        _ensure_absl_flags()
-    sampler = grain.IndexSampler(len(source), shard_options=shard_options, shuffle=True,
-                                 num_epochs=num_epochs, seed=seed)
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
     transform = TrainTransform(
         crop_size=crop, num_classes=num_classes, lut=lut, base_scale=tuple(base_size),
         ratio_range=tuple(ratio_range), cat_max_ratio=cat_max_ratio, flip_prob=flip_prob,
         photometric=photometric, normalize=normalize)
-    loader = grain.DataLoader(
-        data_source=IndexedSource(source), sampler=sampler,
-        operations=[transform, grain.Batch(batch_size, drop_remainder=True)],
-        worker_count=num_workers, worker_buffer_size=worker_buffer_size,
-        shard_options=shard_options,
-        read_options=read_options or grain.ReadOptions(num_threads=4,
-                                                       prefetch_buffer_size=4 * batch_size))
-    return iter(loader)
+    dataset = (grain.MapDataset.source(IndexedSource(source))
+               .shuffle(seed=seed)
+               .repeat(num_epochs)
+               .random_map(transform, seed=seed)
+               .batch(batch_size, drop_remainder=True))[index::count]
+    iterable = dataset.to_iter_dataset()
+    if num_workers > 0:
+        _ensure_absl_flags()
+        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iterable)
 
 
 class _EvalShard:

@@ -54,7 +54,7 @@ def default_pretrain_config(size: str = 'default') -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.learning_rate = 2e-3
     c.warmup_steps = 20
-    c.weight_decay = 0.1  # on matrices only (not biases, norms, embeddings' scale)
+    c.weight_decay = 0.1  # on parameters with >= 2 dims (not biases, norm scales, temperature)
     c.grad_clip = 1.0
     c.init_temperature = 0.07
     c.max_logit_scale = 100.0
@@ -206,8 +206,11 @@ _STEPS: dict[str, tuple] = {}  # config hash -> (optimizer, compiled step), reus
 
 
 def _train_step(config: ml_collections.ConfigDict, graphdef) -> tuple:
-    """The optimizer and the jitted pure step `(params, opt_state, batch) -> (params, opt_state,
-    loss, logit_scale)` of `config` (built once per configuration, so reruns skip compiling)."""
+    """The optimizer and the jitted pure training step of `config`.
+
+    The step maps `(params, opt_state, batch)` to `(params, opt_state, loss, logit_scale)`. It is
+    built once per configuration, so a rerun of the same configuration skips compiling.
+    """
     key = config_hash(config)
     if key in _STEPS:
         return _STEPS[key]
@@ -267,6 +270,7 @@ def _train_and_store(config: ml_collections.ConfigDict, path: pathlib.Path,
     os.close(fd)
     try:
         save_safetensors(clip, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like any file
         os.replace(tmp, path)  # atomic: readers see no file or a whole one
     finally:
         if os.path.exists(tmp):
