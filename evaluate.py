@@ -8,6 +8,7 @@ classes, so any vocabulary works). Writes results.md / results.json into --out (
 from absl import app, flags
 from ml_collections import config_flags
 
+from zegot_jax.errors import user_errors
 from zegot_jax.evaluation import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the evaluation dataset.",
@@ -20,7 +21,8 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, out=_OUT.value)
+    with user_errors():
+        run.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, out=_OUT.value)
 
 
 if __name__ == "__main__":

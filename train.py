@@ -7,6 +7,7 @@ Flags only; everything else is `zegot_jax.train.loop.train`. Override any field 
 from absl import app, flags
 from ml_collections import config_flags
 
+from zegot_jax.errors import user_errors
 from zegot_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -19,7 +20,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    loop.train(_CONFIG.value, _WORKDIR.value)
+    with user_errors():
+        loop.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ held-out images over all classes. `:smoke` is the same path at test size. Number
 RESULTS.md (hand-crafted templates without training, N prompts with and without OT, over seeds).
 """
 
+import ml_collections
+
 from configs import common
 from zegot_jax.synthetic import pretrain
 
@@ -18,7 +20,10 @@ def get_config(arg: str | None = None):
     c = common.get_config()
     c.clip.weights = "synthetic"
     c.clip.text_context_length = 32
-    c.synthetic = pretrain.default_pretrain_config("smoke" if smoke else "default")
+    c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.pretrain = pretrain.default_pretrain_config("smoke" if smoke else "default")
+    c.synthetic.world_seed = 0  # the segmentation splits ('train', 'test') of this world
+    c.synthetic.image_size = c.synthetic.pretrain.image_size
     c.synthetic.train_images = 20_000
     c.synthetic.eval_images = 200
 

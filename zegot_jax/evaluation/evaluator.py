@@ -102,12 +102,9 @@ def flat_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-    """A results page: headline numbers and the per-class table."""
-    head = (f"# Results: {config.data.name}\n\n"
-            f"| mIoU(S) | mIoU(U) | hIoU | pixel acc | images |\n|---|---|---|---|---|\n"
-            f"| {100 * summary['miou_seen']:.1f} | {100 * summary['miou_unseen']:.1f} | "
-            f"{100 * summary['hiou']:.1f} | {100 * summary['pixel_acc']:.1f} | "
-            f"{summary.get('num_images', '')} |\n\n")
+    """A results page: dataset, image count, headline numbers and the per-class table."""
+    head = (f"# Results: {config.data.name} ({config.data.label_mode}), "
+            f"{summary.get('num_images', '?')} images\n\n")
     return head + metrics.markdown_table(summary) + "\n"
 
 

@@ -94,7 +94,7 @@ class PromptLearner(nnx.Module):
         Returns:
           L2-normalised text features `[K, N, D]`.
         """
-        context = self.context.value
+        context = self.context[...]
         num_prompts, num_context, _ = context.shape
         k, lt = tokens.shape
         embedded = clip.embed_tokens(tokens)  # [K, Lt, W]

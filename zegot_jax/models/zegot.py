@@ -35,7 +35,7 @@ class Alignment(nnx.Module):
         """g `[B, D]`, t `[K, N, D]` -> L2-normalised per-image prompts `[B, K, N, D]`."""
         gt = g[:, None, None, :] * t[None]
         pair = jnp.concatenate([gt, jnp.broadcast_to(t[None], gt.shape)], axis=-1)
-        return l2_normalize(pair @ self.kernel.value + self.bias.value)
+        return l2_normalize(pair @ self.kernel[...] + self.bias[...])
 
 
 class ZegOTOutput(NamedTuple):

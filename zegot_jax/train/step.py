@@ -91,8 +91,8 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
             "loss": loss,
             "focal": aux["focal"],
             "dice": aux["dice"],
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state["step"]),
         }
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
