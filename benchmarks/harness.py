@@ -3,11 +3,12 @@
 Run the benchmarks as scripts (`.venv/bin/python benchmarks/segmenter.py`); this module is imported
 from the `benchmarks/` folder, which Python puts on the path for a script.
 
-Timing on a shared machine: `measure` compiles ahead of time (`jit(f).lower(*args).compile()`),
-reads XLA's temporary buffer size from `memory_analysis()`, then runs the compiled program once and
-repeats it only while the runs stay cheap. It reports the best run (interference from other
-processes only ever adds time) and the cores the process used during the runs (process CPU seconds
-per wall second: 2.0 on an idle 2-core machine, less when it is shared).
+Timing on a shared machine: `compare` compiles ahead of time (`jit(f).lower(*args).compile()`),
+reads XLA's temporary buffer size from `memory_analysis()`, then runs the compiled programs
+round-robin, so a change of load hits the compared functions alike, for a few rounds within a time
+budget. It reports each one's best run (interference from other processes only ever adds time) and
+the cores the process used during its runs (process CPU seconds per wall second: 2.0 on an idle
+2-core machine, less when it is shared).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
 class Measured(NamedTuple):
     """compile_s: lower + compile; run_s: best run (nan if not executed); temp_bytes: XLA temp
     buffers; runs: how many runs; cores: process CPU seconds per wall second during the runs;
-    output: the first run's output (None if not executed)."""
+    output: the first run's output (None if not executed); argument_bytes: the inputs' buffers."""
 
     compile_s: float
     run_s: float
@@ -53,47 +54,77 @@ class Measured(NamedTuple):
     runs: int
     cores: float
     output: Any = None
+    argument_bytes: int = -1
 
 
-def temp_bytes(compiled: Any) -> int:
-    """`memory_analysis().temp_size_in_bytes` of a compiled program, -1 when unavailable."""
+def memory_bytes(compiled: Any, field: str = "temp") -> int:
+    """`memory_analysis().<field>_size_in_bytes` of a compiled program, -1 when unavailable.
+
+    On a sharded program the sizes are per device.
+    """
     memory = compiled.memory_analysis()
-    return int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
+    return int(getattr(memory, f"{field}_size_in_bytes", -1)) if memory is not None else -1
+
+
+class Case(NamedTuple):
+    """One function to compile and time: `jax.jit(fn, donate_argnums)(*args_fn())`.
+
+    `args_fn` is called once per run, so donated inputs can be rebuilt; it may return
+    `jax.ShapeDtypeStruct`s when the case is only compiled.
+    """
+
+    fn: Callable
+    args_fn: Callable[[], Sequence[Any]]
+    donate_argnums: tuple[int, ...] = ()
+
+
+def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
+            budget_s: float = 30.0) -> dict[str, Measured]:
+    """Compiles every case, then runs them round-robin (so load changes hit them alike).
+
+    Args:
+      cases: name -> case.
+      execute: False: compile only (memory without running).
+      rounds: most rounds; no new round starts once the runs took `budget_s` seconds.
+      budget_s: see `rounds`.
+
+    Returns:
+      name -> `Measured` with the best run of each case.
+    """
+    compiled, compile_s = {}, {}
+    for name, case in cases.items():
+        start = time.perf_counter()
+        jitted = jax.jit(case.fn, donate_argnums=case.donate_argnums)
+        compiled[name] = jitted.lower(*case.args_fn()).compile()
+        compile_s[name] = time.perf_counter() - start
+    best = {name: float("nan" if not execute else "inf") for name in cases}
+    wall, cpu = dict.fromkeys(cases, 0.0), dict.fromkeys(cases, 0.0)
+    runs, outputs, spent = dict.fromkeys(cases, 0), dict.fromkeys(cases), 0.0
+    for _ in range(rounds if execute else 0):
+        for name, case in cases.items():
+            args = case.args_fn()
+            cpu0, start = time.process_time(), time.perf_counter()
+            result = jax.block_until_ready(compiled[name](*args))
+            seconds = time.perf_counter() - start
+            cpu[name] += time.process_time() - cpu0
+            wall[name] += seconds
+            spent += seconds
+            outputs[name] = result if outputs[name] is None else outputs[name]
+            best[name], runs[name] = min(best[name], seconds), runs[name] + 1
+        if spent > budget_s:
+            break
+    return {name: Measured(compile_s[name], best[name], memory_bytes(compiled[name]), runs[name],
+                           cpu[name] / wall[name] if runs[name] else float("nan"), outputs[name],
+                           memory_bytes(compiled[name], "argument"))
+            for name in cases}
 
 
 def measure(fn: Callable, args_fn: Callable[[], Sequence[Any]], *, execute: bool = True,
-            repeats: int = 3, cheap_s: float = 3.0, donate_argnums: tuple[int, ...] = ()
+            rounds: int = 3, budget_s: float = 10.0, donate_argnums: tuple[int, ...] = ()
             ) -> Measured:
-    """Compiles `jax.jit(fn)` for `args_fn()` and times it.
-
-    Args:
-      fn: the function to jit.
-      args_fn: returns the arguments (called once per run, so donated inputs can be rebuilt;
-        arrays or `jax.ShapeDtypeStruct`s when `execute` is False).
-      execute: False: compile only (memory without running).
-      repeats: most runs; a run slower than `cheap_s` seconds is not repeated.
-      cheap_s: see `repeats`.
-      donate_argnums: passed to `jax.jit`.
-    """
-    start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args_fn()).compile()
-    compile_s = time.perf_counter() - start
-    temp = temp_bytes(compiled)
-    if not execute:
-        return Measured(compile_s, float("nan"), temp, 0, float("nan"))
-    best, runs, wall, cpu, output = float("inf"), 0, 0.0, 0.0, None
-    while runs < repeats:
-        args = args_fn()
-        cpu0, start = time.process_time(), time.perf_counter()
-        result = jax.block_until_ready(compiled(*args))
-        seconds = time.perf_counter() - start
-        cpu += time.process_time() - cpu0
-        wall += seconds
-        output = result if output is None else output
-        best, runs = min(best, seconds), runs + 1
-        if seconds > cheap_s:
-            break
-    return Measured(compile_s, best, temp, runs, cpu / wall, output)
+    """`compare` for a single function."""
+    return compare({"": Case(fn, args_fn, donate_argnums)}, execute=execute, rounds=rounds,
+                   budget_s=budget_s)[""]
 
 
 def mib(num_bytes: int) -> str:
@@ -107,9 +138,3 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
-
-def abstract(tree: Any) -> Any:
-    """`jax.ShapeDtypeStruct`s of a pytree of arrays (compile without holding the data)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                       sharding=getattr(x, "sharding", None)),
-                        tree)

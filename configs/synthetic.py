@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
 
     c.model.layers = (1, 2, 3)
     c.model.global_pool = "mean"  # the small CLIP is pretrained on mean-pooled patch embeddings
+    c.model.dense_mode = "value"  # +0.12 zero-shot mIoU over standard on this world
     c.model.context_tokens = 4
     c.model.ot.num_iterations = 30
     c.model.templates = ("a photo of a {}.",)

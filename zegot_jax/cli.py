@@ -6,11 +6,13 @@ For each image it writes `<name>_overlay.png` (image, colour overlay, legend), `
 (the label map: palette PNG whose pixel values are class indices, 16-bit grey above 256 classes),
 `<name>_prompts.png` (per-prompt similarity maps and transport plans of the largest classes) and
 `<name>.json` (classes, pixel shares, mean scores, output files). Without `--classes` the run's own
-class list is used. An image that fails is reported and skipped; the exit status is 1 if any did.
+class list is used. An image that fails is reported and skipped; the exit status is 1 if any did,
+2 when nothing could start (bad vocabulary, missing run). ZEGOT_DEBUG=1 shows tracebacks.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -128,6 +130,8 @@ def segment_command(args: argparse.Namespace) -> int:
         if grid and (missing := set(grid) - set(classes)):
             raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
     except (ValueError, FileNotFoundError, TypeError) as e:
+        if os.environ.get("ZEGOT_DEBUG"):
+            raise
         print(f"zegot-jax segment: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)

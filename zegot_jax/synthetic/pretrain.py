@@ -270,7 +270,6 @@ def _train_and_store(config: ml_collections.ConfigDict, path: pathlib.Path,
     os.close(fd)
     try:
         save_safetensors(clip, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like any file
         os.replace(tmp, path)  # atomic: readers see no file or a whole one
     finally:
         if os.path.exists(tmp):
