@@ -72,10 +72,10 @@ def random_batch(batch: int, size: int, k: int) -> dict[str, np.ndarray]:
 class Setup:
     """Model, optimizer, step function and text inputs for one configuration."""
 
-    def __init__(self, config, k: int):
+    def __init__(self, config, k: int, clip: clip_lib.CLIP | None = None):
         self.config = config
         start = time.perf_counter()
-        self.model = state_lib.build_model(config)
+        self.model = state_lib.build_model(config, clip)
         self.build_s = time.perf_counter() - start
         self.graphdef, self.params, self.frozen = state_lib.split_model(self.model)
         self.tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -86,7 +86,14 @@ class Setup:
         return self.model.text_inputs(self.names, context)
 
     def state(self):
-        return step_lib.init_state(self.params, self.tx, self.config.seed)
+        """A fresh train state (copies: the step donates it)."""
+        return step_lib.init_state(jax.tree.map(jnp.copy, self.params), self.tx, self.config.seed)
+
+    def without_ot(self) -> Setup:
+        """The same model (same CLIP, same initial parameters) with `model.ot.enabled=False`."""
+        config = self.config.copy_and_resolve_references()
+        config.model.ot.enabled = False
+        return Setup(config, len(self.names), self.model.clip)
 
 
 def memory_rows(setup: Setup, args: argparse.Namespace) -> list[list]:
@@ -95,11 +102,13 @@ def memory_rows(setup: Setup, args: argparse.Namespace) -> list[list]:
     shape = (args.global_batch, args.size, args.size)
     batch = {"image": jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
              "label": jax.ShapeDtypeStruct(shape, jnp.int32)}
-    for context in args.contexts:
-        ti = setup.text_inputs(context)
-        m = harness.measure(setup.step, lambda ti=ti: (setup.state(), setup.frozen, batch, ti),
+    off = setup.without_ot()
+    runs = [(setup, "ott", c) for c in args.contexts] + [(off, "off", min(args.contexts))]
+    for s, ot, context in runs:
+        ti = s.text_inputs(context)
+        m = harness.measure(s.step, lambda s=s, ti=ti: (s.state(), s.frozen, batch, ti),
                             execute=False, donate_argnums=(0,))
-        rows.append([args.global_batch, context, f"{m.compile_s:.0f}",
+        rows.append([args.global_batch, context, ot, f"{m.compile_s:.0f}",
                      f"{m.temp_bytes / 2**30:.1f}", f"{m.argument_bytes / 2**30:.2f}"])
         print(f"  {rows[-1]}", flush=True)
     return rows
@@ -113,7 +122,7 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
     def image_fn(f, p, x):
         return state_lib.merge(graphdef, p, f).pixel_features(x)
 
-    rows = []
+    rows, off = [], setup.without_ot() if args.ot_off else None
     weights = jax.random.normal(jax.random.key(0), (len(setup.names), setup.model.num_prompts,
                                                     setup.model.clip.spec.embed_dim))
     for context in args.time_contexts:
@@ -124,21 +133,26 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
                 return jnp.sum(state_lib.merge(graphdef, p, f).text_features(ti) * weights)
             return jax.grad(total)(p)
 
-        measured = harness.compare({
+        cases = {
             "image tower forward": harness.Case(image_fn,
                                                 lambda: (frozen, params, batch["image"])),
             "text tower forward+backward": harness.Case(text_fn, lambda ti=ti: (params, frozen, ti)),
             "train step": harness.Case(setup.step,
                                        lambda ti=ti: (setup.state(), frozen, batch, ti), (0,)),
-        }, rounds=args.rounds, budget_s=args.budget_s)
+        }
+        if off is not None:
+            cases["train step, OT off"] = harness.Case(
+                off.step, lambda ti=ti: (off.state(), off.frozen, batch, ti), (0,))
+        measured = harness.compare(cases, rounds=args.rounds, budget_s=args.budget_s)
         for name, m in measured.items():
             rows.append([batch_size, context, name, f"{m.compile_s:.1f}", f"{m.run_s:.2f}",
-                         f"{batch_size / m.run_s:.2f}" if name == "train step" else "",
+                         f"{batch_size / m.run_s:.2f}" if name.startswith("train") else "",
                          f"{m.temp_bytes / 2**20:,.0f}", m.runs, f"{m.cores:.1f}"])
         floor = measured["image tower forward"].run_s + measured["text tower forward+backward"].run_s
-        rows.append([batch_size, context, "step / (image fwd + text fwd+bwd)", "",
-                     f"{measured['train step'].run_s / floor:.2f}x", "", "", "", ""])
-        print("  " + "\n  ".join(str(r) for r in rows[-4:]), flush=True)
+        for name in [n for n in measured if n.startswith("train")]:
+            rows.append([batch_size, context, f"{name} / (image fwd + text fwd+bwd)", "",
+                         f"{measured[name].run_s / floor:.2f}x", "", "", "", ""])
+        print("  " + "\n  ".join(str(r) for r in rows[-len(cases) - 2:]), flush=True)
     return rows
 
 
@@ -187,8 +201,8 @@ def scaling_rows(args: argparse.Namespace) -> list[list]:
         wall = time.perf_counter() - start
         lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
         if done.returncode or not lines:
-            error = (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
-            rows.append([count, f"failed: {error}"] + [""] * 6)
+            error = (done.stderr.strip().splitlines() or ["no output"])[-1][:100]
+            rows.append([count, f"failed (exit {done.returncode}): {error}"] + [""] * 6)
             continue
         r = json.loads(lines[0][len("RESULT "):])
         reference = reference or r
@@ -218,13 +232,15 @@ def parse_args() -> argparse.Namespace:
                         help="most round-robin rounds of the timed group")
     parser.add_argument("--budget-s", type=float, default=30.0,
                         help="no new round once the group's runs took this long")
+    parser.add_argument("--ot-off", action="store_true",
+                        help="also time the step with model.ot.enabled=False")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--scaling-devices", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--scaling-variant", default="tiny")
-    parser.add_argument("--scaling-size", type=int, default=224)
+    parser.add_argument("--scaling-size", type=int, default=112, help="tiny: 14x14 tokens")
     parser.add_argument("--scaling-batch", type=int, default=8)
-    parser.add_argument("--scaling-classes", type=int, default=156)
+    parser.add_argument("--scaling-classes", type=int, default=20)
     parser.add_argument("--scaling-context", type=int, default=16)
     parser.add_argument("--scaling-steps", type=int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -260,7 +276,7 @@ def main() -> None:
     if memory:
         print(f"\nCompiled memory of one train step at global batch {args.global_batch} on one "
               "device (compiled, not run; arguments = frozen CLIP + state + batch):\n")
-        print(harness.markdown(["batch", "text context", "compile (s)", "temp (GiB)",
+        print(harness.markdown(["batch", "text context", "OT", "compile (s)", "temp (GiB)",
                                 "arguments (GiB)"], memory))
     if timing:
         note = " (small on purpose: CPU)" if cpu else ""

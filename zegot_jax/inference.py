@@ -119,16 +119,8 @@ def processed_size(height: int, width: int, *, short_side: int, patch: int,
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config stored with a run's latest checkpoint (JSON lists back to tuples)."""
-
-    def tuples(value):
-        if isinstance(value, dict):
-            return {k: tuples(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return tuple(tuples(v) for v in value)
-        return value
-
-    return ml_collections.ConfigDict(tuples(ckpt_lib.read_config(workdir)))
+    """The config stored with a run's latest checkpoint."""
+    return ckpt_lib.saved_config(workdir)
 
 
 def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None

@@ -16,17 +16,10 @@ def run_config(eval_config: ml_collections.ConfigDict, checkpoint: str) -> ml_co
     """The trained run's backbone and model settings, with the evaluation config's data and eval."""
     saved = ckpt_lib.read_config(checkpoint)
     config = ml_collections.ConfigDict(eval_config.to_dict())
-    for section in ("clip", "model", "seed"):
-        if section in saved:
-            config[section] = (ml_collections.ConfigDict(saved[section])
-                               if isinstance(saved[section], dict) else saved[section])
-    for key in ("model.layers", "model.templates", "data.base_size", "data.ratio_range"):
-        # JSON turns tuples into lists; keep the config's tuple types.
-        section, field = key.split(".")
-        if field in config[section] and isinstance(config[section][field], list):
-            config[section][field] = tuple(config[section][field])
-    if "synthetic" in saved and "synthetic" in config:
-        config.synthetic = ml_collections.ConfigDict(saved["synthetic"])
+    kept = {k: saved[k] for k in ("clip", "model", "seed") if k in saved}
+    if "pretrain" in saved.get("synthetic", {}):  # which synthetic CLIP the run was trained with
+        kept["synthetic"] = {"pretrain": saved["synthetic"]["pretrain"]}
+    ckpt_lib.update_from_saved(config, kept)
     return config
 
 

@@ -73,6 +73,34 @@ def read_config(workdir: str) -> dict:
     return config.config
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config stored with a run's latest checkpoint (JSON lists turned back into tuples)."""
+    return ml_collections.ConfigDict(_tuples(read_config(workdir)))
+
+
+def update_from_saved(config: ml_collections.ConfigDict, saved: dict) -> None:
+    """Overwrites the fields of `config` that `saved` also has, recursively, in place.
+
+    Fields added to the code after the run was saved keep `config`'s values; fields the code no
+    longer has are dropped.
+    """
+    for key, value in _tuples(saved).items():
+        if key not in config:
+            continue
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            update_from_saved(config[key], value)
+        else:
+            config[key] = value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def abstract(tree: Any) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of a concrete tree, for restoring into."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
