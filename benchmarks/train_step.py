@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -173,6 +174,9 @@ def worker(args: argparse.Namespace) -> None:
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, frozen, batch, ti)
     first = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    grid = args.scaling_size // setup.model.clip.spec.patch_size
+    problems = re.findall(rf"f32\[(\d+),{grid * grid},{setup.model.num_prompts}\]",
+                          compiled.as_text())
     start = time.perf_counter()
     for _ in range(args.scaling_steps):
         state, metrics = compiled(state, frozen, batch, ti)
@@ -182,7 +186,9 @@ def worker(args: argparse.Namespace) -> None:
         "devices": len(jax.devices()), "compile_s": compile_s,
         "images_per_s": args.scaling_steps * args.scaling_batch / seconds,
         "temp_bytes": harness.memory_bytes(compiled), "loss": first["loss"],
-        "grad_norm": first["grad_norm"], "batch_sharding": str(batch["image"].sharding.spec)}))
+        "grad_norm": first["grad_norm"], "batch_sharding": str(batch["image"].sharding.spec),
+        "ot_problems": max(map(int, problems), default=-1),
+        "ot_problems_global": len(setup.model.layers) * args.scaling_batch * args.scaling_classes}))
 
 
 def scaling_rows(args: argparse.Namespace) -> list[list]:
@@ -202,11 +208,12 @@ def scaling_rows(args: argparse.Namespace) -> list[list]:
         lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
         if done.returncode or not lines:
             error = (done.stderr.strip().splitlines() or ["no output"])[-1][:100]
-            rows.append([count, f"failed (exit {done.returncode}): {error}"] + [""] * 6)
+            rows.append([count, f"failed (exit {done.returncode}): {error}"] + [""] * 7)
             continue
         r = json.loads(lines[0][len("RESULT "):])
         reference = reference or r
-        rows.append([r["devices"], r["batch_sharding"], f"{r['compile_s']:.1f}",
+        rows.append([r["devices"], r["batch_sharding"],
+                     f"{r['ot_problems']} of {r['ot_problems_global']}", f"{r['compile_s']:.1f}",
                      f"{r['images_per_s']:.1f}", f"{r['temp_bytes'] / 2**20:,.0f}",
                      f"{abs(r['loss'] - reference['loss']):.1e}",
                      f"{abs(r['grad_norm'] - reference['grad_norm']) / reference['grad_norm']:.1e}",
@@ -232,8 +239,8 @@ def parse_args() -> argparse.Namespace:
                         help="most round-robin rounds of the timed group")
     parser.add_argument("--budget-s", type=float, default=30.0,
                         help="no new round once the group's runs took this long")
-    parser.add_argument("--ot-off", action="store_true",
-                        help="also time the step with model.ot.enabled=False")
+    parser.add_argument("--no-ot-off", dest="ot_off", action="store_false",
+                        help="skip timing the step with model.ot.enabled=False")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--scaling-devices", type=int, nargs="*", default=[1, 2, 4, 8])
@@ -292,8 +299,10 @@ def main() -> None:
               f"{args.scaling_steps} timed steps after the first. All simulated devices share "
               f"this machine's {os.cpu_count()} cores: this measures the sharded path's overhead "
               "and agreement, not speed-up. Temp is per device; differences are against the first "
-              "row's first step:\n")
-        print(harness.markdown(["devices", "batch spec", "compile (s)", "images/s",
+              "row's first step. OT problems per device: the largest `f32[P, M, N]` in the "
+              "compiled step (P = L*B*K/devices when MPOT is sharded with the batch):\n")
+        print(harness.markdown(["devices", "batch spec", "OT problems per device (HLO)",
+                                "compile (s)", "images/s",
                                 "temp (MiB)", "|loss diff|", "grad-norm rel. diff",
                                 "process wall (s)"], scaling))
 

@@ -235,3 +235,17 @@ def test_bad_arguments_raise(kwargs, match):
 def test_bad_shape_raises():
     with pytest.raises(ValueError, match=r"\[\.\.\., M, N\]"):
         zot.mpot(jnp.zeros((4,)), epsilon=0.05, num_iterations=10)
+
+
+def test_unbalanced_score_uses_the_plan_at_unit_mass():
+    # Cosines around 0.3 everywhere: cost ~0.7, so an unbalanced plan keeps little mass.
+    s = jnp.asarray(0.3 + 0.05 * _similarity(7, (2, 64, 4)), jnp.float32)
+    out = zot.mpot(s, epsilon=0.05, num_iterations=50, tau=0.5)
+    mass = np.asarray(out.plan.sum((-1, -2)))
+    assert np.all(mass < 0.5)  # the raw plan lost most of its mass ...
+    expected = 64 * 4 * np.einsum("bmn,bmn->bm", np.asarray(out.plan) / mass[:, None, None],
+                                  np.asarray(s))
+    np.testing.assert_allclose(out.score, expected, rtol=1e-5)
+    balanced = zot.mpot(s, epsilon=0.05, num_iterations=50)
+    # ... but the score stays on the balanced scale (N times a weighted mean of S).
+    np.testing.assert_allclose(out.score.mean(), balanced.score.mean(), rtol=0.05)

@@ -29,7 +29,8 @@ class MPOTOutput(NamedTuple):
     """Result of `mpot`. `...` are the leading (batch) dimensions of the similarity.
 
     Attributes:
-        score: refined score per pixel, `sum_n M * N * plan * S`, `[..., M]`.
+        score: refined score per pixel, `sum_n M * N * plan * S`, `[..., M]` (for unbalanced
+            problems with the plan rescaled to unit total mass).
         plan: transport plan, `[..., M, N]`; sums to 1 per problem when balanced.
         entropy: entropy of the plan, `-sum T log T`, `[...]` (`log(M N)` for a uniform plan).
         marginal_error: `||T 1 - 1/M||_1 + ||T^T 1 - 1/N||_1`, `[...]`. Near 0 when balanced and
@@ -164,7 +165,11 @@ def mpot(
         c, epsilon=epsilon, num_iterations=num_iterations, tau=tau, implicit_diff=implicit_diff))
     plan, entropy, iterations = solve(cost.reshape(-1, m, n))
     plan = plan.reshape(s.shape)
-    score = (m * n) * jnp.einsum("...mn,...mn->...m", plan, s)
+    # Unbalanced plans carry less (or more) than unit mass, often far less when the cost is high
+    # everywhere; the score uses the plan rescaled to unit mass so it stays on the balanced scale
+    # (a no-op for balanced plans). The returned plan is the solver's, unscaled.
+    weights = plan if tau >= 1.0 else plan / jnp.maximum(plan.sum((-1, -2), keepdims=True), 1e-30)
+    score = (m * n) * jnp.einsum("...mn,...mn->...m", weights, s)
     marginal_error = (jnp.abs(plan.sum(-1) - 1.0 / m).sum(-1)
                       + jnp.abs(plan.sum(-2) - 1.0 / n).sum(-1))
     return MPOTOutput(score, plan, entropy.reshape(lead), marginal_error,
