@@ -49,7 +49,8 @@ def blend(image: np.ndarray, label_map: np.ndarray, colours: np.ndarray,
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def _figure(width: float, height: float, layout: str | None = None) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+    """A Figure on its own Agg canvas (no pyplot state)."""
     fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
@@ -61,7 +62,7 @@ def overlay_figure(result: SegmentationResult, *, alpha: float = 0.5, present_on
     colours = palette(len(result.class_names))
     height, width = result.label_map.shape
     counts = np.bincount(result.label_map.ravel(), minlength=len(result.class_names))
-    fig = _figure(8.0, 4.0 * height / width + 0.6)
+    fig = new_figure(8.0, 4.0 * height / width + 0.6)
     left, right = fig.subplots(1, 2)
     left.imshow(result.image)
     left.set_title("image")
@@ -119,7 +120,7 @@ def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None
     num_prompts, (h, w) = result.similarity.shape[-1], result.similarity.shape[2:4]
     rows = [(i, k) for i in ids for k in kinds]
     cell = 1.6
-    fig = _figure(cell * num_prompts + 1.2, (cell * h / w + 0.15) * len(rows) + 0.5,
+    fig = new_figure(cell * num_prompts + 1.2, (cell * h / w + 0.15) * len(rows) + 0.5,
                   layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), num_prompts, squeeze=False))
     where = "mean over layers" if layer is None else f"layer {result.layers[layer]}"

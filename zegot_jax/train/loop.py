@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax.evaluation import evaluator
+from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, optim, sharding
 from zegot_jax.train import state as state_lib
@@ -117,6 +117,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         preempt.restore()
         ckpt.close()
     summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps)
+    if jax.process_index() == 0 and jax.process_count() == 1:
+        figure.write_results_figure(str(Path(workdir) / "predictions.png"), config,
+                                    (parts.graphdef, state["params"], frozen),
+                                    data.source("eval"), data.class_names, data.unseen)
     writer.close()
     return summary
 
