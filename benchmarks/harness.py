@@ -78,9 +78,19 @@ class Case(NamedTuple):
     donate_argnums: tuple[int, ...] = ()
 
 
+def free_bytes() -> int:
+    """Memory a program may use: the accelerator's limit, or the host's available memory."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
             budget_s: float = 30.0) -> dict[str, Measured]:
     """Compiles every case, then runs them round-robin (so load changes hit them alike).
+
+    A case whose compiled temp + argument buffers exceed `free_bytes()` is compiled, not run.
 
     Args:
       cases: name -> case.
@@ -89,7 +99,7 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
       budget_s: see `rounds`.
 
     Returns:
-      name -> `Measured` with the best run of each case.
+      name -> `Measured` with the best run of each case (run_s nan when not run).
     """
     compiled, compile_s = {}, {}
     for name, case in cases.items():
@@ -97,11 +107,15 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
         jitted = jax.jit(case.fn, donate_argnums=case.donate_argnums)
         compiled[name] = jitted.lower(*case.args_fn()).compile()
         compile_s[name] = time.perf_counter() - start
-    best = {name: float("nan" if not execute else "inf") for name in cases}
+    fits = {name: memory_bytes(c) + max(memory_bytes(c, "argument"), 0) < free_bytes()
+            for name, c in compiled.items()}
+    best = {name: float("inf" if execute and fits[name] else "nan") for name in cases}
     wall, cpu = dict.fromkeys(cases, 0.0), dict.fromkeys(cases, 0.0)
     runs, outputs, spent = dict.fromkeys(cases, 0), dict.fromkeys(cases), 0.0
-    for _ in range(rounds if execute else 0):
+    for _ in range(rounds if execute and any(fits.values()) else 0):
         for name, case in cases.items():
+            if not fits[name]:
+                continue
             args = case.args_fn()
             cpu0, start = time.process_time(), time.perf_counter()
             result = jax.block_until_ready(compiled[name](*args))

@@ -5,7 +5,7 @@ ViT-B/16 at 512x512 (random weights), N=4 learned prompts, layers 5/7/11, epsilo
 Every function is jitted and compiled ahead of time; the tables give compile time, the best run,
 XLA's temporary buffers (`compile().memory_analysis().temp_size_in_bytes`) and the cores used.
 
-    .venv/bin/python benchmarks/segmenter.py                      # about 10 min on 2 loaded cores
+    .venv/bin/python benchmarks/segmenter.py                      # 7-10 min on 2 shared cores
     .venv/bin/python benchmarks/segmenter.py --classes 20 --size 224 --no-train   # quick look
 
 1. Forward pieces: text features at the default text context (77) and a short one (16 holds the

@@ -14,7 +14,7 @@ random weights and random labels, in three parts:
    batch from `sharding.to_global`), on a small model. The simulated devices share the host's
    cores: this checks the sharded path's overhead and that it computes the same step, not speed-up.
 
-    .venv/bin/python benchmarks/train_step.py                     # about 10 min on 2 loaded cores
+    .venv/bin/python benchmarks/train_step.py                     # about 6 min on 2 shared cores
     .venv/bin/python benchmarks/train_step.py --size 224 --classes 20 --scaling-devices 1 2
     .venv/bin/python benchmarks/train_step.py --dtype bfloat16     # on a GPU: timed at batch 16
 
@@ -289,7 +289,9 @@ def main() -> None:
         note = " (small on purpose: CPU)" if cpu else ""
         print(f"\nTime at batch {time_batch}{note}: the three functions are compiled, then run "
               f"round-robin (at most {args.rounds} rounds, no new round after {args.budget_s:.0f} "
-              "s of runs); best run; cores = process CPU s / wall s:\n")
+              "s of runs); best run; cores = process CPU s / wall s; compile 0.0 = compiled "
+              "already for the memory table (same shapes); nan = compiled, not run (temp + "
+              "arguments exceed the free memory):\n")
         print(harness.markdown(["batch", "text context", "function", "compile (s)", "run (s)",
                                 "images/s", "temp (MiB)", "runs", "cores"], timing))
     if scaling:
