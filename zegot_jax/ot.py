@@ -10,7 +10,8 @@ The solver always runs exactly `num_iterations` Sinkhorn iterations as a fixed-l
 `min_iterations == max_iterations`), so it vmaps over many problems and differentiates in reverse
 mode, either unrolled (exactly what ran; memory grows with the iteration count, see `_solve_one`
 for an ott 0.6.0 bug that rules out ott's checkpointing) or implicitly (memory-light, assumes
-convergence). Leading dimensions (`[L, B, K]` or any other) are flattened and vmapped.
+convergence). Leading dimensions (`[L, B, K]` or any other) are vmapped one by one, so a batch axis sharded
+over devices stays sharded.
 
 `sinkhorn_log_reference` is a plain JAX loop for the same computation: a test oracle and the
 baseline of `benchmarks/mpot.py`.
@@ -161,10 +162,15 @@ def mpot(
     cost = 1.0 - s
     if not plan_gradient:
         cost = jax.lax.stop_gradient(cost)
-    solve = jax.vmap(lambda c: _solve_one(
-        c, epsilon=epsilon, num_iterations=num_iterations, tau=tau, implicit_diff=implicit_diff))
-    plan, entropy, iterations = solve(cost.reshape(-1, m, n))
-    plan = plan.reshape(s.shape)
+    def solve(c):
+        return _solve_one(c, epsilon=epsilon, num_iterations=num_iterations, tau=tau,
+                          implicit_diff=implicit_diff)
+
+    # One vmap per leading dimension rather than a reshape to [P, M, N]: a reshape merges a sharded
+    # batch axis with the others and makes every device solve every problem.
+    for _ in lead:
+        solve = jax.vmap(solve)
+    plan, entropy, iterations = solve(cost)
     # Unbalanced plans carry less (or more) than unit mass, often far less when the cost is high
     # everywhere; the score uses the plan rescaled to unit mass so it stays on the balanced scale
     # (a no-op for balanced plans). The returned plan is the solver's, unscaled.
@@ -172,8 +178,7 @@ def mpot(
     score = (m * n) * jnp.einsum("...mn,...mn->...m", weights, s)
     marginal_error = (jnp.abs(plan.sum(-1) - 1.0 / m).sum(-1)
                       + jnp.abs(plan.sum(-2) - 1.0 / n).sum(-1))
-    return MPOTOutput(score, plan, entropy.reshape(lead), marginal_error,
-                      iterations.reshape(lead))
+    return MPOTOutput(score, plan, entropy, marginal_error, iterations)
 
 
 def sinkhorn_log_reference(

@@ -146,3 +146,13 @@ def test_bad_vocabularies_and_images(smoke_config, tiny_clip):
     smoke_config.model.layers = (5,)
     with pytest.raises(ValueError, match="layers"):
         _model(smoke_config, tiny_clip)
+
+
+def test_trimmed_token_table_gives_the_same_text_features(smoke_config, tiny_clip):
+    """Prompts are padded to the longest one only; with a causal mask this is exact."""
+    model = _model(smoke_config, tiny_clip)
+    inputs = model.text_inputs(VOC[:4], 16)
+    assert inputs["tokens"].shape[1] <= 16
+    full = jnp.zeros((4, 16), jnp.int32).at[:, :inputs["tokens"].shape[1]].set(inputs["tokens"])
+    np.testing.assert_allclose(model.text_features(inputs),
+                               model.text_features({**inputs, "tokens": full}), atol=1e-5)
