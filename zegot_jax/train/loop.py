@@ -93,7 +93,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, metrics = train_step(state, frozen, batch, text_inputs)
             bar.update(1)
             is_last = step == num_steps
-            should_save = step % config.train.checkpoint_every == 0 or is_last or preempt.requested
+            preempted = preempt.requested  # read once: the signal may land at any moment
+            should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
             if step % config.train.log_every == 0 or should_save:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(host, step, last_saved)
@@ -106,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if should_save:
                 ckpt.save(step, state, train_iter.get_state(), config)
                 last_saved = step
-            if preempt.requested:
+            if preempted:
                 ckpt.wait()
                 writer.write_text(f"preempted at step {step}; checkpoint saved")
                 return {"preempted_at": step}
