@@ -43,7 +43,8 @@ def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None) 
         kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
             "no checkpoint was written yet"
         raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
-                                 f"Inf; {kept}. Lower optim.learning_rate or check the data.")
+                                 f"Inf (checked every train.log_every steps and before each "
+                                 f"checkpoint); {kept}. Lower optim.learning_rate or check the data.")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
