@@ -4,10 +4,12 @@ Flags only; everything else is `zegot_jax.train.loop.train`. Override any field 
 `--config.a.b=value`; a mistyped or wrongly typed field fails at launch (the config is locked).
 """
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from zegot_jax.errors import user_errors
+from zegot_jax.evaluation import evaluator
 from zegot_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -21,7 +23,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     with user_errors():
-        loop.train(_CONFIG.value, _WORKDIR.value)
+        summary = loop.train(_CONFIG.value, _WORKDIR.value)
+    if "hiou" in summary and jax.process_index() == 0:
+        print(evaluator.headline(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,13 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=None)
     parser.add_argument('--no-cache', action='store_true')
     parser.add_argument('--eval-images', type=int, default=256)
+    parser.add_argument('--pooling', default=None, choices=P.POOLINGS)
     args = parser.parse_args()
     config = P.default_pretrain_config(args.size)
     if args.steps is not None:
         config.steps = args.steps
+    if args.pooling is not None:
+        config.pooling = args.pooling
     print(f'devices: {jax.devices()}  cpus: {os.cpu_count()}  load: {os.getloadavg()}')
     start = time.perf_counter()
     clip, history = P.pretrain(config)
@@ -50,14 +53,18 @@ def main() -> None:
             ('loss first/last 10', f'{sum(history["loss"][:10]) / 10:.3f} / '
                                    f'{sum(history["loss"][-10:]) / 10:.3f}'),
             ('temperature', f'{1 / 2.718281828 ** history["logit_scale"][-1]:.4f}')]
-    r = retrieval_top1(clip, held_out, num_images=args.eval_images)
+    embed = lambda m, x: P.image_embedding(m, x, config.pooling)
+    r = retrieval_top1(clip, held_out, num_images=args.eval_images, embed=embed)
     rows += [(f'retrieval top-1 / {args.eval_images} (chance)',
               f'{r["top1"]:.3f} ({r["chance"]:.3f})'),
              ('retrieval same-content top-1 (chance)',
               f'{r["content_top1"]:.3f} ({r["content_chance"]:.3f})')]
     names = [world.CLASS_NAMES[i] for i in world.UNSEEN]
-    for dense in ('standard', 'value'):
-        z = zero_shot_dense_miou(clip, held_out, num_images=args.eval_images, dense=dense)
+    last = config.model.vision_layers - 1
+    probes = [('standard', None), ('value', None)] + [(f'layer {i}', i) for i in range(last)]
+    for dense, layer in probes:
+        z = zero_shot_dense_miou(clip, held_out, num_images=args.eval_images,
+                                 dense=dense if layer is None else 'standard', layer=layer)
         rows += [(f'zero-shot mIoU all, {dense} (chance, ceiling)',
                   f'{z["miou"]:.3f} ({z["chance_miou"]:.3f}, {z["ceiling_miou"]:.3f})'),
                  (f'zero-shot mIoU seen, {dense}', f'{z["miou_seen"]:.3f}'),

@@ -1,13 +1,15 @@
-"""RESULTS.md: ZegOT and its ablations on the synthetic world, several seeds, mean +- std.
+"""RESULTS.md: ZegOT, its guards and its ablations on the synthetic world, over seeds.
 
-  python benchmarks/synthetic_results.py --seeds 0 1 2 --workdir runs/results
+  python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --workdir runs/results
+  python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --only "ZegOT" "no OT"  # a subset
 
-Rows: hand-crafted templates without training (a MaskCLIP-like baseline), one learned prompt
-without OT, N learned prompts without OT (uniform plan), ZegOT (N prompts with OT), and ZegOT
-without the DLFA alignment projections. Besides mIoU(S)/mIoU(U)/hIoU each row reports how
-different the per-prompt maps of a class are (1 - mean correlation) and the normalised entropy of
-the per-pixel plan rows (1 = uniform), on the classes present in held-out images. Runs already
-finished in --workdir are only re-evaluated. Prints Markdown; asserts nothing.
+Each row is the embedded default (`configs/synthetic.py`) with a few dotted-key overrides; a seed
+sets the prompt/projection initialisation and the data order, while the CLIP, the world and the
+evaluation images are the same for every run. For every row the script prints mean, standard
+deviation and a 95% Student-t interval of the mean over seeds, then the paired (same-seed)
+differences the benchmark exists to measure. Each finished run leaves `row.json` in its workdir and
+is not trained again, so several invocations (e.g. two in parallel with different `--only`) share
+one table. Prints Markdown and JSON lines; asserts nothing.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,68 +27,174 @@ from configs import synthetic  # noqa: E402
 from zegot_jax.evaluation import evaluator, prompt_stats  # noqa: E402
 from zegot_jax.evaluation import run as run_lib  # noqa: E402
 from zegot_jax.inference import override  # noqa: E402
+from zegot_jax.models.zegot import TRAINING_FREE  # noqa: E402
 from zegot_jax.train import inputs, loop  # noqa: E402
 from zegot_jax.train import state as state_lib  # noqa: E402
 
+ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
+                  "model.text_consistency_weight": 0.0, "model.learn_temperature": False}
 VARIANTS = {
-    "templates, no training": {"model.prompts": "templates", "model.alignment": False,
-                               "model.ot.enabled": False, "train.num_steps": 0,
-                               "eval.seen_penalty": 0.0},
-    "1 learned prompt, no OT": {"model.num_prompts": 1, "model.ot.enabled": False},
-    "N=4 learned prompts, no OT (uniform plan)": {"model.ot.enabled": False},
-    "ZegOT (N=4 prompts + OT)": {},
-    "ZegOT without alignment projections": {"model.alignment": False},
+    "training-free templates": {**{f"model.{k}": v for k, v in TRAINING_FREE.items()},
+                                "train.num_steps": 0, "eval.seen_penalty": 0.0},
+    "ZegOT (defaults: all guards on)": {},
+    "learned prompts, no OT (uniform plan)": {"model.ot.enabled": False},
+    "1 learned prompt": {"model.num_prompts": 1},
+    "- template-initialised contexts (random init)": {"model.prompt_init": "random"},
+    "- residual DLFA (OTSeg's plain DLFA)": {"model.alignment_residual": False},
+    "- text-consistency term (KgCoOp weight 0)": {"model.text_consistency_weight": 0.0},
+    "- temperature and bias": {"model.learn_temperature": False},
+    "+ ensemble with training-free scores (w 0.5)": {"model.ensemble_weight": 0.5},
+    "all guards off (the earlier ZegOT)": ALL_GUARDS_OFF,
+    "ZegOT without DLFA": {"model.alignment": False},
+    "fixed templates as prompts + DLFA + OT (OTSeg's text side)": {
+        "model.prompts": "templates", "model.templates": synthetic.common.TEMPLATES[:4]},
 }
+# Rows that only change inference reuse another row's trained parameters.
+EVAL_ONLY = {"+ ensemble with training-free scores (w 0.5)": "ZegOT (defaults: all guards on)"}
+DETERMINISTIC = ("training-free templates",)  # no randomness: one run stands for every seed
 SCORES = ("miou_seen", "miou_unseen", "hiou", "prompt_diversity", "plan_entropy")
+# Paired differences (same seeds): (row A, row B, what the difference measures).
+CONTRASTS = (
+    ("ZegOT (defaults: all guards on)", "training-free templates", "ZegOT - training-free"),
+    ("ZegOT (defaults: all guards on)", "learned prompts, no OT (uniform plan)", "OT - uniform plan"),
+    ("ZegOT (defaults: all guards on)", "1 learned prompt", "N=4 - N=1"),
+    ("ZegOT (defaults: all guards on)", "- template-initialised contexts (random init)",
+     "template init"),
+    ("ZegOT (defaults: all guards on)", "- residual DLFA (OTSeg's plain DLFA)", "residual DLFA"),
+    ("ZegOT (defaults: all guards on)", "- text-consistency term (KgCoOp weight 0)",
+     "text consistency"),
+    ("ZegOT (defaults: all guards on)", "- temperature and bias", "temperature and bias"),
+    ("+ ensemble with training-free scores (w 0.5)", "ZegOT (defaults: all guards on)",
+     "ensemble w 0.5"),
+    ("ZegOT (defaults: all guards on)", "all guards off (the earlier ZegOT)", "all guards"),
+)
 
 
-def run_one(config, workdir: str) -> dict:
-    """Trains (or resumes) one run and measures its scores and prompt statistics."""
+def slug(name: str) -> str:
+    keep = "".join(c if c.isalnum() else "_" for c in name.lower())
+    return "_".join(w for w in keep.split("_") if w)[:60]
+
+
+def run_one(config, workdir: str, trained_from: str | None = None) -> dict:
+    """Trains (or resumes) one run, or re-evaluates `trained_from`; returns its scores."""
     start = time.perf_counter()
-    summary = loop.train(config, workdir)
-    seconds = time.perf_counter() - start
-    if config.train.num_steps:
-        parts, params = run_lib.load_trained(config, workdir)
-    else:  # nothing was trained: the model as built
-        parts = state_lib.split_model(state_lib.build_model(config))
-        params = parts.params
-    data = inputs.DataSetup.from_config(config)
+    if trained_from is not None:  # inference-only change: the other row's parameters
+        parts, params = run_lib.load_trained(config, trained_from)
+        data = inputs.DataSetup.from_config(config)
+        summary = evaluator.evaluate(config, parts.graphdef, params, parts.frozen,
+                                     data.eval_iterator(), data.class_names, data.unseen,
+                                     seen_penalty=data.seen_penalty(config))
+    else:
+        summary = loop.train(config, workdir)
+        data = inputs.DataSetup.from_config(config)
+        if config.train.num_steps:
+            parts, params = run_lib.load_trained(config, workdir)
+        else:  # nothing was trained: the model as built
+            parts = state_lib.split_model(state_lib.build_model(config))
+            params = parts.params
     text = evaluator.text_features_of(parts.graphdef, params, parts.frozen, data.class_names,
                                       config.clip.text_context_length)
-    stats = prompt_stats.prompt_statistics(parts.graphdef, params, parts.frozen, text,
-                                           data.eval_iterator(),
-                                           patch=config.synthetic.pretrain.model.patch_size)
-    return {**{k: summary[k] for k in SCORES[:3]}, **stats, "seconds": seconds}
+    statistics = prompt_stats.prompt_statistics(parts.graphdef, params, parts.frozen, text,
+                                                data.eval_iterator(),
+                                                patch=config.synthetic.pretrain.model.patch_size)
+    return {**{k: summary[k] for k in SCORES[:3]}, **statistics,
+            "per_class_iou": summary["per_class_iou"], "seconds": time.perf_counter() - start}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workdir", default="runs/results")
-    parser.add_argument("--config_arg", default=None, help="e.g. 'smoke' for a quick check")
-    args = parser.parse_args()
-    base = synthetic.get_config(args.config_arg)
-    rows = {}
-    for name, changes in VARIANTS.items():
-        for seed in args.seeds:
-            config = override(base, {**changes, "seed": seed})
-            slug = name.split(" (")[0].replace(" ", "_").replace(",", "").replace("=", "")
-            result = run_one(config, str(Path(args.workdir) / f"{slug}_seed{seed}"))
-            rows.setdefault(name, []).append(result)
-            print(json.dumps({"variant": name, "seed": seed, **result}), flush=True)
-    print("\n| variant | runs | mIoU(S) | mIoU(U) | hIoU | prompt diversity | plan entropy |")
-    print("|---|---|---|---|---|---|---|")
+def interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean, standard deviation (ddof 1) and the half-width of the 95% t-interval of the mean."""
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), float("nan"), float("nan")
+    std = float(values.std(ddof=1))
+    return float(values.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+
+
+def table(rows: dict[str, list[dict]]) -> str:
+    lines = ["| variant | runs | mIoU(S) | mIoU(U) | hIoU | hIoU 95% CI | prompt diversity | "
+             "plan entropy |", "|---|---|---|---|---|---|---|---|"]
     for name, results in rows.items():
         cells = []
         for key in SCORES:
             values = np.array([r[key] for r in results], float)
-            scale = 100 if key.startswith(("miou", "hiou")) else 1
-            digits = 1 if scale == 100 else 3
+            scale, digits = (100, 1) if key.startswith(("miou", "hiou")) else (1, 3)
             if np.isnan(values).any():  # diversity of a single prompt is undefined
                 cells.append("n/a")
                 continue
-            cells.append(f"{scale * values.mean():.{digits}f} ± {scale * values.std():.{digits}f}")
-        print(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
+            mean, std, half = interval(scale * values)
+            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std)
+                         else f"{mean:.{digits}f}")
+            if key == "hiou":
+                cells.append(f"[{mean - half:.1f}, {mean + half:.1f}]" if np.isfinite(half)
+                             else "(deterministic)")
+        lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def contrasts(rows: dict[str, list[dict]], seeds: list[int]) -> str:
+    lines = ["| difference (paired by seed) | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
+    for a, b, label in CONTRASTS:
+        if a not in rows or b not in rows:
+            continue
+        cells = []
+        for key in SCORES[:3]:
+            va = np.array([100 * r[key] for r in rows[a]], float)
+            vb = np.array([100 * r[key] for r in rows[b]], float)
+            if len(vb) == 1:  # deterministic row
+                vb = np.repeat(vb, len(va))
+            if len(va) != len(vb):
+                cells.append("n/a")
+                continue
+            mean, _, half = interval(va - vb)
+            cells.append(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--workdir", default="runs/results")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only rows whose name contains one of these strings")
+    parser.add_argument("--config_arg", default=None, help="e.g. 'smoke' for a quick check")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"")
+    args = parser.parse_args()
+    base = synthetic.get_config(args.config_arg)
+    common_overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        common_overrides[key] = eval(value, {})  # noqa: S307 (a command-line literal)
+    base = override(base, common_overrides)
+    rows = {}
+    for name, changes in VARIANTS.items():
+        if args.only and not any(s in name for s in args.only):
+            continue
+        for seed in (args.seeds[:1] if name in DETERMINISTIC else args.seeds):
+            config = override(base, {**changes, "seed": seed})
+            workdir = Path(args.workdir) / f"{slug(name)}_seed{seed}"
+            done = workdir / "row.json"
+            if done.exists():
+                result = json.loads(done.read_text())
+            else:
+                source = EVAL_ONLY.get(name)
+                trained_from = None
+                if source is not None:
+                    trained_from = str(Path(args.workdir) / f"{slug(source)}_seed{seed}")
+                    if not (Path(trained_from) / "row.json").exists():
+                        continue  # its training row has not finished yet
+                result = run_one(config, str(workdir), trained_from)
+                workdir.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(result))
+            rows.setdefault(name, []).append(result)
+            print(json.dumps({"variant": name, "seed": seed,
+                              **{k: v for k, v in result.items() if k != "per_class_iou"}}),
+                  flush=True)
+    print()
+    print(table(rows))
+    print()
+    print(contrasts(rows, args.seeds))
 
 
 if __name__ == "__main__":

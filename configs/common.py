@@ -37,11 +37,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_prompts = 4  # N
     c.model.context_tokens = 8  # L_ctx vectors per prompt, shared across classes
     c.model.prompt_init_std = 0.02
+    # Guards against over-fitting the seen classes (issue 10; RESULTS.md measures each one).
+    c.model.prompt_init = "templates"  # 'templates': contexts start as the words below; 'random'
+    c.model.init_templates = ("a photo of a", "a picture of a", "an image of a", "a photo of the")
+    c.model.text_consistency_weight = 8.0  # KgCoOp: weight x mean(1 - cos(t, template feature))
+    c.model.learn_temperature = True  # logits = t * score / N + b, t and b learned
+    c.model.temperature_init = 10.0  # SigLIP's initial t ...
+    c.model.bias_init = -10.0  # ... and b
+    c.model.ensemble_weight = 0.0  # inference: scores^(1-w) x training-free probabilities^w
     c.model.templates = TEMPLATES  # used when prompts == 'templates' (N = len(templates))
     c.model.layers = (5, 7, 11)  # 0-indexed frozen image-encoder layers
     c.model.dense_mode = "standard"  # last-layer pixel features: 'standard' or 'value' (MaskCLIP)
     c.model.global_pool = "class"  # DLFA's g: 'class' token, or 'mean' of the patch embeddings
     c.model.alignment = True  # DLFA relationship descriptor per layer (False: q = t)
+    c.model.alignment_residual = True  # q = norm(t + W[g*t; t] + b), W = 0 at start; False: OTSeg's
     c.model.max_classes = 512  # largest vocabulary accepted (guards memory: S is [L,B,K,M,N])
     c.model.ot = ml_collections.ConfigDict()
     c.model.ot.enabled = True  # False: uniform plan (the "no OT" ablation)
@@ -95,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.stride = 426
     c.eval.seen_penalty = 0.1  # subtracted from seen-class sigmoid scores (inductive calibration)
     c.eval.batch_size = 1
+    c.eval.training_free_baseline = False  # also score the training-free templates (same images)
     return c
 
 

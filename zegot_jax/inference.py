@@ -187,8 +187,8 @@ class Segmenter:
         self._text_fn = jax.jit(lambda p, f, x: state_lib.merge(graphdef, p, f).text_features(x))
         predictor = evaluator.make_predictor(graphdef, config)
 
-        def predict(params, frozen, text, penalty, num_valid, image, out_size):
-            scores = predictor(params, frozen, text, image, out_size)  # [Kp, H, W]
+        def predict(params, frozen, text, reference, penalty, num_valid, image, out_size):
+            scores = predictor(params, frozen, text, image, out_size, reference, num_valid)  # [Kp,H,W]
             valid = jnp.arange(scores.shape[0]) < num_valid
             calibrated = jnp.where(valid[:, None, None], scores - penalty[:, None, None], -jnp.inf)
             return jnp.argmax(calibrated, axis=0).astype(jnp.int32), scores
@@ -247,21 +247,29 @@ class Segmenter:
 
     def text_features(self, class_names: Sequence[str]) -> jax.Array:
         """Text features `[K_padded, N, D]` of a vocabulary (cached; rows past K are padding)."""
+        return self._vocabulary(class_names)[0]
+
+    def _vocabulary(self, class_names: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
+        """Cached text features and, for the ensemble, template features `[K_padded, T, D]`."""
         names = prompts_lib.check_vocabulary(class_names, self.config.model.max_classes)
         if names in self._text_cache:
             self._text_cache.move_to_end(names)
             return self._text_cache[names]
         k, kp = len(names), self.padded_size(len(names))
-        inputs = self.model.text_inputs(names, self.config.clip.text_context_length)
+        context = self.config.clip.text_context_length
+        inputs = self.model.text_inputs(names, context)
         pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], kp - k, axis=0)]) if kp > k else x
         if isinstance(inputs, dict):
             features = self._text_fn(self.params, self.frozen, jax.tree.map(pad, inputs))
         else:
             features = pad(inputs)
-        self._text_cache[names] = features
+        reference = None
+        if self.config.model.ensemble_weight > 0:
+            reference = pad(self.model.reference_features(names, context))
+        self._text_cache[names] = (features, reference)
         if len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
-        return features
+        return features, reference
 
     def num_compilations(self) -> int:
         """Compiled variants held by the jitted functions (grows with new shapes only)."""
@@ -285,7 +293,7 @@ class Segmenter:
             self.run_class_names if class_names is None else class_names,
             self.config.model.max_classes)
         pixels = load_image(image)
-        text = self.text_features(names)
+        text, reference = self._vocabulary(names)
         k = len(names)
         penalty = np.zeros(text.shape[0], np.float32)
         if calibrate and self.config.eval.seen_penalty:
@@ -298,7 +306,8 @@ class Segmenter:
                               whole=self.config.eval.mode == "whole")
         batch = jnp.asarray(transforms.normalize(
             transforms.resize(pixels, size, nearest=False)))[None]
-        label_map, scores = self._predict(self.params, self.frozen, text, jnp.asarray(penalty),
+        label_map, scores = self._predict(self.params, self.frozen, text, reference,
+                                          jnp.asarray(penalty),
                                           jnp.asarray(k, jnp.int32), batch,
                                           out_size=(height, width))
         extra = {}

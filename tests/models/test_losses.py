@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zegot_jax.models.losses import segmentation_loss
+from zegot_jax.models.losses import segmentation_loss, text_consistency_loss
 
 
 def _reference(logits, labels, *, focal_weight=100.0, dice_weight=1.0, alpha=0.25, gamma=2.0,
@@ -107,3 +107,16 @@ def test_shape_errors():
         segmentation_loss(jnp.zeros((1, 2, 4, 4)), jnp.zeros((1, 3, 4), jnp.int32))
     with pytest.raises(ValueError, match=r"\[B,K,H,W\]"):
         segmentation_loss(jnp.zeros((2, 4, 4)), jnp.zeros((2, 4, 4), jnp.int32))
+
+
+def test_text_consistency_loss_is_mean_cosine_distance_to_the_template_mean():
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    text = unit(rng.normal(size=(3, 4, 8))).astype(np.float32)
+    reference = unit(rng.normal(size=(3, 2, 8))).astype(np.float32)
+    ref = unit(reference.mean(1))
+    expected = np.mean(1 - np.einsum("knd,kd->kn", text, ref))
+    np.testing.assert_allclose(text_consistency_loss(jnp.asarray(text), jnp.asarray(reference)),
+                               expected, rtol=1e-5)
+    same = np.repeat(ref[:, None], 4, axis=1)
+    assert abs(float(text_consistency_loss(jnp.asarray(same), jnp.asarray(reference)))) < 1e-6

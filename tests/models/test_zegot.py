@@ -40,8 +40,8 @@ def test_full_size_shapes_with_eval_shape():
     abstract = nnx.eval_shape(build)
     graphdef, params, frozen = nnx.split(abstract, Trainable, ...)
     num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    # 4 x 8 x 512 context values + 3 x (1024 x 512 + 512) DLFA weights.
-    assert num_trainable == 4 * 8 * 512 + 3 * (1024 * 512 + 512) == 1_590_784
+    # 4 x 8 x 512 context values + 3 x (1024 x 512 + 512) DLFA weights + temperature and bias.
+    assert num_trainable == 4 * 8 * 512 + 3 * (1024 * 512 + 512) + 2 == 1_590_786
     k, n = 171, 4
     text = jax.ShapeDtypeStruct((k, n, spec.embed_dim), jnp.float32)
     images = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)
@@ -73,7 +73,9 @@ def test_no_ot_variant_sums_similarities(smoke_config, tiny_clip):
     smoke_config.model.ot.enabled = False
     model = _model(smoke_config, tiny_clip)
     out = model(_images(tiny_clip), model.text_inputs(VOC[:5], 16))
-    np.testing.assert_allclose(out.layer_logits, out.similarity.sum(-1), rtol=1e-5, atol=1e-6)
+    n = smoke_config.model.num_prompts  # logits = 10 * score / N - 10 at initialisation
+    np.testing.assert_allclose(out.layer_logits, 10 * out.similarity.sum(-1) / n - 10,
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("change", [
@@ -85,6 +87,10 @@ def test_no_ot_variant_sums_similarities(smoke_config, tiny_clip):
     {"ot.tau": 0.8},
     {"ot.epsilon": 0.1, "ot.num_iterations": 3},
     {"layers": (2,)},
+    {"prompt_init": "random"},
+    {"alignment_residual": False},
+    {"learn_temperature": False},
+    {"text_consistency_weight": 0.0},
 ])
 def test_variants_are_one_config_change(smoke_config, tiny_clip, change):
     config = copy.deepcopy(smoke_config)
@@ -156,3 +162,73 @@ def test_trimmed_token_table_gives_the_same_text_features(smoke_config, tiny_cli
     full = jnp.zeros((4, 16), jnp.int32).at[:, :inputs["tokens"].shape[1]].set(inputs["tokens"])
     np.testing.assert_allclose(model.text_features(inputs),
                                model.text_features({**inputs, "tokens": full}), atol=1e-5)
+
+
+def _with(config, **changes):
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
+        config.model[key] = value
+    return config
+
+
+def test_residual_dlfa_starts_as_the_model_without_dlfa(smoke_config, tiny_clip):
+    """Zero-initialised residual DLFA: q = norm(t + 0) = t, so step 0 equals alignment=False."""
+    images, names = _images(tiny_clip), VOC[:4]
+    residual = _model(smoke_config, tiny_clip)
+    plain = _model(_with(smoke_config, alignment=False), tiny_clip)
+    text = residual.text_features(residual.text_inputs(names, 16))
+    np.testing.assert_allclose(residual.segment(images, text).logits,
+                               plain.segment(images, text).logits, atol=1e-5)
+    assert all(not np.asarray(a.kernel[...]).any() for a in residual.alignment)
+    otseg = _model(_with(smoke_config, alignment_residual=False), tiny_clip)
+    assert np.abs(np.asarray(otseg.segment(images, text).logits)
+                  - np.asarray(plain.segment(images, text).logits)).max() > 1e-3
+
+
+def test_template_contexts_start_as_the_hand_crafted_prompts(smoke_config, tiny_clip):
+    """Prompt n starts as `init_templates[n] + name + .`: its feature equals that template's."""
+    from zegot_jax.models import prompts
+
+    names = VOC[:3]
+    model = _model(smoke_config, tiny_clip)  # smoke: 2 prompts of 4 slots, 4-token templates
+    learned = np.asarray(model.text_features(model.text_inputs(names, 16)))
+    for n, words in enumerate(smoke_config.model.init_templates[:2]):
+        template = np.asarray(prompts.template_features(tiny_clip, names, [words + " {}."],
+                                                        context_length=16))[:, 0]
+        np.testing.assert_allclose(learned[:, n], template, atol=1e-5)
+    assert np.abs(learned[:, 0] - learned[:, 1]).max() > 1e-3  # the prompts start different
+    with pytest.raises(ValueError, match="one text per prompt"):
+        _model(_with(smoke_config, num_prompts=5), tiny_clip)
+    with pytest.raises(ValueError, match="context_tokens"):
+        _model(_with(smoke_config, init_templates=("a very good photo of the",) * 2), tiny_clip)
+    with pytest.raises(ValueError, match="prompt_init"):
+        _model(_with(smoke_config, prompt_init="words"), tiny_clip)
+
+
+def test_temperature_and_bias_scale_the_refined_score(smoke_config, tiny_clip):
+    images, names, n = _images(tiny_clip), VOC[:3], smoke_config.model.num_prompts
+    scaled = _model(_with(smoke_config, temperature_init=5.0, bias_init=-2.0), tiny_clip)
+    raw = _model(_with(smoke_config, learn_temperature=False), tiny_clip)
+    text = scaled.text_features(scaled.text_inputs(names, 16))
+    np.testing.assert_allclose(scaled.segment(images, text).logits,
+                               5.0 * raw.segment(images, text).logits / n - 2.0, rtol=1e-5,
+                               atol=1e-5)
+    assert float(scaled.score_scale[...]) == pytest.approx(np.log(5.0))
+
+
+def test_training_free_logits_are_the_template_baseline(smoke_config, tiny_clip):
+    """free_logits ranks classes exactly as the training-free model (templates, no DLFA, no OT)."""
+    images, names = _images(tiny_clip), VOC[:5]
+    model = _model(smoke_config, tiny_clip)
+    reference = model.reference_features(names, 16)
+    out = model.segment(images, model.text_features(model.text_inputs(names, 16)), reference)
+    free_model = _model(ml_config(zegot.training_free_config(smoke_config.model)), tiny_clip)
+    free = free_model.segment(images, free_model.text_inputs(names, 16))
+    np.testing.assert_array_equal(np.argmax(out.free_logits, 1), np.argmax(free.logits, 1))
+    assert not jax.tree.leaves(nnx.state(free_model, Trainable))  # nothing to train
+
+
+def ml_config(model_section):
+    config = common.get_config()
+    config.model = model_section
+    return config

@@ -15,30 +15,58 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import metrics, sliding
+from zegot_jax.models.prompts import Trainable
+from zegot_jax.models.zegot import ZegOT, training_free_config
 from zegot_jax.train.state import merge
 from zegot_jax.train.step import upsample
 
 
-def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
-    """Returns `predict(params, frozen, text_features, image [1,H,W,3], label_size) -> [K,h,w]`.
+def ensemble_log_scores(logits: jax.Array, free_logits: jax.Array, weight: float,
+                        num_valid: jax.Array | None = None) -> jax.Array:
+    """`log(sigmoid(logits)^(1-w) * softmax_K(free_logits)^w)`, classes on axis 1.
 
-    The result is the calibrated class score map (sigmoid, no penalty) at `label_size`. Jitted per
-    image size; the text features of a vocabulary are computed once by the caller.
+    The geometric ensemble of the trained model's class scores with CLIP's training-free class
+    probabilities (as ZegFormer and zsseg combine their two branches), the same for every class.
+    Classes from `num_valid` on (vocabulary padding) are left out of the softmax.
+    """
+    if num_valid is not None:
+        valid = jnp.arange(free_logits.shape[1]) < num_valid
+        free_logits = jnp.where(valid[None, :, None, None], free_logits, -jnp.inf)
+    free = jax.nn.log_softmax(free_logits, axis=1)
+    return (1.0 - weight) * jax.nn.log_sigmoid(logits) + weight * free
+
+
+def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
+    """Returns `predict(params, frozen, text, image [1,H,W,3], label_size, reference, num_valid)`.
+
+    The result `[K, h, w]` is the class score map (sigmoid, no penalty) at `label_size`; with
+    `model.ensemble_weight > 0` and `reference` (template features `[K, T, D]`) it is the
+    ensemble of `ensemble_log_scores`, exponentiated. Jitted per image size; the text features of
+    a vocabulary are computed once by the caller.
     """
     ev = config.eval
+    weight = float(config.model.ensemble_weight)
 
     @partial(jax.jit, static_argnames=("label_size",))
-    def predict(params, frozen, text_features, image, label_size):
+    def predict(params, frozen, text_features, image, label_size, reference=None,
+                num_valid=None):
         model = merge(graphdef, params, frozen)
         num_classes = text_features.shape[0]
+        ensemble = weight > 0 and reference is not None
 
         def crop_logits(crops):
-            out = model.segment(crops, text_features)
-            return upsample(out.logits, crops.shape[1:3])
+            if not ensemble:
+                out = model.segment(crops, text_features)
+                return upsample(out.logits, crops.shape[1:3])
+            out = model.segment(crops, text_features, reference)
+            size = crops.shape[1:3]
+            return ensemble_log_scores(upsample(out.logits, size),
+                                       upsample(out.free_logits, size), weight, num_valid)
 
         if ev.mode == "slide":
             logits = sliding.sliding_window(crop_logits, image, crop=ev.crop, stride=ev.stride,
@@ -47,7 +75,8 @@ def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
             logits = crop_logits(image)
         else:
             raise ValueError(f"eval.mode={ev.mode!r}: use 'slide' or 'whole'.")
-        return jax.nn.sigmoid(upsample(logits, label_size))[0]
+        logits = upsample(logits, label_size)[0]
+        return jnp.exp(logits) if ensemble else jax.nn.sigmoid(logits)
 
     return predict
 
@@ -60,6 +89,15 @@ def text_features_of(graphdef: Any, params: Any, frozen: Any, class_names: Seque
     return jax.jit(lambda p, f, x: merge(graphdef, p, f).text_features(x))(params, frozen, inputs)
 
 
+def reference_features_of(graphdef: Any, params: Any, frozen: Any, config: ml_collections.ConfigDict,
+                          class_names: Sequence[str]) -> jax.Array | None:
+    """Template features `[K, T, D]` for the ensemble, or None when `ensemble_weight` is 0."""
+    if not config.model.ensemble_weight > 0:
+        return None
+    model = merge(graphdef, params, frozen)
+    return model.reference_features(class_names, config.clip.text_context_length)
+
+
 def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, frozen: Any,
              examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
              unseen: Sequence[int], *, seen_penalty: float) -> dict[str, Any]:
@@ -69,6 +107,7 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
       The summary of `metrics.summarize` plus `num_images`.
     """
     text = text_features_of(graphdef, params, frozen, class_names, config.clip.text_context_length)
+    reference = reference_features_of(graphdef, params, frozen, config, class_names)
     predict = make_predictor(graphdef, config)
     k = len(class_names)
     unseen_set = set(unseen)
@@ -80,7 +119,7 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
             continue
         image = jnp.asarray(ex["image"])[None]
         label = np.asarray(ex["label"])
-        scores = predict(params, frozen, text, image, label.shape)
+        scores = predict(params, frozen, text, image, label.shape, reference)
         pred = jnp.argmax(scores - penalty[:, None, None], axis=0)
         conf = conf + metrics.confusion_matrix(pred, jnp.asarray(label), k)
         count += 1
@@ -90,21 +129,71 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
         count = multihost_utils.process_allgather(count).sum()
     summary = metrics.summarize(conf, class_names, unseen)
     summary["num_images"] = int(count)
+    summary["seen_penalty"] = float(seen_penalty)
     return summary
+
+
+def training_free_parts(config: ml_collections.ConfigDict, clip: Any) -> tuple[Any, Any, Any]:
+    """`(graphdef, params, frozen)` of the training-free template baseline around `clip`."""
+    model_cfg = ml_collections.FrozenConfigDict(training_free_config(config.model))
+    model = ZegOT(clip, model_cfg, rngs=nnx.Rngs(0))
+    return nnx.split(model, Trainable, ...)
+
+
+def evaluate_training_free(config: ml_collections.ConfigDict, clip: Any,
+                           examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
+                           unseen: Sequence[int]) -> dict[str, Any]:
+    """`evaluate` of the training-free baseline (`models.zegot.TRAINING_FREE`, no seen penalty).
+
+    The same CLIP, layers, dense mode, images and protocol as the trained model, so the two
+    rows differ only by what training changed.
+    """
+    graphdef, params, frozen = training_free_parts(config, clip)
+    free_config = ml_collections.ConfigDict(config.to_dict())
+    free_config.model = training_free_config(config.model)
+    return evaluate(free_config, graphdef, params, frozen, examples, class_names, unseen,
+                    seen_penalty=0.0)
+
+
+TRAINING_FREE_PREFIX = "training_free_"
+HEADLINE = ("miou_seen", "miou_unseen", "hiou")
+
+
+def with_training_free(summary: dict[str, Any], free: dict[str, Any]) -> dict[str, Any]:
+    """`summary` plus the baseline's headline scores as `training_free_miou_seen`, ...."""
+    return {**summary, **{TRAINING_FREE_PREFIX + k: free[k] for k in (*HEADLINE, "miou")}}
 
 
 def flat_row(summary: dict[str, Any]) -> dict[str, Any]:
     """The evaluation row of `metrics.jsonl`."""
-    keys = ("miou_seen", "miou_unseen", "hiou", "pixel_acc", "miou", "num_images")
+    keys = ("miou_seen", "miou_unseen", "hiou", "pixel_acc", "miou", "num_images",
+            "seen_penalty", *(TRAINING_FREE_PREFIX + k for k in (*HEADLINE, "miou")))
     row = {k: summary[k] for k in keys if k in summary}
     row["per_class_iou"] = summary["per_class_iou"]
     return row
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One line per model: trained (with its seen penalty) and, if scored, training-free."""
+    def line(name, prefix, penalty):
+        scores = "  ".join(f"{label} {100 * summary[prefix + key]:.1f}" for label, key in
+                           zip(("mIoU(S)", "mIoU(U)", "hIoU"), HEADLINE, strict=True))
+        return f"{name:<14} {scores}  (seen penalty {penalty:g})"
+
+    lines = [line("trained", "", summary.get("seen_penalty", 0.0))]
+    if TRAINING_FREE_PREFIX + "hiou" in summary:
+        lines.append(line("training-free", TRAINING_FREE_PREFIX, 0.0))
+    return "\n".join(lines)
 
 
 def markdown(summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
     """A results page: dataset, image count, headline numbers and the per-class table."""
     head = (f"# Results: {config.data.name} ({config.data.label_mode}), "
             f"{summary.get('num_images', '?')} images\n\n")
+    if TRAINING_FREE_PREFIX + "hiou" in summary:
+        head += ("Trained against the training-free template baseline (hand-crafted templates, no "
+                 "DLFA, no OT, no training) on the same images with the same CLIP:\n\n```\n"
+                 f"{headline(summary)}\n```\n\n")
     return head + metrics.markdown_table(summary) + "\n"
 
 

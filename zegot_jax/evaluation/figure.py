@@ -1,8 +1,8 @@
 """The picture a run leaves in its workdir: images, ground truth, prediction, per-prompt maps.
 
-One row per held-out image: the image, its ground truth, the prediction over all classes, and the N
-per-prompt similarity maps (mean over layers) of one unseen class, the class the prompts were
-never trained on.
+One row per held-out image: the image, its ground truth, the prediction over all classes, the
+training-free template baseline's prediction (when given), and the N per-prompt similarity maps
+(mean over layers) of one unseen class, the class the prompts were never trained on.
 """
 
 from typing import Any
@@ -14,27 +14,37 @@ from matplotlib.patches import Patch
 
 from zegot_jax import inference, viz
 from zegot_jax.data import transforms
+from zegot_jax.models.zegot import training_free_config
 
 
 def results_figure(segmenter: inference.Segmenter, examples: list[dict[str, Any]],
-                   class_names: tuple[str, ...], focus: int) -> Figure:
-    """Rows of image | ground truth | prediction | per-prompt maps of class `focus`."""
+                   class_names: tuple[str, ...], focus: int,
+                   baseline: inference.Segmenter | None = None) -> Figure:
+    """Rows of image | ground truth | prediction | [training-free] | per-prompt maps of `focus`."""
     colours = viz.palette(len(class_names))
     results = [segmenter.segment(ex["image"], class_names, details=True) for ex in examples]
+    free = [baseline.segment(ex["image"], class_names, calibrate=False).label_map
+            for ex in examples] if baseline is not None else None
     num_prompts = results[0].similarity.shape[-1]
-    cols = 3 + num_prompts
+    first = 3 + (free is not None)  # first per-prompt column
+    cols = first + num_prompts
     fig = viz.new_figure(1.6 * cols + 1.5, 1.7 * len(results) + 0.6, layout="constrained")
     axes = np.asarray(fig.subplots(len(results), cols, squeeze=False))
     for r, (ex, result) in enumerate(zip(examples, results, strict=True)):
         maps = result.similarity.mean(0)[focus]  # [h, w, N]
         panels = [result.image, viz.colorize(ex["label"], colours),
                   viz.colorize(result.label_map, colours)]
-        panels += [maps[..., n] for n in range(num_prompts)]
         titles = ["image", "ground truth", "prediction"]
+        if free is not None:
+            panels.append(viz.colorize(free[r], colours))
+            titles.append("training-free")
+        panels += [maps[..., n] for n in range(num_prompts)]
         titles += [f"{class_names[focus]}: prompt {n}" for n in range(num_prompts)]
         for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
             ax = axes[r, c]
-            ax.imshow(panel, vmin=maps.min() if c >= 3 else None, vmax=maps.max() if c >= 3 else None)
+            prompt_map = c >= first
+            ax.imshow(panel, vmin=maps.min() if prompt_map else None,
+                      vmax=maps.max() if prompt_map else None)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -48,8 +58,11 @@ def results_figure(segmenter: inference.Segmenter, examples: list[dict[str, Any]
 
 def write_results_figure(path: str, config: ml_collections.ConfigDict, segmenter_parts: tuple,
                          source: Any, class_names: tuple[str, ...], unseen: tuple[int, ...],
-                         num_images: int = 4) -> int:
+                         num_images: int = 4, baseline_parts: tuple | None = None) -> int:
     """Saves `results_figure` for the first images of `source`; returns the class shown.
+
+    `baseline_parts` (`(graphdef, params, frozen)` of the training-free model) adds its
+    prediction beside the trained one.
 
     The class is the unseen class present in most of those images (the first unseen class if
     none is present; the first class if there are no unseen classes).
@@ -64,5 +77,11 @@ def write_results_figure(path: str, config: ml_collections.ConfigDict, segmenter
     counts = [sum(int((ex["label"] == k).any()) for ex in examples) for k in candidates]
     focus = candidates[int(np.argmax(counts))]
     segmenter = inference.Segmenter(config, params, graphdef, frozen)
-    viz.save(results_figure(segmenter, examples, class_names, focus), path)
+    baseline = None
+    if baseline_parts is not None:
+        free_config = ml_collections.ConfigDict(config.to_dict())
+        free_config.model = training_free_config(config.model)
+        free_graphdef, free_params, free_frozen = baseline_parts
+        baseline = inference.Segmenter(free_config, free_params, free_graphdef, free_frozen)
+    viz.save(results_figure(segmenter, examples, class_names, focus, baseline), path)
     return focus

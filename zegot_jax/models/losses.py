@@ -96,3 +96,24 @@ def segmentation_loss(
 
     loss = focal_weight * focal_loss + dice_weight * dice_loss
     return loss, {"focal": focal_loss, "dice": dice_loss, "num_masks": num_masks}
+
+
+def text_consistency_loss(text: jax.Array, reference: jax.Array) -> jax.Array:
+    """KgCoOp's knowledge-guided term: mean over classes and prompts of `1 - cos(t, t_ref)`.
+
+    Yao, Zhang, Xu, "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization"
+    (CVPR 2023): keeping the learned class text features near the hand-crafted ones preserves
+    CLIP's zero-shot knowledge for new classes (their weight: 8).
+
+    Args:
+        text: learned text features `[K, N, D]` (L2-normalised).
+        reference: frozen template features `[K, T, D]`; their mean over templates, normalised,
+            is the class's reference.
+
+    Returns:
+        The scalar mean distance (0 when every prompt equals its class's reference).
+    """
+    ref = reference.mean(axis=1)
+    ref = ref / jnp.maximum(jnp.linalg.norm(ref, axis=-1, keepdims=True), 1e-12)
+    cos = jnp.einsum("knd,kd->kn", text.astype(jnp.float32), ref.astype(jnp.float32))
+    return jnp.mean(1.0 - cos)

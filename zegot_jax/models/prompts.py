@@ -4,6 +4,10 @@ A learned prompt for class k and context n is the token sequence
 `[SOS] ctx_n,1 .. ctx_n,L  <class-name tokens> . [EOT]`: the L context vectors replace the token
 embeddings right after SOS and go through the frozen text transformer. The contexts are shared across
 classes, so a new vocabulary needs no training.
+
+Contexts start either random (normal, `init_std`) or from the token embeddings of hand-crafted
+template words, one template per prompt ("a photo of a", "a picture of a", ...), so that at step 0
+each prompt is a hand-crafted prompt and the N prompts differ (CoOp's and KgCoOp's initialisation).
 """
 
 from collections.abc import Sequence
@@ -91,13 +95,52 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
 
 
+def template_context(clip: clip_lib.CLIP, templates: Sequence[str], num_context: int,
+                     noise: jax.Array) -> jax.Array:
+    """Contexts `[N, L, W]` initialised from the token embeddings of template words.
+
+    Prompt n starts as `templates[n]` ("a photo of a"): its word embeddings fill the last slots,
+    right before the class name, so `[SOS] ctx name .` reads as the hand-crafted prompt. A template
+    shorter than L leaves its first slots at `noise` (the random initialisation).
+
+    Args:
+      clip: the frozen CLIP (its token embedding table).
+      templates: one text per prompt, without the class name.
+      num_context: L, slots per prompt.
+      noise: `[N, L, W]` random initial contexts.
+
+    Raises:
+      ValueError: fewer templates than prompts, or a template longer than L tokens.
+    """
+    num_prompts = noise.shape[0]
+    if len(templates) < num_prompts:
+        raise ValueError(
+            f"model.prompt_init='templates' needs one text per prompt: {num_prompts} prompts but "
+            f"model.init_templates has {len(templates)}; add texts or use prompt_init='random'.")
+    context = noise
+    for n, text in enumerate(templates[:num_prompts]):
+        ids = clip_lib.encode(text)
+        if not 0 < len(ids) <= num_context:
+            raise ValueError(
+                f"model.init_templates[{n}]={text!r} is {len(ids)} tokens; it must be 1 to "
+                f"model.context_tokens={num_context}.")
+        words = clip.embed_tokens(jnp.asarray([ids], jnp.int32))[0].astype(jnp.float32)
+        context = context.at[n, num_context - len(ids):].set(words)
+    return context
+
+
 class PromptLearner(nnx.Module):
     """N learned contexts of L vectors each, `context` `[N, L, W_text]`, shared across classes."""
 
     def __init__(self, num_prompts: int, num_context: int, width: int, *, init_std: float,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, init: jax.Array | None = None):
+        """Random contexts (normal, `init_std`), or `init` `[N, L, W]` when given."""
         shape = (num_prompts, num_context, width)
-        self.context = Trainable(init_std * jax.random.normal(rngs.params(), shape, jnp.float32))
+        if init is None:
+            init = init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
+        elif init.shape != shape:
+            raise ValueError(f"initial contexts have shape {init.shape}, expected {shape}.")
+        self.context = Trainable(jnp.asarray(init, jnp.float32))
 
     def __call__(self, clip: clip_lib.CLIP, tokens: jax.Array, eot: jax.Array) -> jax.Array:
         """Encodes every (class, prompt) pair with the frozen text tower.

@@ -3,9 +3,17 @@
 Shapes: B images, K classes, N prompts, L selected layers, M = h*w pixel tokens, D = embed dim.
 For each selected layer l the frozen token states go through ln_post and proj and are L2-normalised
 (`V_l` `[B, M, D]`); the DLFA relationship descriptor turns the text features `t` `[K, N, D]` and the
-global image embedding `g` `[B, D]` into per-image prompts `q_l = norm(W_l [g*t; t] + b_l)`;
-`S_l = <V_l, q_l>` `[B, K, M, N]` is refined by MPOT, and the per-layer maps are averaged into
-the logits `[B, K, h, w]`.
+global image embedding `g` `[B, D]` into per-image prompts `q_l = norm(W_l [g*t; t] + b_l)` (or the
+zero-initialised residual `q_l = norm(t + W_l [g*t; t] + b_l)`, which starts as the identity);
+`S_l = <V_l, q_l>` `[B, K, M, N]` is refined by MPOT into a score `s_l` (a plan-weighted sum of N
+cosines), and the per-layer maps are averaged into the logits `[B, K, h, w]`: `s` itself, or with a
+learned temperature and bias `exp(log_t) * s / N + b` (SigLIP's sigmoid-loss parametrisation).
+
+Guards against over-fitting the seen classes (issue 10), each a `model` config field: template-word
+initial contexts (`prompt_init`), the residual DLFA (`alignment_residual`), the temperature and bias
+(`learn_temperature`), a text-consistency loss (`text_consistency_weight`, in the train step) and an
+inference-time ensemble with the training-free template scores (`ensemble_weight`, see
+`training_free_logits`).
 """
 
 from collections.abc import Sequence
@@ -22,20 +30,42 @@ from zegot_jax import ot
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.prompts import Trainable, l2_normalize
 
+TRAINING_FREE = {"prompts": "templates", "alignment": False, "ot.enabled": False,
+                 "learn_temperature": False, "ensemble_weight": 0.0}
+"""`model` fields that turn ZegOT into the training-free template baseline: hand-crafted prompts,
+no DLFA, no OT, raw cosine scores (evaluated without a seen penalty: nothing was trained)."""
+
+
+def training_free_config(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of a `model` config section with `TRAINING_FREE` applied."""
+    config = ml_collections.ConfigDict(model_config.to_dict())
+    for key, value in TRAINING_FREE.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
 
 class Alignment(nnx.Module):
-    """DLFA relationship descriptor: `Linear(2D -> D)` on `[g * t ; t]`, trunc-normal std 0.02."""
+    """DLFA relationship descriptor: `Linear(2D -> D)` on `[g * t ; t]`.
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    Plain (OTSeg's): trunc-normal std 0.02 kernel, `q = norm(W [g*t; t] + b)`. Residual: zero
+    kernel, `q = norm(t + W [g*t; t] + b)`, so at initialisation `q = t` (the model without DLFA)
+    and training only moves away from CLIP's text-pixel alignment as far as the loss asks.
+    """
+
+    def __init__(self, dim: int, *, residual: bool, rngs: nnx.Rngs):
         init = jax.nn.initializers.truncated_normal(stddev=0.02)
-        self.kernel = Trainable(init(rngs.params(), (2 * dim, dim), jnp.float32))
+        kernel = init(rngs.params(), (2 * dim, dim), jnp.float32)
+        self.residual = residual
+        self.kernel = Trainable(jnp.zeros_like(kernel) if residual else kernel)
         self.bias = Trainable(jnp.zeros((dim,), jnp.float32))
 
     def __call__(self, g: jax.Array, t: jax.Array) -> jax.Array:
         """g `[B, D]`, t `[K, N, D]` -> L2-normalised per-image prompts `[B, K, N, D]`."""
         gt = g[:, None, None, :] * t[None]
-        pair = jnp.concatenate([gt, jnp.broadcast_to(t[None], gt.shape)], axis=-1)
-        return l2_normalize(pair @ self.kernel[...] + self.bias[...])
+        tt = jnp.broadcast_to(t[None], gt.shape)
+        q = jnp.concatenate([gt, tt], axis=-1) @ self.kernel[...] + self.bias[...]
+        return l2_normalize(tt + q if self.residual else q)
 
 
 class ZegOTOutput(NamedTuple):
@@ -46,12 +76,15 @@ class ZegOTOutput(NamedTuple):
     similarity: `[L, B, K, h, w, N]` per-prompt cosine maps (before OT).
     plan: `[L, B, K, h, w, N]` transport plans scaled by M, so each pixel's row is its distribution
       over the N prompts (sums to 1 for the balanced problem).
+    free_logits: `[B, K, h, w]` training-free template logits (`training_free_logits`) when
+      `segment` was given reference features, else None.
     """
 
     logits: jax.Array
     layer_logits: jax.Array
     similarity: jax.Array
     plan: jax.Array
+    free_logits: jax.Array | None = None
 
 
 class ZegOT(nnx.Module):
@@ -80,12 +113,30 @@ class ZegOT(nnx.Module):
         self.clip = clip
         self.config = config
         self.layers = tuple(int(i) for i in config.layers)
-        self.prompt_learner = nnx.data(prompts_lib.PromptLearner(
-            config.num_prompts, config.context_tokens, spec.text_width,
-            init_std=config.prompt_init_std, rngs=rngs) if config.prompts == "learned" else None)
+        if config.prompt_init not in ("random", "templates"):
+            raise ValueError(f"model.prompt_init={config.prompt_init!r}: use 'random' or "
+                             "'templates'.")
+        self.prompt_learner = nnx.data(
+            self._prompt_learner(clip, config, rngs) if config.prompts == "learned" else None)
         self.alignment = nnx.data(
-            nnx.List([Alignment(spec.embed_dim, rngs=rngs) for _ in self.layers])
-            if config.alignment else None)
+            nnx.List([Alignment(spec.embed_dim, residual=config.alignment_residual, rngs=rngs)
+                      for _ in self.layers]) if config.alignment else None)
+        # Temperature and bias of the refined score (SigLIP's init: t = 10, b = -10).
+        self.score_scale = nnx.data(Trainable(jnp.log(jnp.asarray(
+            config.temperature_init, jnp.float32))) if config.learn_temperature else None)
+        self.score_bias = nnx.data(Trainable(jnp.asarray(config.bias_init, jnp.float32))
+                                   if config.learn_temperature else None)
+
+    @staticmethod
+    def _prompt_learner(clip: clip_lib.CLIP, config: ml_collections.ConfigDict,
+                        rngs: nnx.Rngs) -> prompts_lib.PromptLearner:
+        shape = (config.num_prompts, config.context_tokens, clip.spec.text_width)
+        init = config.prompt_init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
+        if config.prompt_init == "templates":
+            init = prompts_lib.template_context(clip, config.init_templates,
+                                                config.context_tokens, init)
+        return prompts_lib.PromptLearner(*shape, init_std=config.prompt_init_std, rngs=rngs,
+                                         init=init)
 
     @property
     def num_prompts(self) -> int:
@@ -100,14 +151,23 @@ class ZegOT(nnx.Module):
 
         Learned prompts: the token table (the contexts change while training). Templates: the
         finished features `[K, T, D]`.
+        Learned prompts with `text_consistency_weight > 0` also carry `reference`, the frozen
+        template features `[K, T, D]` the consistency loss compares with.
         """
         names = prompts_lib.check_vocabulary(class_names, self.config.max_classes)
         if self.prompt_learner is None:
-            return prompts_lib.template_features(self.clip, names, self.config.templates,
-                                                 context_length=context_length)
+            return self.reference_features(names, context_length)
         tokens, eot = prompts_lib.prompt_token_table(
             names, num_context=self.config.context_tokens, context_length=context_length)
-        return {"tokens": jnp.asarray(tokens), "eot": jnp.asarray(eot)}
+        inputs = {"tokens": jnp.asarray(tokens), "eot": jnp.asarray(eot)}
+        if self.config.text_consistency_weight > 0:
+            inputs["reference"] = self.reference_features(names, context_length)
+        return inputs
+
+    def reference_features(self, class_names: Sequence[str], context_length: int) -> jax.Array:
+        """Frozen hand-crafted template features `[K, T, D]` (`model.templates`), L2-normalised."""
+        return prompts_lib.template_features(self.clip, class_names, self.config.templates,
+                                             context_length=context_length)
 
     def text_features(self, text_inputs: dict[str, jax.Array] | jax.Array) -> jax.Array:
         """L2-normalised text features `[K, N, D]` from `text_inputs(...)`."""
@@ -137,8 +197,13 @@ class ZegOT(nnx.Module):
             pooled = self.clip.visual.project(inter[f"layer_{last}"][:, 1:]).mean(axis=1)
         return l2_normalize(jnp.stack(feats)), l2_normalize(pooled.astype(jnp.float32))
 
-    def segment(self, images: jax.Array, text_features: jax.Array) -> ZegOTOutput:
-        """Refined score maps for images `[B, H, W, 3]` and text features `[K, N, D]`."""
+    def segment(self, images: jax.Array, text_features: jax.Array,
+                reference: jax.Array | None = None) -> ZegOTOutput:
+        """Refined score maps for images `[B, H, W, 3]` and text features `[K, N, D]`.
+
+        With `reference` (template features `[K, T, D]`), the output also carries the
+        training-free template logits of the same pixels (for `ensemble_weight`).
+        """
         pixels, g = self.pixel_features(images)  # [L, B, h, w, D], [B, D]
         num_layers, b, h, w, d = pixels.shape
         if self.alignment is not None:
@@ -152,13 +217,34 @@ class ZegOT(nnx.Module):
                          plan_gradient=cfg.plan_gradient, uniform=not cfg.enabled,
                          implicit_diff=cfg.implicit_diff)
         k, n = sim.shape[2], sim.shape[-1]
-        layer_logits = result.score.reshape(num_layers, b, k, h, w)
+        layer_logits = self.scale_score(result.score.reshape(num_layers, b, k, h, w), n)
+        free = None if reference is None else self.training_free_logits(pixels, reference)
         return ZegOTOutput(
             logits=layer_logits.mean(axis=0),
             layer_logits=layer_logits,
             similarity=sim.reshape(num_layers, b, k, h, w, n),
             plan=(result.plan * (h * w)).reshape(num_layers, b, k, h, w, n),
+            free_logits=free,
         )
+
+    def scale_score(self, score: jax.Array, num_prompts: int) -> jax.Array:
+        """Logits from refined scores: `exp(log_t) * score / N + b`, or the score itself."""
+        if self.score_scale is None:
+            return score
+        return jnp.exp(self.score_scale[...]) * score / num_prompts + self.score_bias[...]
+
+    def training_free_logits(self, pixels: jax.Array, reference: jax.Array) -> jax.Array:
+        """The training-free template baseline's class logits `[B, K, h, w]`.
+
+        The mean over layers and templates of the cosine between the frozen pixel features
+        `[L, B, h, w, D]` and the template features `[K, T, D]`, times CLIP's own logit scale, so
+        a softmax over classes gives CLIP's class probabilities. Its argmax is the prediction of
+        the training-free row (templates, no DLFA, no OT, no seen penalty).
+        """
+        cos = jnp.einsum("lbhwd,ktd->bkhw", pixels, reference) / (
+            pixels.shape[0] * reference.shape[1])
+        scale = jnp.exp(jax.lax.stop_gradient(self.clip.logit_scale[...])).astype(jnp.float32)
+        return jnp.minimum(scale, 100.0) * cos
 
     def __call__(self, images: jax.Array, text_inputs: dict[str, jax.Array] | jax.Array
                  ) -> ZegOTOutput:

@@ -1,12 +1,12 @@
 """A small CLIP pretrained contrastively on the synthetic world's image-caption pairs.
 
 The model is `zegot_jax.clip.CLIP` (the same code as the real backbone) with a small `CLIPSpec`.
-The image embedding used for the contrastive loss is the mean of the projected patch tokens
-(`visual(..., dense='standard')['dense']` averaged over the grid): with the class token as the
-embedding, patch tokens never align with text, and dense zero-shot transfer is at chance
-(measured while designing the world). Training runs a fixed number of steps on a fixed data stream,
-so a configuration always yields the same weights; `pretrained_clip` caches them by a hash of the
-config.
+The image embedding of the contrastive loss is chosen by `pooling`: 'class' (the class token after
+ln_post and proj, as real CLIP is trained, so the patch tokens are only indirectly aligned with text,
+MaskCLIP's starting point) or 'mean' (the mean of the projected patch tokens, which aligns every
+patch with text directly and leaves training little class-agnostic alignment to learn). Training
+runs a fixed number of steps on a fixed data stream, so a configuration always yields the same
+weights; `pretrained_clip` caches them by a hash of the config.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from zegot_jax.clip.variants import CLIPSpec
 from zegot_jax.clip.weights import load, save_safetensors
 from zegot_jax.synthetic import world
 
-TRAINER_VERSION = 1  # bump when the trainer changes what a config produces (invalidates caches)
+TRAINER_VERSION = 2  # bump when the trainer changes what a config produces (invalidates caches)
 
 
 def default_pretrain_config(size: str = 'default') -> ml_collections.ConfigDict:
@@ -61,6 +61,7 @@ def default_pretrain_config(size: str = 'default') -> ml_collections.ConfigDict:
     # Items of a batch with the same set of classes count as positives of each other (their
     # captions describe the same content); False gives plain one-hot InfoNCE targets.
     c.multi_positive = True
+    c.pooling = 'class'  # image embedding: 'class' token (as real CLIP) or 'mean' of patch tokens
     c.model = ml_collections.ConfigDict(dict(
         embed_dim=128, patch_size=8, vision_width=128, vision_layers=4, vision_heads=4,
         text_width=128, text_layers=3, text_heads=4, context_length=32, activation='quick_gelu'))
@@ -105,8 +106,23 @@ def cache_path(config: ml_collections.ConfigDict,
     return pathlib.Path(root).expanduser() / f'synthetic_clip-{config_hash(config)}.safetensors'
 
 
-def image_embedding(clip: CLIP, images: jax.Array) -> jax.Array:
-    """Mean of the projected patch tokens: `[B, H, W, 3]` normalised -> `[B, D]`."""
+POOLINGS = ('class', 'mean')
+
+
+def image_embedding(clip: CLIP, images: jax.Array, pooling: str = 'class') -> jax.Array:
+    """The pretraining image embedding `[B, D]` of normalised images `[B, H, W, 3]`.
+
+    Args:
+        clip: the model.
+        images: CLIP-normalised images.
+        pooling: 'class' (the class token, ln_post + proj) or 'mean' (mean of the projected
+            patch tokens).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f'pooling={pooling!r}: use one of {POOLINGS}.')
+    if pooling == 'class':
+        pooled, _ = clip.visual(images)
+        return pooled
     _, inter = clip.visual(images, dense='standard')
     return inter['dense'].mean(axis=(1, 2))
 
@@ -217,10 +233,11 @@ def _train_step(config: ml_collections.ConfigDict, graphdef) -> tuple:
     tx = _optimizer(config)
     max_scale = float(np.log(config.max_logit_scale))
     multi_positive = bool(config.multi_positive)
+    pooling = config.pooling
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params)
-        img = image_embedding(model, normalize(batch['images']))
+        img = image_embedding(model, normalize(batch['images']), pooling)
         txt = model.encode_text(batch['tokens'])
         groups = batch['groups'] if multi_positive else None
         return contrastive_loss(img, txt, model.logit_scale[...], groups)

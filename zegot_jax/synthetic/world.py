@@ -50,38 +50,72 @@ def _stuff(name, colour, texture, extra=()):
 
 CLASSES: tuple[ClassSpec, ...] = (
     _thing('tomato', (205, 35, 30), P.disc, P.shaded),
-    _thing('lemon', (240, 212, 45), P.ellipse, P.shaded),
+    _thing('cherry', (122, 16, 36), P.disc, P.shaded),
     _thing('carrot', (240, 122, 22), P.wedge, P.ridged),
+    _thing('lemon', (240, 212, 45), P.ellipse, P.shaded),
+    _thing('lime', (138, 206, 48), P.ellipse, P.shaded),
+    _thing('cucumber', (30, 92, 48), P.wedge, P.ridged),
+    _thing('mint', (40, 172, 160), P.blob, P.shaded),
+    _thing('blueberry', (48, 58, 168), P.cluster, P.shaded),
     _thing('grape', (112, 40, 142), P.cluster, P.shaded),
+    _thing('plum', (198, 40, 158), P.disc, P.shaded),
     _thing('donut', (242, 132, 186), P.ring, P.shaded),
-    _thing('tire', (32, 32, 34), P.ring, P.treaded, extra=((60, 60, 62),)),
     _thing('cookie', (172, 112, 58), P.disc, P.speckled, extra=((69, 28, 7),)),
+    _thing('chocolate', (88, 50, 24), P.blob, P.grainy),
+    _thing('tire', (32, 32, 34), P.ring, P.treaded, extra=((60, 60, 62),)),
     _thing('rock', (128, 126, 122), P.blob, P.grainy),
+    _thing('egg', (250, 244, 226), P.ellipse, P.shaded),
     _stuff('sky', (118, 178, 238), P.gradient_sky),
     _stuff('grass', (52, 138, 40), P.blades),
     _stuff('sand', (218, 192, 140), P.speckles),
     _stuff('water', (28, 78, 158), P.waves, extra=((63, 123, 203),)),
     _stuff('snow', (242, 246, 252), P.mottled, extra=((228, 236, 249),)),
+    _stuff('road', (72, 72, 76), P.speckles),
+    _stuff('mud', (112, 78, 46), P.mottled, extra=((98, 68, 43),)),
+    _stuff('ice', (172, 214, 236), P.mottled, extra=((158, 204, 233),)),
 )
-"""The world's classes; the class id is the index."""
+"""The world's classes; the class id is the index. Colours sit around the hue circle at two
+brightness levels, so every unseen class has seen neighbours sharing its hue, its texture or its
+kind (thing or stuff)."""
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
-UNSEEN: tuple[int, ...] = (CLASS_NAMES.index('grape'), CLASS_NAMES.index('cookie'),
-                           CLASS_NAMES.index('water'))
-"""Classes never labelled in segmentation training (two things, one stuff)."""
+DEFAULT_UNSEEN: tuple[str, ...] = ('grape', 'cookie', 'lime', 'egg', 'water', 'mud')
+"""Classes never labelled in segmentation training by default (four things, two stuff); the
+experiment config's `synthetic.unseen` may name any others."""
+
+
+def class_ids(names) -> tuple[int, ...]:
+    """Class ids of `names` (a tuple of class names), in the order given.
+
+    Raises:
+        ValueError: an unknown or repeated name, or every class named (nothing left to train on).
+    """
+    names = tuple(names)
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f'synthetic.unseen names unknown classes {unknown}; the world has '
+                         f'{", ".join(CLASS_NAMES)}.')
+    if len(set(names)) != len(names):
+        raise ValueError(f'synthetic.unseen={names} repeats a class; name each once.')
+    if len(names) >= len(CLASS_NAMES):
+        raise ValueError('synthetic.unseen names every class; leave some seen classes to train on.')
+    return tuple(CLASS_NAMES.index(n) for n in names)
+
+
+UNSEEN: tuple[int, ...] = class_ids(DEFAULT_UNSEEN)
 SEEN: tuple[int, ...] = tuple(i for i in range(len(CLASSES)) if i not in UNSEEN)
 THINGS: tuple[int, ...] = tuple(i for i, c in enumerate(CLASSES) if not c.stuff)
 STUFF: tuple[int, ...] = tuple(i for i, c in enumerate(CLASSES) if c.stuff)
 SKY = CLASS_NAMES.index('sky')
 IGNORE = 255
 
-WORLD_VERSION = 1  # bump whenever a change alters rendered items (invalidates pretrained caches)
+WORLD_VERSION = 2  # bump whenever a change alters rendered items (invalidates pretrained caches)
 
 SPLITS = {'pretrain': 0, 'train': 1, 'validation': 2, 'test': 3}
 """Split name -> stream id; images of different splits never share a random stream."""
 
 OBJECT_COUNTS = (0, 1, 2, 3)
-OBJECT_COUNT_PROBS = (0.1, 0.35, 0.35, 0.2)
+OBJECT_COUNT_PROBS = (0.05, 0.3, 0.4, 0.25)
 RADIUS = (0.16, 0.26)  # object size as a fraction of the image side
 TWO_STUFF_PROB = 0.6
 SKY_ON_TOP_PROB = 0.6

@@ -68,6 +68,7 @@ def patch_ceiling_confusion(labels: np.ndarray, patch: int, k: int) -> np.ndarra
 
 def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_size: int = 64,
                          template: str = 'a photo of a {}.', dense: str = 'standard',
+                         layer: int | None = None,
                          class_names: Sequence[str] = world.CLASS_NAMES,
                          unseen: Sequence[int] = world.UNSEEN) -> dict:
     """Dense zero-shot segmentation with one hand-crafted prompt per class, no training.
@@ -81,7 +82,9 @@ def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_siz
         num_images: how many items (the first ones) to evaluate.
         batch_size: images per forward pass.
         template: prompt with one '{}' for the class name.
-        dense: 'standard' or 'value' (see `VisionTransformer.__call__`).
+        dense: 'standard' or 'value' (see `VisionTransformer.__call__`), for the last block.
+        layer: if given, the patch tokens after this 0-indexed block instead, through the frozen
+            ln_post and proj (as ZegOT reads intermediate layers); `dense` is then ignored.
         class_names: names in label-id order.
         unseen: ids of the unseen classes.
 
@@ -95,8 +98,15 @@ def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_siz
     text = text_embeddings(clip, [template.format(n) for n in class_names])
 
     def predict(model, images, text, labels):
-        _, inter = model.visual(normalize(images), dense=dense)
-        scores = _l2(inter['dense']) @ text.T  # [B, h, w, K]
+        if layer is None:
+            _, inter = model.visual(normalize(images), dense=dense)
+            feats = inter['dense']
+        else:
+            _, inter = model.visual(normalize(images), layers=(layer,))
+            tokens = model.visual.project(inter[f'layer_{layer}'][:, 1:])
+            side = images.shape[1] // model.spec.patch_size
+            feats = tokens.reshape(images.shape[0], side, -1, tokens.shape[-1])
+        scores = _l2(feats) @ text.T  # [B, h, w, K]
         scores = jax.image.resize(scores, (*images.shape[:3], k), 'bilinear', antialias=False)
         return metrics.confusion_matrix(jnp.argmax(scores, -1), labels, k)
 
@@ -124,8 +134,8 @@ def retrieval_top1(clip: CLIP, source, *, num_images: int = 256, embed=None) -> 
         clip: the model.
         source: random-access items with 'image', 'label' and 'caption'.
         num_images: size of the gallery (and number of queries).
-        embed: image embedding `(clip, normalised images) -> [B, D]`; default the mean-pooled
-            projected patch tokens used in pretraining.
+        embed: image embedding `(clip, normalised images) -> [B, D]`; default the class token
+            (`pretrain.image_embedding` with 'class' pooling).
 
     Returns:
         {'top1': exact caption, 'content_top1': retrieved caption names the same classes,

@@ -54,7 +54,8 @@ class DataSetup:
         if data.name == "synthetic" or data.source == "synthetic":
             from zegot_jax.synthetic import world  # noqa: PLC0415
 
-            return cls(config, tuple(world.CLASS_NAMES), tuple(world.UNSEEN))
+            unseen = config.synthetic.unseen if "synthetic" in config else world.DEFAULT_UNSEEN
+            return cls(config, tuple(world.CLASS_NAMES), world.class_ids(unseen))
         if data.name not in names_lib.DATASETS:
             raise ValueError(f"data.name={data.name!r} is not a known dataset; known: "
                              f"{sorted(names_lib.DATASETS)} and 'synthetic'.")

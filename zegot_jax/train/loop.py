@@ -118,19 +118,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         bar.close()
         preempt.restore()
         ckpt.close()
-    summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps)
+    summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps,
+                        baseline=config.eval.training_free_baseline)
     if jax.process_index() == 0 and jax.process_count() == 1:
+        baseline = None
+        if config.eval.training_free_baseline:
+            clip = state_lib.merge(parts.graphdef, state["params"], frozen).clip
+            baseline = evaluator.training_free_parts(config, clip)
         figure.write_results_figure(str(Path(workdir) / "predictions.png"), config,
                                     (parts.graphdef, state["params"], frozen),
-                                    data.source("eval"), data.class_names, data.unseen)
+                                    data.source("eval"), data.class_names, data.unseen,
+                                    baseline_parts=baseline)
     writer.close()
     return summary
 
 
-def _evaluate(config, data, graphdef, state, frozen, writer, step) -> dict[str, Any]:
+def _evaluate(config, data, graphdef, state, frozen, writer, step, *,
+              baseline: bool = False) -> dict[str, Any]:
+    """Scores the model; with `baseline`, also the training-free templates (same CLIP, images)."""
     summary = evaluator.evaluate(config, graphdef, state["params"], frozen,
                                  data.eval_iterator(), data.class_names, data.unseen,
                                  seen_penalty=data.seen_penalty(config))
+    if baseline:
+        clip = state_lib.merge(graphdef, state["params"], frozen).clip
+        free = evaluator.evaluate_training_free(config, clip, data.eval_iterator(),
+                                                data.class_names, data.unseen)
+        summary = evaluator.with_training_free(summary, free)
     writer.write(step, evaluator.flat_row(summary))
     evaluator.write_results(writer.workdir, summary, config)
     return summary

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from zegot_jax.models.losses import segmentation_loss
+from zegot_jax.models.losses import segmentation_loss, text_consistency_loss
 from zegot_jax.train.state import merge
 
 
@@ -59,11 +59,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
       pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
     """
     loss_cfg = config.loss
+    consistency = float(config.model.text_consistency_weight)
     pseudo = tuple(int(i) for i in pseudo_label_ids)
 
     def loss_fn(params, frozen, batch, text_inputs):
         model = merge(graphdef, params, frozen)
-        out = model(batch["image"], text_inputs)
+        text = model.text_features(text_inputs)
+        out = model.segment(batch["image"], text)
         size = batch["label"].shape[1:]
         logits = upsample(out.logits, size)
         labels = batch["label"]
@@ -80,6 +82,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
         if loss_cfg.layer_weight > 0:
             for layer_logits in out.layer_logits:
                 loss = loss + loss_cfg.layer_weight * loss_of(upsample(layer_logits, size))[0]
+        if consistency > 0 and isinstance(text_inputs, dict):  # learned prompts only
+            aux["text_consistency"] = text_consistency_loss(text, text_inputs["reference"])
+            loss = loss + consistency * aux["text_consistency"]
         return loss, aux
 
     def step(state, frozen, batch, text_inputs):
@@ -91,6 +96,7 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
             "loss": loss,
             "focal": aux["focal"],
             "dice": aux["dice"],
+            **({"text_consistency": aux["text_consistency"]} if "text_consistency" in aux else {}),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state["step"]),
