@@ -27,7 +27,7 @@ from configs import synthetic  # noqa: E402
 from zegot_jax.evaluation import evaluator, prompt_stats  # noqa: E402
 from zegot_jax.evaluation import run as run_lib  # noqa: E402
 from zegot_jax.inference import override  # noqa: E402
-from zegot_jax.models.zegot import TRAINING_FREE  # noqa: E402
+from zegot_jax.models.zegot import TRAINING_FREE, training_free_config  # noqa: E402
 from zegot_jax.train import inputs, loop  # noqa: E402
 from zegot_jax.train import state as state_lib  # noqa: E402
 
@@ -35,6 +35,8 @@ ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": Fal
                   "model.text_consistency_weight": 0.0, "model.learn_temperature": False}
 VARIANTS = {
     "training-free templates": {**{f"model.{k}": v for k, v in TRAINING_FREE.items()},
+                                "model.layers": training_free_config(
+                                    synthetic.get_config().model).layers,
                                 "train.num_steps": 0, "eval.seen_penalty": 0.0},
     "ZegOT (defaults: all guards on)": {},
     "learned prompts, no OT (uniform plan)": {"model.ot.enabled": False},
@@ -167,12 +169,13 @@ def main() -> None:
         key, _, value = item.partition("=")
         common_overrides[key] = eval(value, {})  # noqa: S307 (a command-line literal)
     base = override(base, common_overrides)
-    rows = {}
-    for name, changes in VARIANTS.items():
-        if args.only and not any(s in name for s in args.only):
-            continue
-        for seed in (args.seeds[:1] if name in DETERMINISTIC else args.seeds):
-            config = override(base, {**changes, "seed": seed})
+    chosen = [n for n in VARIANTS if not args.only or any(s in n for s in args.only)]
+    results = {}  # (name, seed) -> result
+    for seed in args.seeds:  # seeds outermost: an interrupted sweep still covers every row
+        for name in chosen:
+            if name in DETERMINISTIC and seed != args.seeds[0]:
+                continue
+            config = override(base, {**VARIANTS[name], "seed": seed})
             workdir = Path(args.workdir) / f"{slug(name)}_seed{seed}"
             done = workdir / "row.json"
             if done.exists():
@@ -187,10 +190,12 @@ def main() -> None:
                 result = run_one(config, str(workdir), trained_from)
                 workdir.mkdir(parents=True, exist_ok=True)
                 done.write_text(json.dumps(result))
-            rows.setdefault(name, []).append(result)
+            results[name, seed] = result
             print(json.dumps({"variant": name, "seed": seed,
                               **{k: v for k, v in result.items() if k != "per_class_iou"}}),
                   flush=True)
+    rows = {name: [results[name, s] for s in args.seeds if (name, s) in results]
+            for name in chosen if any((name, s) in results for s in args.seeds)}
     print()
     print(table(rows))
     print()

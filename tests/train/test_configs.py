@@ -58,3 +58,9 @@ def test_smoke_runs_every_config(tmp_path, spec):
         assert {"loss", "learning_rate", "grad_norm", "images_per_s"} <= set(r)
     assert {"miou_seen", "miou_unseen", "hiou", "pixel_acc", "per_class_iou"} <= set(rows[-1])
     assert (tmp_path / "results.md").exists()
+    if spec.startswith("synthetic"):  # the demo compares itself with the training-free baseline
+        free = {"training_free_miou_seen", "training_free_miou_unseen", "training_free_hiou"}
+        assert free <= set(rows[-1])
+        assert rows[-1]["seen_penalty"] == 0.1
+        assert "training-free" in (tmp_path / "results.md").read_text()
+        assert "training-free" in result.stdout and "trained" in result.stdout

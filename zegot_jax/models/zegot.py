@@ -33,15 +33,18 @@ from zegot_jax.models.prompts import Trainable, l2_normalize
 TRAINING_FREE = {"prompts": "templates", "alignment": False, "ot.enabled": False,
                  "learn_temperature": False, "ensemble_weight": 0.0}
 """`model` fields that turn ZegOT into the training-free template baseline: hand-crafted prompts,
-no DLFA, no OT, raw cosine scores (evaluated without a seen penalty: nothing was trained)."""
+no DLFA, no OT, raw cosine scores (evaluated without a seen penalty: nothing was trained). It reads
+only the deepest selected layer (`training_free_config`): MaskCLIP's training-free dense CLIP, whose
+best features are the last block's (value path with `dense_mode='value'`)."""
 
 
 def training_free_config(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of a `model` config section with `TRAINING_FREE` applied."""
+    """A copy of a `model` config section with `TRAINING_FREE` and the deepest layer only."""
     config = ml_collections.ConfigDict(model_config.to_dict())
     for key, value in TRAINING_FREE.items():
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value
+    config.layers = (max(model_config.layers),)
     return config
 
 
@@ -236,13 +239,14 @@ class ZegOT(nnx.Module):
     def training_free_logits(self, pixels: jax.Array, reference: jax.Array) -> jax.Array:
         """The training-free template baseline's class logits `[B, K, h, w]`.
 
-        The mean over layers and templates of the cosine between the frozen pixel features
-        `[L, B, h, w, D]` and the template features `[K, T, D]`, times CLIP's own logit scale, so
-        a softmax over classes gives CLIP's class probabilities. Its argmax is the prediction of
-        the training-free row (templates, no DLFA, no OT, no seen penalty).
+        The mean over templates of the cosine between the frozen pixel features of the deepest
+        selected layer (from `[L, B, h, w, D]`) and the template features `[K, T, D]`, times
+        CLIP's own logit scale, so a softmax over classes gives CLIP's class probabilities. Its
+        argmax is the prediction of `training_free_config` (templates, no DLFA, no OT, no seen
+        penalty).
         """
-        cos = jnp.einsum("lbhwd,ktd->bkhw", pixels, reference) / (
-            pixels.shape[0] * reference.shape[1])
+        deepest = pixels[self.layers.index(max(self.layers))]
+        cos = jnp.einsum("bhwd,ktd->bkhw", deepest, reference) / reference.shape[1]
         scale = jnp.exp(jax.lax.stop_gradient(self.clip.logit_scale[...])).astype(jnp.float32)
         return jnp.minimum(scale, 100.0) * cos
 

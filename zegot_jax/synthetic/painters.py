@@ -202,7 +202,7 @@ def gradient_sky(grid, rng, base, fp):
 def blades(grid, rng, base, fp):
     """Vertical streaks of varying brightness (grass)."""
     size = grid[0].shape[0]
-    column = 1.0 + 0.18 * noise(rng, (1, size))
+    column = 1.0 + 0.12 * noise(rng, (1, size))
     pixel = 0.08 * noise(rng, (size, size))
     return base * np.clip(column + pixel, 0.55, 1.45)[..., None]
 

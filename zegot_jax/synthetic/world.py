@@ -12,6 +12,7 @@ so order, sharding and worker count never change the data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -54,23 +55,23 @@ CLASSES: tuple[ClassSpec, ...] = (
     _thing('carrot', (240, 122, 22), P.wedge, P.ridged),
     _thing('lemon', (240, 212, 45), P.ellipse, P.shaded),
     _thing('lime', (138, 206, 48), P.ellipse, P.shaded),
-    _thing('cucumber', (30, 92, 48), P.wedge, P.ridged),
+    _thing('cucumber', (22, 70, 52), P.wedge, P.ridged),
     _thing('mint', (40, 172, 160), P.blob, P.shaded),
-    _thing('blueberry', (48, 58, 168), P.cluster, P.shaded),
+    _thing('blueberry', (68, 56, 192), P.cluster, P.shaded),
     _thing('grape', (112, 40, 142), P.cluster, P.shaded),
     _thing('plum', (198, 40, 158), P.disc, P.shaded),
     _thing('donut', (242, 132, 186), P.ring, P.shaded),
     _thing('cookie', (172, 112, 58), P.disc, P.speckled, extra=((69, 28, 7),)),
-    _thing('chocolate', (88, 50, 24), P.blob, P.grainy),
+    _thing('salmon', (250, 128, 114), P.blob, P.shaded),
     _thing('tire', (32, 32, 34), P.ring, P.treaded, extra=((60, 60, 62),)),
-    _thing('rock', (128, 126, 122), P.blob, P.grainy),
+    _thing('rock', (128, 126, 122), P.blob, functools.partial(P.grainy, amount=8.0)),
     _thing('egg', (250, 244, 226), P.ellipse, P.shaded),
     _stuff('sky', (118, 178, 238), P.gradient_sky),
     _stuff('grass', (52, 138, 40), P.blades),
     _stuff('sand', (218, 192, 140), P.speckles),
-    _stuff('water', (28, 78, 158), P.waves, extra=((63, 123, 203),)),
+    _stuff('water', (24, 62, 146), P.waves, extra=((59, 107, 191),)),
     _stuff('snow', (242, 246, 252), P.mottled, extra=((228, 236, 249),)),
-    _stuff('road', (72, 72, 76), P.speckles),
+    _stuff('road', (78, 82, 98), P.speckles),
     _stuff('mud', (112, 78, 46), P.mottled, extra=((98, 68, 43),)),
     _stuff('ice', (172, 214, 236), P.mottled, extra=((158, 204, 233),)),
 )

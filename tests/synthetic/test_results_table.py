@@ -1,0 +1,47 @@
+"""`benchmarks/synthetic_results.py`: intervals and paired differences of the RESULTS.md table."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import synthetic
+
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_results.py"
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("synthetic_results", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interval_is_the_student_t_95_percent_half_width(results):
+    mean, std, half = results.interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert mean == 3.0 and std == pytest.approx(math.sqrt(2.5))
+    assert half == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert math.isnan(results.interval(np.array([1.0]))[2])
+
+
+def test_contrasts_pair_runs_by_seed(results):
+    row = lambda s, u: {"miou_seen": s, "miou_unseen": u, "hiou": 2 * s * u / (s + u)}
+    zegot = "ZegOT (defaults: all guards on)"
+    rows = {zegot: [row(0.5, 0.4), row(0.6, 0.5)],
+            "training-free templates": [row(0.1, 0.1)]}  # deterministic: one run for all seeds
+    text = results.contrasts(rows, [0, 1])
+    line = next(r for r in text.splitlines() if r.startswith("| ZegOT - training-free"))
+    assert "+45.0" in line and "+35.0" in line  # mean paired differences in points
+
+
+def test_every_variant_is_a_valid_override_of_the_default(results):
+    from zegot_jax.inference import override
+
+    base = synthetic.get_config()
+    for name, changes in results.VARIANTS.items():
+        config = override(base, changes)  # a mistyped field would raise here
+        assert name and config.model.num_prompts >= 1
+    assert set(results.EVAL_ONLY.values()) <= set(results.VARIANTS)
