@@ -109,3 +109,17 @@ def test_installed_script_reports_a_missing_run(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_output_names_never_overwrite_another_input(loaded, tmp_path):
+    workdir, _ = loaded
+    (tmp_path / "img2").mkdir()
+    images = [tmp_path / "a.png", tmp_path / "img2" / "a.png", tmp_path / "a-1.png"]
+    for seed, path in enumerate(images):
+        PIL.Image.fromarray(random_image(20, 30, seed=seed)).save(path)
+    out = tmp_path / "out"
+    assert cli.main(["segment", *map(str, images), "--classes", "cat,dog", "--run", workdir,
+                     "--out", str(out)]) == 0
+    written = {json.loads(p.read_text())["image"] for p in out.glob("*.json")}
+    assert written == {str(p) for p in images}  # three inputs, three output sets
+    assert cli._output_stems(["x/A.png", "a.jpg", "a-1.png"]) == ["A", "a-2", "a-1"]

@@ -60,14 +60,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _output_stems(images: Sequence[str]) -> list[str]:
-    """File stems for the outputs, made unique when two inputs share a name."""
-    stems, used = [], {}
-    for image in images:
-        stem = Path(image).stem or "image"
-        count = used.get(stem, 0)
-        used[stem] = count + 1
-        stems.append(stem if count == 0 else f"{stem}-{count}")
-    return stems
+    """File stems for the outputs, unique (ignoring case) even against the inputs' own names.
+
+    The first input with a stem keeps it; later ones get `-1`, `-2`, ... skipping any stem another
+    input already has, so `a.png img2/a.png a-1.png` gives `a`, `a-2`, `a-1`.
+    """
+    stems = [Path(image).stem or "image" for image in images]
+    taken = {s.lower() for s in stems}
+    used, out = set(), []
+    for stem in stems:
+        name, count = stem, 0
+        while name.lower() in used or (count and name.lower() in taken):
+            count += 1
+            name = f"{stem}-{count}"
+        used.add(name.lower())
+        out.append(name)
+    return out
 
 
 def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
