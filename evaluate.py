@@ -8,7 +8,7 @@ classes, so any vocabulary works). Writes results.md / results.json into --out (
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax.errors import user_errors
+from zegot_jax.errors import parse_flags, user_errors
 from zegot_jax.evaluation import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the evaluation dataset.",
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax.errors import PREEMPTED_EXIT_STATUS, user_errors
+from zegot_jax.errors import PREEMPTED_EXIT_STATUS, parse_flags, user_errors
 from zegot_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -23,7 +23,7 @@ import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import inference, viz
+from zegot_jax import errors, inference, viz
 from zegot_jax.models import prompts as prompts_lib
 
 
@@ -131,13 +131,15 @@ def segment_command(args: argparse.Namespace) -> int:
         grid = parse_classes(args.grid_classes) if args.grid_classes else None
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
+        errors.check_writable_dir(args.out, "--out")
         inference.check_run(args.run)
         segmenter = inference.Segmenter.from_run(args.run, clip_weights=args.clip_weights)
         if classes is None:
             classes = list(segmenter.run_class_names)
+        prompts_lib.check_vocabulary(classes, segmenter.config.model.max_classes)
         if grid and (missing := set(grid) - set(classes)):
             raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except errors.USER_ERRORS as e:
         if os.environ.get("ZEGOT_DEBUG"):
             raise
         print(f"zegot-jax segment: error: {e}", file=sys.stderr)

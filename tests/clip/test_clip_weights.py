@@ -13,6 +13,7 @@ import torch
 from flax import nnx
 
 from zegot_jax import clip
+from zegot_jax.errors import MissingDependency
 
 # OpenAI-like widths (multiples of 64, heads = width // 64) so bare state dicts infer the heads.
 SPEC = clip.CLIPSpec(embed_dim=32, image_size=24, patch_size=8, vision_width=128, vision_layers=2,
@@ -144,7 +145,7 @@ def test_missing_file_and_missing_torch(original, tmp_path, monkeypatch):
     _, state = original
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'm.pt')
     monkeypatch.setitem(sys.modules, 'torch', None)  # as if torch were not installed
-    with pytest.raises(ImportError, match='needs torch'):
+    with pytest.raises(MissingDependency, match='needs torch'):  # one line at the entry points
         clip.load(tmp_path / 'm.pt')
 
 

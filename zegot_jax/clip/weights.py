@@ -23,6 +23,7 @@ from flax import nnx
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
 from zegot_jax.clip.variants import HUB_IDS, CLIPSpec
+from zegot_jax.errors import MissingDependency
 
 _SAFETENSORS_FORMAT = 'zegot_jax.clip'
 _HUB_FILES = ('config.json', 'model.safetensors', 'open_clip_config.json',
@@ -82,7 +83,7 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f'Reading {path.name} (a PyTorch file) needs torch: pip install torch '
+        raise MissingDependency(f'Reading {path.name} (a PyTorch file) needs torch: pip install torch '
                           '(CPU is enough), or convert the checkpoint to .safetensors.') from e
     try:
         if _is_torchscript(path):  # OpenAI's released .pt files
