@@ -143,3 +143,18 @@ def test_from_model_wraps_in_memory_model(tiny_clip):
     result = seg.segment(random_image(20, 30), ["sky", "sea"])
     assert result.label_map.shape == (20, 30)
     assert seg.text_features(["sky", "sea"]).shape[0] == 4
+
+
+def test_images_read_as_a_viewer_shows_them(tmp_path):
+    pixels = random_image(10, 20)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    PIL.Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(inference.load_image(tmp_path / "phone.png"),
+                                  np.rot90(pixels, -1))
+    grey16 = np.full((4, 6), 32768, np.uint16)
+    grey16[0, 0] = 65535
+    PIL.Image.fromarray(grey16).save(tmp_path / "deep.png")
+    deep = inference.load_image(tmp_path / "deep.png")
+    assert deep.dtype == np.uint8 and deep[0, 0].tolist() == [255] * 3
+    assert deep[1, 1].tolist() == [128] * 3  # scaled, not clipped to 255

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
 from zegot_jax.data import transforms
 from zegot_jax.evaluation import evaluator
@@ -65,10 +66,23 @@ class SegmentationResult(NamedTuple):
     plan: np.ndarray | None = None
 
 
+def _rgb(img: PIL.Image.Image) -> np.ndarray:
+    """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
+    clipped) to 0..255."""
+    img = PIL.ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))
+
+
 def load_image(image: ImageLike) -> np.ndarray:
     """Reads a path, PIL image or array as uint8 RGB `[H, W, 3]`.
 
-    Grey `[H, W]` / `[H, W, 1]` arrays are repeated to three channels; an alpha channel is dropped.
+    Files and PIL images are read as a viewer shows them (EXIF orientation applied, 16-bit grey
+    scaled to 8 bits). Grey `[H, W]` / `[H, W, 1]` arrays are repeated to three channels; an alpha
+    channel is dropped.
 
     Raises:
       FileNotFoundError: a path that does not exist.
@@ -81,11 +95,11 @@ def load_image(image: ImageLike) -> np.ndarray:
             raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
         try:
             with PIL.Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
+                return _rgb(img)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
             raise ValueError(f"Cannot read {str(path)!r} as an image ({e}).") from e
     if isinstance(image, PIL.Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return _rgb(image)
     if not isinstance(image, np.ndarray | jax.Array):
         raise TypeError(f"Expected a path, a PIL image or a uint8 array [H, W, 3]; got "
                         f"{type(image).__name__}.")
