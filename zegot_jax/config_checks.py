@@ -93,6 +93,8 @@ RULES: tuple[Rule, ...] = (
     Rule("clip.dtype", one_of("float32", "bfloat16", "float16"),
          "one of 'float32', 'bfloat16', 'float16'"),
     Rule("clip.text_context_length", integer(2), "an integer >= 2"),
+    Rule("clip.activation", one_of("", "quick_gelu", "gelu"),
+         "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
     Rule("model.prompts", one_of("learned", "templates"), "'learned' or 'templates'"),
     Rule("model.num_prompts", integer(1), POSITIVE),
     Rule("model.context_tokens", integer(1), POSITIVE),

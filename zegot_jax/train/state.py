@@ -41,7 +41,7 @@ def load_clip(config: ml_collections.ConfigDict) -> clip_lib.CLIP:
         from zegot_jax.synthetic import pretrain  # noqa: PLC0415 (only the synthetic world needs it)
 
         return pretrain.pretrained_clip(config.synthetic.pretrain, dtype=dtype)
-    return clip_lib.load(weights, dtype=dtype)
+    return clip_lib.load(weights, dtype=dtype, activation=config.clip.get("activation") or None)
 
 
 class SplitModel(NamedTuple):
