@@ -99,9 +99,9 @@ def summarize(result: inference.SegmentationResult) -> dict:
         "classes": list(result.class_names),
         "present": [result.class_names[i] for i in np.argsort(-counts) if counts[i] > 0],
         "pixel_share": {n: round(float(share[i]), 6) for i, n in enumerate(result.class_names)},
-        "mean_score": {n: round(float(result.scores[i].mean()), 6)
+        "mean_score": {n: round(float(result.score_mean[i]), 6)
                        for i, n in enumerate(result.class_names)},
-        "max_score": {n: round(float(result.scores[i].max()), 6)
+        "max_score": {n: round(float(result.score_max[i]), 6)
                       for i, n in enumerate(result.class_names)},
     }
 
@@ -111,7 +111,8 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
                 grid_classes: list[str] | None) -> dict:
     """Segments one image and writes its four outputs; returns its JSON summary."""
     start = time.perf_counter()
-    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate)
+    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate,
+                               full_scores=False)  # one class at full resolution at a time
     files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png",
              "prompts": f"{stem}_prompts.png"}
     viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name),

@@ -12,11 +12,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from zegot_jax import inference, viz
+from zegot_jax import viz
 from zegot_jax.data import transforms
+from zegot_jax.evaluation import segmenter as segmenter_lib
 
 
-def results_figure(segmenter: inference.Segmenter, examples: list[dict[str, Any]],
+def results_figure(segmenter: segmenter_lib.Segmenter, examples: list[dict[str, Any]],
                    class_names: tuple[str, ...], focus: int) -> Figure:
     """Rows of image | ground truth | prediction | per-prompt maps of class `focus`."""
     colours = viz.palette(len(class_names))
@@ -63,6 +64,6 @@ def write_results_figure(path: str, config: ml_collections.ConfigDict, segmenter
     candidates = unseen or (0,)
     counts = [sum(int((ex["label"] == k).any()) for ex in examples) for k in candidates]
     focus = candidates[int(np.argmax(counts))]
-    segmenter = inference.Segmenter(config, params, graphdef, frozen)
+    segmenter = segmenter_lib.Segmenter(config, params, graphdef, frozen)
     viz.save(results_figure(segmenter, examples, class_names, focus), path)
     return focus
