@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.clip.weights = "openai/clip-vit-base-patch16"
     c.clip.dtype = "float32"  # compute dtype of the frozen towers; OT and losses stay float32
     c.clip.text_context_length = 77  # may be shortened for speed (positional table truncated)
+    c.clip.activation = ""  # '' = as the checkpoint says; 'quick_gelu'/'gelu' for bare state dicts
 
     c.model = ml_collections.ConfigDict()
     c.model.prompts = "learned"  # 'learned' (N contexts) or 'templates' (hand-crafted, no training)

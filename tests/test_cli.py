@@ -109,3 +109,31 @@ def test_installed_script_reports_a_missing_run(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_output_names_never_overwrite_another_input(loaded, tmp_path):
+    workdir, _ = loaded
+    (tmp_path / "img2").mkdir()
+    images = [tmp_path / "a.png", tmp_path / "img2" / "a.png", tmp_path / "a-1.png"]
+    for seed, path in enumerate(images):
+        PIL.Image.fromarray(random_image(20, 30, seed=seed)).save(path)
+    out = tmp_path / "out"
+    assert cli.main(["segment", *map(str, images), "--classes", "cat,dog", "--run", workdir,
+                     "--out", str(out)]) == 0
+    written = {json.loads(p.read_text())["image"] for p in out.glob("*.json")}
+    assert written == {str(p) for p in images}  # three inputs, three output sets
+    assert cli._output_stems(["x/A.png", "a.jpg", "a-1.png"]) == ["A", "a-2", "a-1"]
+
+
+def test_a_vocabulary_over_max_classes_stops_at_once(loaded, tmp_path, capsys):
+    workdir, _ = loaded
+    many = ",".join(f"class {i}" for i in range(600))  # the smoke run allows 512
+    code = cli.main(["segment", "x.png", "--classes", many, "--run", workdir,
+                     "--out", str(tmp_path / "o")])
+    assert code == 2 and "exceed model.max_classes=512" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_stops_at_once(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = cli.main(["segment", "x.png", "--run", str(tmp_path), "--out", str(tmp_path / "file")])
+    assert code == 2 and "--out" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from inference_fixtures import random_image, save_run, smoke_config
 
 from zegot_jax import inference
 from zegot_jax.data import class_names, transforms
+from zegot_jax.evaluation import evaluator
+from zegot_jax.evaluation import segmenter as segmenter_lib
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
@@ -58,8 +60,9 @@ def test_segment_shapes_calibration_and_details(segmenter):
     assert result.similarity.shape == result.plan.shape == (num_layers, k, 4, 6, n)
     assert result.layer_logits.shape == (num_layers, k, 4, 6)
     np.testing.assert_allclose(result.plan.sum(-1), 1.0, atol=1e-3)
-    np.testing.assert_allclose(result.layer_logits, n * (result.plan * result.similarity).sum(-1),
-                               rtol=1e-4, atol=1e-5)
+    score = n * (result.plan * result.similarity).sum(-1)  # the refined score, then t and b
+    np.testing.assert_allclose(result.layer_logits, segmenter.model.scale_score(score, n),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_padding_does_not_change_scores(segmenter):
@@ -143,3 +146,45 @@ def test_from_model_wraps_in_memory_model(tiny_clip):
     result = seg.segment(random_image(20, 30), ["sky", "sea"])
     assert result.label_map.shape == (20, 30)
     assert seg.text_features(["sky", "sea"]).shape[0] == 4
+
+
+def test_images_read_as_a_viewer_shows_them(tmp_path):
+    pixels = random_image(10, 20)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    PIL.Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(inference.load_image(tmp_path / "phone.png"),
+                                  np.rot90(pixels, -1))
+    grey16 = np.full((4, 6), 32768, np.uint16)
+    grey16[0, 0] = 65535
+    PIL.Image.fromarray(grey16).save(tmp_path / "deep.png")
+    deep = inference.load_image(tmp_path / "deep.png")
+    assert deep.dtype == np.uint8 and deep[0, 0].tolist() == [255] * 3
+    assert deep[1, 1].tolist() == [128] * 3  # scaled, not clipped to 255
+
+
+def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmenter):
+    names = ["cat", "dog", "grass", "sky", "car", "tree", "road", "water", "bird"]  # two buckets
+    image = random_image(230, 170, seed=3)
+    lean = segmenter.segment(image, names, full_scores=False)
+    assert lean.scores is None
+    # The way the scores were computed before: all classes materialised at full resolution.
+    size = inference.processed_size(230, 170, short_side=segmenter.config.data.eval_short_side,
+                                    patch=segmenter.patch, whole=False)
+    batch = jnp.asarray(transforms.normalize(transforms.resize(image, size, nearest=False)))[None]
+    predict = evaluator.make_predictor(segmenter.graphdef, segmenter.config)
+    full = np.asarray(predict(segmenter.params, segmenter.frozen, segmenter.text_features(names),
+                              batch, (230, 170)))[:len(names)]
+    penalty = np.asarray([0.1 * (n in ("cat", "dog", "bird", "car")) for n in names])
+    np.testing.assert_array_equal(lean.label_map, np.argmax(full - penalty[:, None, None], 0))
+    np.testing.assert_allclose(lean.score_mean, full.mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(lean.score_max, full.max((1, 2)), rtol=1e-6)
+    kept = segmenter.segment(image, names)
+    np.testing.assert_array_equal(kept.label_map, lean.label_map)
+    np.testing.assert_allclose(kept.scores, full, rtol=1e-6, atol=1e-7)
+
+
+def test_an_image_too_large_for_memory_is_refused_with_an_estimate(segmenter, monkeypatch):
+    monkeypatch.setattr(segmenter_lib, "_available_bytes", lambda: 1000)
+    with pytest.raises(ValueError, match=r"Segmenting a 70x50 image needs about .* GiB but 0.0 GiB"):
+        segmenter.segment(random_image(50, 70), VOCAB)

@@ -23,7 +23,7 @@ import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import inference, viz
+from zegot_jax import errors, inference, viz
 from zegot_jax.models import prompts as prompts_lib
 
 
@@ -60,14 +60,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _output_stems(images: Sequence[str]) -> list[str]:
-    """File stems for the outputs, made unique when two inputs share a name."""
-    stems, used = [], {}
-    for image in images:
-        stem = Path(image).stem or "image"
-        count = used.get(stem, 0)
-        used[stem] = count + 1
-        stems.append(stem if count == 0 else f"{stem}-{count}")
-    return stems
+    """File stems for the outputs, unique (ignoring case) even against the inputs' own names.
+
+    The first input with a stem keeps it; later ones get `-1`, `-2`, ... skipping any stem another
+    input already has, so `a.png img2/a.png a-1.png` gives `a`, `a-2`, `a-1`.
+    """
+    stems = [Path(image).stem or "image" for image in images]
+    taken = {s.lower() for s in stems}
+    used, out = set(), []
+    for stem in stems:
+        name, count = stem, 0
+        while name.lower() in used or (count and name.lower() in taken):
+            count += 1
+            name = f"{stem}-{count}"
+        used.add(name.lower())
+        out.append(name)
+    return out
 
 
 def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
@@ -91,9 +99,9 @@ def summarize(result: inference.SegmentationResult) -> dict:
         "classes": list(result.class_names),
         "present": [result.class_names[i] for i in np.argsort(-counts) if counts[i] > 0],
         "pixel_share": {n: round(float(share[i]), 6) for i, n in enumerate(result.class_names)},
-        "mean_score": {n: round(float(result.scores[i].mean()), 6)
+        "mean_score": {n: round(float(result.score_mean[i]), 6)
                        for i, n in enumerate(result.class_names)},
-        "max_score": {n: round(float(result.scores[i].max()), 6)
+        "max_score": {n: round(float(result.score_max[i]), 6)
                       for i, n in enumerate(result.class_names)},
     }
 
@@ -103,7 +111,8 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
                 grid_classes: list[str] | None) -> dict:
     """Segments one image and writes its four outputs; returns its JSON summary."""
     start = time.perf_counter()
-    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate)
+    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate,
+                               full_scores=False)  # one class at full resolution at a time
     files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png",
              "prompts": f"{stem}_prompts.png"}
     viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name),
@@ -123,13 +132,15 @@ def segment_command(args: argparse.Namespace) -> int:
         grid = parse_classes(args.grid_classes) if args.grid_classes else None
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
+        errors.check_writable_dir(args.out, "--out")
         inference.check_run(args.run)
         segmenter = inference.Segmenter.from_run(args.run, clip_weights=args.clip_weights)
         if classes is None:
             classes = list(segmenter.run_class_names)
+        prompts_lib.check_vocabulary(classes, segmenter.config.model.max_classes)
         if grid and (missing := set(grid) - set(classes)):
             raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except errors.USER_ERRORS as e:
         if os.environ.get("ZEGOT_DEBUG"):
             raise
         print(f"zegot-jax segment: error: {e}", file=sys.stderr)

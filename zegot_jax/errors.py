@@ -1,15 +1,21 @@
 """How entry points report mistakes a user can fix: one line, no traceback.
 
 Bad input raises ValueError, TypeError or FileNotFoundError with a message that names the problem
-and the fix; divergence raises FloatingPointError. Entry points print that message and exit with
-status 1. Set ZEGOT_DEBUG=1 to see the traceback instead.
+and the fix (MissingDependency when an input needs an optional package); divergence raises
+FloatingPointError. Entry points print that message and exit with status 1. Set ZEGOT_DEBUG=1 to
+see the traceback instead.
 """
 
 import contextlib
 import os
 import sys
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+
+class MissingDependency(ImportError):
+    """An optional package a particular input needs (e.g. torch for `.pt` weights)."""
+
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError, MissingDependency)
 
 
 @contextlib.contextmanager
@@ -21,4 +27,72 @@ def user_errors():
         if os.environ.get("ZEGOT_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+# Exit status of a training stopped by SIGTERM (preemption) after saving its checkpoint: EX_TEMPFAIL,
+# "try again later". Schedulers can requeue on it; running the same command again resumes.
+PREEMPTED_EXIT_STATUS = 75
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """Raises ValueError unless `path` is a directory we can write into, or can be created.
+
+    Args:
+      path: a local directory (remote `scheme://` paths are not checked).
+      what: how the user named it, e.g. '--out' or '--workdir'.
+    """
+    if "://" in path:
+        return
+    target = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"{what} {path} is a file, not a directory; pick a directory.")
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{what} {path} cannot be created: {existing} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} is not writable ({existing} does not allow it); pick "
+                         "another directory or fix its permissions.")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config mistakes as one line and exit status 1.
+
+    For `app.run(main, flags_parser=parse_flags)`: a mistyped `--config.a.b` keeps ml_collections'
+    "did you mean", a missing config file names the file; absl's own flag errors are unchanged.
+    """
+    from absl import flags  # noqa: PLC0415 (only entry points parse flags)
+
+    try:
+        parsed = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+            _ = flags.FLAGS["config"].value.keys  # a config file that failed to load raises here
+        return parsed
+    except flags.Error as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if "Traceback (most recent call last):" in lines and not os.environ.get("ZEGOT_DEBUG"):
+            lines = [lines[0].rstrip(":") + ":", lines[-1]]  # the config file's own error only
+        print(f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull to "
+              "see help on flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError, OSError, ValueError, TypeError) as e:
+        if os.environ.get("ZEGOT_DEBUG"):
+            raise
+        inner = e
+        while isinstance(inner, AttributeError | KeyError) and inner.args and isinstance(
+                inner.args[0], BaseException | str):
+            if isinstance(inner.args[0], str):
+                inner = inner.args[0]
+                break
+            inner = inner.args[0]
+        text = " ".join(str(inner).split())
+        if isinstance(e, AttributeError | KeyError):
+            text = f"no config field {text} (check the --config.* overrides)"
+        elif isinstance(e, OSError):
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            files = [a for a in argv if a.startswith("--config=")]
+            text = f"cannot load {files[0] if files else 'the config'}: {lines[-1]}"
+        print(f"error: {text}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -4,16 +4,20 @@ Figures are plain `matplotlib.figure.Figure` objects drawn with the Agg canvas (
 backend switch), so they work headless, in scripts and in notebooks (a Figure displays inline).
 """
 
+from __future__ import annotations
+
 import colorsys
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from zegot_jax.inference import SegmentationResult
+if TYPE_CHECKING:  # only annotations: the pictures sit below the segmenter that they draw
+    from zegot_jax.evaluation.segmenter import SegmentationResult
 
 KINDS = ("similarity", "plan")
 

@@ -9,15 +9,16 @@ OPENAI_EXTRAS = ('input_resolution', 'context_length', 'vocab_size')  # ints in 
 
 def build_hf_clip(act='quick_gelu', *, vision_width=128, vision_layers=3, vision_heads=2,
                   patch=8, image_size=40, text_width=64, text_layers=2, text_heads=1,
-                  context=11, vocab=1000, embed=48, seed=0):
+                  context=11, vocab=1000, embed=48, seed=0, vision_mlp=None, text_mlp=None):
     """A random `transformers.CLIPModel` in eval mode; every weight (LN, biases too) is random."""
     config = transformers.CLIPConfig(
         text_config=dict(vocab_size=vocab, hidden_size=text_width,
-                         intermediate_size=4 * text_width, num_hidden_layers=text_layers,
+                         intermediate_size=text_mlp or 4 * text_width, num_hidden_layers=text_layers,
                          num_attention_heads=text_heads, max_position_embeddings=context,
                          hidden_act=act, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
                          pad_token_id=0),
-        vision_config=dict(hidden_size=vision_width, intermediate_size=4 * vision_width,
+        vision_config=dict(hidden_size=vision_width,
+                           intermediate_size=vision_mlp or 4 * vision_width,
                            num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
                            image_size=image_size, patch_size=patch, hidden_act=act),
         projection_dim=embed,

@@ -79,6 +79,35 @@ def test_resized_positions_match_torch(reference, grid):
     assert_close(inter['layer_2'], hidden[2])
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_odd_mlp_widths_per_tower(odd_mlp, layout):
+    """MLP widths that are not 4x the width, different per tower (open_clip's mlp_ratio, HF's
+    intermediate_size): inferred from the shapes in every layout."""
+    torch_model, root = odd_mlp
+    model = load_layout(root, layout, 'gelu')
+    assert (model.spec.mlp_width('vision'), model.spec.mlp_width('text')) == (200, 100)
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((1, 40, 40, 3)).astype(np.float32)
+    expected, _ = torch_image(torch_model, images)
+    assert_close(model.visual(images)[0], expected)
+    tokens = random_tokens(rng, 2, 11, 1000)
+    assert_close(model.encode_text(tokens), torch_text(torch_model, tokens))
+
+
+@pytest.fixture(scope='module')
+def odd_mlp(tmp_path_factory):
+    model = build_hf_clip('gelu', vision_mlp=200, text_mlp=100, seed=5)
+    root = tmp_path_factory.mktemp('clip_odd_mlp')
+    model.save_pretrained(root / 'hf')
+    (root / 'alone').mkdir()
+    shutil.copy(root / 'hf' / 'model.safetensors', root / 'alone' / 'model.safetensors')
+    state = hf_to_openai_reference(model)
+    extras = {k: torch.tensor(v) for k, v in zip(OPENAI_EXTRAS, (40, 11, 1000), strict=True)}
+    torch.save({**state, **extras}, root / 'openai.pt')
+    safetensors.torch.save_file(state, root / 'openai.safetensors')
+    return model, root
+
+
 def test_vit_b16_full_shape(tmp_path):
     """ViT-B/16 as released (shapes), random weights, HF directory layout."""
     torch_model = build_hf_clip(

@@ -13,6 +13,7 @@ import torch
 from flax import nnx
 
 from zegot_jax import clip
+from zegot_jax.errors import MissingDependency
 
 # OpenAI-like widths (multiples of 64, heads = width // 64) so bare state dicts infer the heads.
 SPEC = clip.CLIPSpec(embed_dim=32, image_size=24, patch_size=8, vision_width=128, vision_layers=2,
@@ -75,17 +76,17 @@ def test_open_clip_training_checkpoint_and_bin(original, tmp_path):
     nested = {'epoch': 3, 'state_dict': {f'module.{k}': torch.from_numpy(v)
                                          for k, v in state.items()}}
     torch.save(nested, tmp_path / 'epoch_3.pt')
-    assert_state_equal(clip.load(tmp_path / 'epoch_3.pt'), state)
+    assert_state_equal(clip.load(tmp_path / 'epoch_3.pt', activation='quick_gelu'), state)
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'model.bin')
-    assert_state_equal(clip.load(tmp_path / 'model.bin'), state)
+    assert_state_equal(clip.load(tmp_path / 'model.bin', activation='quick_gelu'), state)
 
 
 def test_bfloat16_safetensors(original, tmp_path):
     _, state = original
     bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}
     safetensors.numpy.save_file(bf16, tmp_path / 'bf16.safetensors')
-    assert_state_equal(clip.load(tmp_path / 'bf16.safetensors'), bf16)
-    kept = clip.load(tmp_path / 'bf16.safetensors', param_dtype=jnp.bfloat16)
+    assert_state_equal(clip.load(tmp_path / 'bf16.safetensors', activation='gelu'), bf16)
+    kept = clip.load(tmp_path / 'bf16.safetensors', param_dtype=jnp.bfloat16, activation='gelu')
     leaves = jax.tree.leaves(nnx.state(kept, nnx.Param))
     assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.bfloat16)}
 
@@ -113,7 +114,7 @@ def test_strict_loading_lists_every_problem(original, tmp_path):
     broken['ln_final.weight'] = np.ones(63, np.float32)
     safetensors.numpy.save_file(broken, tmp_path / 'broken.safetensors')
     with pytest.raises(ValueError) as info:
-        clip.load(tmp_path / 'broken.safetensors')
+        clip.load(tmp_path / 'broken.safetensors', activation='quick_gelu')
     message = str(info.value)
     assert re.search(r"missing: \['visual\.ln_post\.bias'\]", message)
     assert re.search(r"unexpected: \['visual\.extra_head\.weight'\]", message)
@@ -144,7 +145,7 @@ def test_missing_file_and_missing_torch(original, tmp_path, monkeypatch):
     _, state = original
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'm.pt')
     monkeypatch.setitem(sys.modules, 'torch', None)  # as if torch were not installed
-    with pytest.raises(ImportError, match='needs torch'):
+    with pytest.raises(MissingDependency, match='needs torch'):  # one line at the entry points
         clip.load(tmp_path / 'm.pt')
 
 
@@ -158,8 +159,8 @@ def test_hub_ids_and_variant_names(original, tmp_path, monkeypatch):
         return str(tmp_path)
 
     monkeypatch.setattr('huggingface_hub.snapshot_download', fake_download)
-    assert_state_equal(clip.load('ViT-B/16'), state)
-    assert_state_equal(clip.load('someone/clip-model'), state)
+    assert_state_equal(clip.load('ViT-B/16', activation='quick_gelu'), state)
+    assert_state_equal(clip.load('someone/clip-model', activation='quick_gelu'), state)
     assert calls == ['openai/clip-vit-base-patch16', 'someone/clip-model']
 
 
@@ -170,3 +171,15 @@ def test_offline_hub_miss_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path))
     with pytest.raises(FileNotFoundError, match='fetching .* from the Hugging Face hub failed'):
         clip.load('nobody/not-a-clip-model')
+
+
+def test_a_bare_state_dict_needs_its_activation(original, tmp_path):
+    _, state = original
+    safetensors.numpy.save_file(state, tmp_path / 'bare.safetensors')
+    with pytest.raises(ValueError, match="does not say which activation.*activation='quick_gelu'"):
+        clip.load(tmp_path / 'bare.safetensors')
+    assert clip.load(tmp_path / 'bare.safetensors', activation='gelu').spec.activation == 'gelu'
+    (tmp_path / 'open_clip_config.json').write_text(
+        '{"model_cfg": {"vision_cfg": {"width": 128, "head_width": 32}, "text_cfg": {"heads": 2}}}')
+    spec = clip.load(tmp_path / 'bare.safetensors').spec  # open_clip's config says GELU and heads
+    assert (spec.activation, spec.vision_heads, spec.text_heads) == ('gelu', 4, 2)

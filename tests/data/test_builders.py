@@ -181,11 +181,39 @@ def test_prepare_cli(tmp_path, capsys):
             f'--data_dir={tmp_path / "tfds"}', '--allow_partial']
     assert prepare.main(argv) == 0
     assert "zegot_ade150 written" in capsys.readouterr().out
-    with pytest.raises(ValueError, match='official count is 2000'):
+    with pytest.raises(SystemExit, match='1'):
         prepare.main(argv[:-1] + ['--overwrite'])
+    assert 'official count is 2000' in capsys.readouterr().err
     assert len(pipeline.tfds_source('ade20k', 'validation', str(tmp_path / 'tfds'))) == 3
     fakes.write_jpeg(tmp_path / 'raw/ADEChallengeData2016/images/validation/extra.jpg', (24, 32), 9)
     fakes.write_grey_png(tmp_path / 'raw/ADEChallengeData2016/annotations/validation/extra.png',
                          np.ones((24, 32), np.uint8))
     assert prepare.main(argv + ['--overwrite']) == 0  # the failed rebuild kept the old copy
     assert len(pipeline.tfds_source('ade20k', 'validation', str(tmp_path / 'tfds'))) == 4
+
+
+def test_strict_prepare_over_a_partial_copy_and_killed_builds(tmp_path, capsys):
+    fakes.fake_ade20k_zip(tmp_path / 'raw')
+    argv = ['--dataset=ade20k', f'--manual_dir={tmp_path / "raw"}',
+            f'--data_dir={tmp_path / "tfds"}']
+    assert prepare.main(argv + ['--allow_partial']) == 0
+    assert 'written to' in capsys.readouterr().out
+    killed = tmp_path / 'tfds' / 'zegot_ade150' / 'incomplete.ABC123_1.0.0'
+    killed.mkdir()
+    with pytest.raises(SystemExit, match='1'):
+        prepare.main(argv)
+    captured = capsys.readouterr()
+    assert 'already holds a partial zegot_ade150' in captured.err and '--overwrite' in captured.err
+    assert 'written to' not in captured.out
+    assert f'removing {killed}' in captured.err and not killed.exists()
+    assert prepare.main(argv + ['--allow_partial']) == 0
+    assert 'already prepared' in capsys.readouterr().out
+
+
+def test_unwritable_data_dir_is_one_line(tmp_path, capsys):
+    fakes.fake_ade20k_zip(tmp_path / 'raw')
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(SystemExit, match='1'):
+        prepare.main(['--dataset=ade20k', f'--manual_dir={tmp_path / "raw"}',
+                      f'--data_dir={tmp_path / "file"}'])
+    assert capsys.readouterr().err.startswith('error: --data_dir')

@@ -38,11 +38,15 @@ def _train(args, workdir, timeout=600):
 
 def test_override_typo_fails_at_launch(tmp_path):
     result = _train(["--config=configs/voc.py:smoke", "--config.model.num_promts=3"], tmp_path)
-    assert result.returncode != 0
-    assert "num_promts" in result.stderr
+    assert result.returncode == 1
+    assert 'Did you mean "num_prompts"' in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     result = _train(["--config=configs/voc.py:smoke", "--config.model.num_prompts=abc"], tmp_path)
     assert result.returncode != 0
     assert "num_prompts" in result.stderr
+    result = _train(["--config=configs/vocc.py"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot load --config=configs/vocc.py" in result.stderr
 
 
 @pytest.mark.parametrize("spec", ["voc.py:smoke", "context.py:smoke", "coco.py:smoke",

@@ -95,8 +95,9 @@ def infer_spec(state: dict[str, np.ndarray], *, vision_heads: int | None = None,
                text_heads: int | None = None, activation: str = 'quick_gelu') -> CLIPSpec:
     """Reads the variant from the shapes of an OpenAI-layout state dict.
 
-    Heads default to width // 64 (true of every OpenAI and open_clip ViT); pass them (from a
-    config or our safetensors metadata) for other models.
+    Widths, depths, patch, MLP widths (per tower) come from the shapes. Heads default to
+    width // 64 (OpenAI's models; not all of open_clip's); pass them (from a config or our
+    safetensors metadata) for other models.
 
     Raises:
         ValueError: if the state dict is not a CLIP ViT (names the missing entries).
@@ -132,7 +133,16 @@ def infer_spec(state: dict[str, np.ndarray], *, vision_heads: int | None = None,
         context_length=int(context_length),
         vocab_size=int(state['token_embedding.weight'].shape[0]),
         activation=activation,
+        vision_mlp_width=_mlp_width(state, 'visual.transformer.resblocks.', vision_width),
+        text_mlp_width=_mlp_width(state, 'transformer.resblocks.', text_width),
     )
+
+
+def _mlp_width(state: dict[str, np.ndarray], prefix: str, width: int) -> int:
+    """A tower's MLP hidden width from its first block (0: OpenAI's 4 x width, or no blocks)."""
+    weight = state.get(f'{prefix}0.mlp.c_fc.weight')
+    hidden = 0 if weight is None else int(weight.shape[0])
+    return 0 if hidden == 4 * width else hidden
 
 
 def openai_to_path(name: str, leaves: set[tuple]) -> tuple[tuple, str | None]:

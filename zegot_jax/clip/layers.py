@@ -81,12 +81,13 @@ class MultiheadAttention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """Two-layer feed-forward block, hidden width 4W."""
+    """Two-layer feed-forward block, hidden width `hidden` (4W in OpenAI's models)."""
 
-    def __init__(self, width: int, activation: str, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, activation: str, *, hidden: int, dtype, param_dtype,
+                 rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.c_fc = nnx.Linear(width, 4 * width, **kw)
-        self.c_proj = nnx.Linear(4 * width, width, **kw)
+        self.c_fc = nnx.Linear(width, hidden, **kw)
+        self.c_proj = nnx.Linear(hidden, width, **kw)
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,12 +98,13 @@ class MLP(nnx.Module):
 class ResidualAttentionBlock(nnx.Module):
     """Pre-norm block: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`."""
 
-    def __init__(self, width: int, heads: int, activation: str, *, dtype, param_dtype, rngs):
+    def __init__(self, width: int, heads: int, activation: str, *, mlp_width: int, dtype,
+                 param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.ln_1 = layer_norm(width, **kw)
         self.attn = MultiheadAttention(width, heads, **kw)
         self.ln_2 = layer_norm(width, **kw)
-        self.mlp = MLP(width, activation, **kw)
+        self.mlp = MLP(width, activation, hidden=mlp_width, **kw)
 
     def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
         """`[B, T, W] -> [B, T, W]`."""
@@ -128,11 +130,11 @@ class ResidualAttentionBlock(nnx.Module):
 class Transformer(nnx.Module):
     """A stack of residual attention blocks (`resblocks`)."""
 
-    def __init__(self, width: int, layers: int, heads: int, activation: str, *, dtype,
-                 param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, layers: int, heads: int, activation: str, *,
+                 mlp_width: int | None = None, dtype, param_dtype, rngs: nnx.Rngs):
         self.resblocks = nnx.List([
-            ResidualAttentionBlock(width, heads, activation, dtype=dtype,
-                                   param_dtype=param_dtype, rngs=rngs)
+            ResidualAttentionBlock(width, heads, activation, mlp_width=mlp_width or 4 * width,
+                                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for _ in range(layers)
         ])
 

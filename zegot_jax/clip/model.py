@@ -93,7 +93,7 @@ class VisionTransformer(nnx.Module):
             _normal(rngs, (spec.grid_size ** 2 + 1, width), scale, param_dtype))
         self.ln_pre = layer_norm(width, **kw)
         self.transformer = Transformer(width, spec.vision_layers, spec.vision_heads,
-                                       spec.activation, **kw)
+                                       spec.activation, mlp_width=spec.mlp_width('vision'), **kw)
         self.ln_post = layer_norm(width, **kw)
         self.proj = nnx.Param(_normal(rngs, (width, spec.embed_dim), scale, param_dtype))
 
@@ -170,7 +170,7 @@ class CLIP(nnx.Module):
         self.positional_embedding = nnx.Param(
             _normal(rngs, (spec.context_length, width), 0.01, param_dtype))
         self.transformer = Transformer(width, spec.text_layers, spec.text_heads, spec.activation,
-                                       **kw)
+                                       mlp_width=spec.mlp_width('text'), **kw)
         self.ln_final = layer_norm(width, **kw)
         self.text_projection = nnx.Param(
             _normal(rngs, (width, spec.embed_dim), width ** -0.5, param_dtype))

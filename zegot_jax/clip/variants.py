@@ -25,6 +25,9 @@ class CLIPSpec:
         context_length: rows of the text position table (longest token sequence).
         vocab_size: rows of the token embedding table.
         activation: MLP non-linearity, 'quick_gelu' (OpenAI weights) or 'gelu' (exact, erf).
+        vision_mlp_width, text_mlp_width: hidden width of each tower's MLP; 0 means 4 x the
+            tower's width (OpenAI's; open_clip's mlp_ratio and Hugging Face's
+            `intermediate_size` may differ, per tower).
     """
 
     embed_dim: int
@@ -39,6 +42,8 @@ class CLIPSpec:
     context_length: int = 77
     vocab_size: int = 49408
     activation: str = 'quick_gelu'
+    vision_mlp_width: int = 0
+    text_mlp_width: int = 0
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -52,6 +57,10 @@ class CLIPSpec:
             if heads < 1 or width % heads:
                 raise ValueError(
                     f'{tower}_width {width} is not divisible by {tower}_heads {heads}.')
+
+    def mlp_width(self, tower: str) -> int:
+        """The MLP hidden width of 'vision' or 'text'."""
+        return getattr(self, f'{tower}_mlp_width') or 4 * getattr(self, f'{tower}_width')
 
     @property
     def grid_size(self) -> int:

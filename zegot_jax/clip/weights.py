@@ -23,6 +23,7 @@ from flax import nnx
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
 from zegot_jax.clip.variants import HUB_IDS, CLIPSpec
+from zegot_jax.errors import MissingDependency
 
 _SAFETENSORS_FORMAT = 'zegot_jax.clip'
 _HUB_FILES = ('config.json', 'model.safetensors', 'open_clip_config.json',
@@ -82,7 +83,7 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f'Reading {path.name} (a PyTorch file) needs torch: pip install torch '
+        raise MissingDependency(f'Reading {path.name} (a PyTorch file) needs torch: pip install torch '
                           '(CPU is enough), or convert the checkpoint to .safetensors.') from e
     try:
         if _is_torchscript(path):  # OpenAI's released .pt files
@@ -145,29 +146,53 @@ def read_checkpoint(path: pathlib.Path,
                     activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
     """Reads a checkpoint file or directory into an OpenAI-layout dict and its inferred spec.
 
-    The activation comes from `activation` if given, else our safetensors metadata, a HF
-    `config.json` or an `open_clip_config.json` beside the file, else QuickGELU (OpenAI's).
+    Shapes give every width and depth but not the activation or the attention heads. Those come
+    from our safetensors metadata, a HF `config.json` or an `open_clip_config.json` beside the file,
+    or OpenAI's TorchScript format (QuickGELU, width // 64 heads); `activation` overrides them and,
+    for a bare state dict, is required (heads are then width // 64).
+
+    Raises:
+        ValueError: a bare state dict and no `activation`.
     """
     file = _pick_file(path) if path.is_dir() else path
     if file.suffix == '.safetensors':
         state, metadata = _read_safetensors(file)
+        declared = None
     else:
         state, metadata = _read_torch(file), {}
-    override, heads, activation = activation, {}, 'quick_gelu'
+        declared = 'quick_gelu' if _is_torchscript(file) else None  # OpenAI's released files
+    heads = {}
     open_clip_config = file.parent / 'open_clip_config.json'
-    if open_clip_config.is_file():  # open_clip hub repos: GELU unless the model says QuickGELU
-        model_cfg = json.loads(open_clip_config.read_text()).get('model_cfg', {})
-        activation = 'quick_gelu' if model_cfg.get('quick_gelu', False) else 'gelu'
+    if open_clip_config.is_file():
+        heads, declared = _open_clip_config(open_clip_config)
     if metadata.get('format') == _SAFETENSORS_FORMAT:
         heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
-        activation = metadata['activation']
+        declared = metadata['activation']
     if convert.is_hf_layout(state):
         state = convert.hf_to_openai(state)
         config = file.parent / 'config.json'
         if config.is_file():
-            heads, activation = _hf_config(config)
-    return state, convert.infer_spec(state, activation=activation if override is None
-                                     else override, **heads)
+            heads, declared = _hf_config(config)
+    if activation is None and declared is None:
+        convert.infer_spec(state)  # a file that is no CLIP at all says so first
+        raise ValueError(
+            f'{file} does not say which activation and attention heads its model uses (no '
+            'config.json or open_clip_config.json beside it): put the model\'s config beside it, '
+            "or pass activation='quick_gelu' (OpenAI's weights) or 'gelu' (most others; "
+            "clip.activation in a config); heads are then width // 64.")
+    return state, convert.infer_spec(state, activation=activation or declared, **heads)
+
+
+def _open_clip_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
+    """Heads and activation of an `open_clip_config.json` (GELU unless it says QuickGELU)."""
+    model_cfg = json.loads(path.read_text()).get('model_cfg', {})
+    vision, text = model_cfg.get('vision_cfg', {}), model_cfg.get('text_cfg', {})
+    heads = {}
+    if 'width' in vision:
+        heads['vision_heads'] = int(vision['width']) // int(vision.get('head_width', 64))
+    if 'heads' in text:
+        heads['text_heads'] = int(text['heads'])
+    return heads, 'quick_gelu' if model_cfg.get('quick_gelu', False) else 'gelu'
 
 
 def _hf_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
@@ -197,8 +222,8 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
         dtype: compute dtype of the model.
         param_dtype: dtype the parameters are stored in (fp16/bf16 checkpoints become float32
             unless this says otherwise).
-        activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies (needed for
-            bare open_clip state dicts of non-OpenAI models, which use GELU).
+        activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies; required
+            for a bare state dict with no config beside it (see `read_checkpoint`).
 
     Raises:
         FileNotFoundError: nothing at the path and not fetchable.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -282,6 +283,27 @@ def global_batch(batch: Any, mesh: Mesh, axis: str = 'data') -> Any:
 SPLIT_ALIASES = {'eval': 'validation', 'val': 'validation', 'test': 'validation'}
 
 
+def check_prepared(dataset: str, data_dir: str | None = None) -> None:
+    """Raises FileNotFoundError, with the `prepare` command that builds it, if `dataset` is not
+    prepared in `data_dir` (None: TFDS's default). Remote data dirs are not checked."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (slow import, only when reading TFDS)
+
+    from zegot_jax.data.builders import BUILDERS  # noqa: PLC0415 (registers the builders)
+
+    if dataset not in BUILDERS:
+        raise ValueError(f'Unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}.')
+    root = str(data_dir or tfds.core.constants.DATA_DIR)
+    if '://' in root:
+        return
+    builder = BUILDERS[dataset]
+    folder = Path(root).expanduser() / builder.name / str(builder.VERSION)
+    if not (folder / 'dataset_info.json').is_file():
+        raise FileNotFoundError(
+            f'Dataset {dataset!r} is not prepared in {root} (no {folder}). Build it once with: '
+            f'python -m zegot_jax.data.prepare --dataset={dataset} --manual_dir=<downloaded files> '
+            f'--data_dir={root} (or point --config.data.data_dir at where it was built).')
+
+
 def tfds_source(dataset: str, split: str, data_dir: str | None = None) -> Any:
     """Opens a prepared dataset as a random-access source with undecoded image/label bytes.
 
@@ -294,8 +316,7 @@ def tfds_source(dataset: str, split: str, data_dir: str | None = None) -> Any:
 
     from zegot_jax.data.builders import BUILDERS  # noqa: PLC0415 (registers the builders)
 
-    if dataset not in BUILDERS:
-        raise ValueError(f'Unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}.')
+    check_prepared(dataset, data_dir)
     skip = tfds.decode.SkipDecoding()
     return tfds.data_source(BUILDERS[dataset].name, split=SPLIT_ALIASES.get(split, split),
                             data_dir=data_dir, decoders={'image': skip, 'label': skip})

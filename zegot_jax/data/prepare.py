@@ -6,7 +6,8 @@
 `--dataset` is one of voc, context, coco_stuff, ade20k (builders `zegot_voc_aug`,
 `zegot_context59`, `zegot_coco_stuff171`, `zegot_ade150`). The files and layout each expects are
 printed by `--show_instructions` and listed in the README. Counts are checked against the official
-ones; `--allow_partial` builds an incomplete copy on purpose.
+ones; `--allow_partial` builds an incomplete copy on purpose. A copy already in `data_dir` is
+checked, not rebuilt (`--overwrite` rebuilds); folders of killed builds are removed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from zegot_jax import errors
 from zegot_jax.data.builders import BUILDERS
 
 
@@ -40,7 +42,11 @@ def prepare(dataset: str, manual_dir: str | Path, data_dir: str | Path, *,
         raise FileNotFoundError(f'--manual_dir {manual_dir} does not exist. Download the files '
                                 f'below into it:\n{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     data_dir = Path(data_dir).expanduser()
-    final = data_dir / builder_cls.name / str(builder_cls.VERSION)
+    errors.check_writable_dir(str(data_dir), '--data_dir')
+    final = final_dir(dataset, data_dir)
+    _remove_unfinished(data_dir / builder_cls.name)
+    if final.exists() and not overwrite:
+        return _existing(builder_cls, data_dir, allow_partial)
     # An existing copy is replaced only after the rebuild (in a side directory) succeeded.
     build_dir = data_dir
     if overwrite and final.exists():
@@ -62,6 +68,33 @@ def prepare(dataset: str, manual_dir: str | Path, data_dir: str | Path, *,
     return builder
 
 
+def final_dir(dataset: str, data_dir: str | Path) -> Path:
+    """Where the prepared copy of `dataset` lives inside `data_dir`."""
+    builder_cls = BUILDERS[dataset]
+    return Path(data_dir).expanduser() / builder_cls.name / str(builder_cls.VERSION)
+
+
+def _remove_unfinished(folder: Path) -> None:
+    """Deletes the `incomplete.*` folders that killed builds leave behind, with a note."""
+    for stale in sorted(folder.glob(f'{tfds.core.constants.INCOMPLETE_PREFIX}*')):
+        print(f'note: removing {stale}, left by a build that was killed.', file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _existing(builder_cls: type, data_dir: Path, allow_partial: bool) -> tfds.core.DatasetBuilder:
+    """The copy already in `data_dir`, after checking it is complete (unless `allow_partial`)."""
+    builder = builder_cls(data_dir=str(data_dir))
+    counts = {name: info.num_examples for name, info in builder.info.splits.items()}
+    short = {split: counts.get(split, 0) for split, expected in builder_cls.EXPECTED_COUNTS.items()
+             if counts.get(split, 0) not in expected}
+    if not allow_partial and (short or builder.info.metadata.get('partial', False)):
+        official = {k: ' or '.join(map(str, v)) for k, v in builder_cls.EXPECTED_COUNTS.items()}
+        raise ValueError(f'{data_dir} already holds a partial {builder_cls.name} ({counts}; '
+                         f'official {official}). Rebuild it with --overwrite (the old copy is '
+                         'replaced only if the rebuild succeeds), or pass --allow_partial to use it.')
+    return builder
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dataset', required=True, choices=sorted(BUILDERS))
@@ -80,11 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.manual_dir or not args.data_dir:
         parser.error('--manual_dir and --data_dir are required')
-    builder = prepare(args.dataset, args.manual_dir, args.data_dir,
-                      allow_partial=args.allow_partial, overwrite=args.overwrite,
-                      num_threads=args.num_threads)
+    existed = final_dir(args.dataset, args.data_dir).exists() and not args.overwrite
+    with errors.user_errors():
+        builder = prepare(args.dataset, args.manual_dir, args.data_dir,
+                          allow_partial=args.allow_partial, overwrite=args.overwrite,
+                          num_threads=args.num_threads)
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-    print(f'{builder.name} written to {builder.data_dir}: {splits}')
+    if existed:
+        print(f'{builder.name} is already prepared in {builder.data_dir}: {splits} (nothing '
+              'written; --overwrite rebuilds it)')
+    else:
+        print(f'{builder.name} written to {builder.data_dir}: {splits}')
     return 0
 
 

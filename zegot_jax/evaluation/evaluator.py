@@ -20,10 +20,9 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import metrics, sliding
+from zegot_jax.models.functional import merge, upsample
 from zegot_jax.models.prompts import Trainable
 from zegot_jax.models.zegot import ZegOT, training_free_config
-from zegot_jax.train.state import merge
-from zegot_jax.train.step import upsample
 
 
 def ensemble_log_scores(logits: jax.Array, free_logits: jax.Array, weight: float,
@@ -41,20 +40,22 @@ def ensemble_log_scores(logits: jax.Array, free_logits: jax.Array, weight: float
     return (1.0 - weight) * jax.nn.log_sigmoid(logits) + weight * free
 
 
-def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
-    """Returns `predict(params, frozen, text, image [1,H,W,3], label_size, reference, num_valid)`.
+def score_activation(config: ml_collections.ConfigDict, reference: Any) -> Any:
+    """What turns `make_logits_fn`'s output into scores: sigmoid, or exp of ensemble log-scores."""
+    return jnp.exp if config.model.ensemble_weight > 0 and reference is not None else jax.nn.sigmoid
 
-    The result `[K, h, w]` is the class score map (sigmoid, no penalty) at `label_size`; with
-    `model.ensemble_weight > 0` and `reference` (template features `[K, T, D]`) it is the
-    ensemble of `ensemble_log_scores`, exponentiated. Jitted per image size; the text features of
-    a vocabulary are computed once by the caller.
+
+def make_logits_fn(graphdef: Any, config: ml_collections.ConfigDict):
+    """Returns `logits(params, frozen, text, image [1,H,W,3], reference, num_valid) -> [1,K,H,W]`.
+
+    Not jitted. The refined class logits at the size the image is scored at (sliding window or
+    whole); with `model.ensemble_weight > 0` and `reference` (template features `[K, T, D]`), the
+    `ensemble_log_scores` instead (see `score_activation`).
     """
     ev = config.eval
     weight = float(config.model.ensemble_weight)
 
-    @partial(jax.jit, static_argnames=("label_size",))
-    def predict(params, frozen, text_features, image, label_size, reference=None,
-                num_valid=None):
+    def logits_fn(params, frozen, text_features, image, reference=None, num_valid=None):
         model = merge(graphdef, params, frozen)
         num_classes = text_features.shape[0]
         ensemble = weight > 0 and reference is not None
@@ -69,16 +70,67 @@ def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
                                        upsample(out.free_logits, size), weight, num_valid)
 
         if ev.mode == "slide":
-            logits = sliding.sliding_window(crop_logits, image, crop=ev.crop, stride=ev.stride,
-                                            num_classes=num_classes)
-        elif ev.mode == "whole":
-            logits = crop_logits(image)
-        else:
-            raise ValueError(f"eval.mode={ev.mode!r}: use 'slide' or 'whole'.")
-        logits = upsample(logits, label_size)[0]
-        return jnp.exp(logits) if ensemble else jax.nn.sigmoid(logits)
+            return sliding.sliding_window(crop_logits, image, crop=ev.crop, stride=ev.stride,
+                                          num_classes=num_classes)
+        if ev.mode == "whole":
+            return crop_logits(image)
+        raise ValueError(f"eval.mode={ev.mode!r}: use 'slide' or 'whole'.")
+
+    return logits_fn
+
+
+def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
+    """Returns `predict(params, frozen, text, image [1,H,W,3], label_size, reference, num_valid)`.
+
+    The result `[K, h, w]` is the class score map (sigmoid, no penalty; with the ensemble its
+    exponentiated log-scores) at `label_size`. Jitted per image size; the text features of a
+    vocabulary are computed once by the caller.
+    """
+    logits_fn = make_logits_fn(graphdef, config)
+
+    @partial(jax.jit, static_argnames=("label_size",))
+    def predict(params, frozen, text_features, image, label_size, reference=None,
+                num_valid=None):
+        logits = logits_fn(params, frozen, text_features, image, reference, num_valid)
+        return score_activation(config, reference)(upsample(logits, label_size))[0]
 
     return predict
+
+
+def streamed_scores(logits: jax.Array, penalty: jax.Array, num_valid: jax.Array,
+                    size: tuple[int, int], *, keep_scores: bool, activation=jax.nn.sigmoid
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """Full-resolution decisions one class at a time: memory `O(H*W)`, not `O(K*H*W)`.
+
+    Args:
+      logits: `[1, K, h, w]` at the scored size; penalty: `[K]` subtracted from the sigmoid
+        scores before the arg-max; num_valid: classes past it are padding and never win.
+      size: the output `(H, W)`.
+      keep_scores: also return the `[K, H, W]` sigmoid scores (then memory is `O(K*H*W)`).
+      activation: logits -> scores (`score_activation`; sigmoid unless ensembling).
+
+    Returns:
+      label map `[H, W]` int32 (the first class on ties, as `argmax`), per-class mean and max
+      sigmoid score `[K]`, and the scores or None.
+    """
+    k = logits.shape[1]
+
+    def body(c, carry):
+        best, label, mean, top, scores = carry
+        score = activation(upsample(jax.lax.dynamic_slice_in_dim(logits, c, 1, axis=1),
+                                    size))[0, 0]
+        calibrated = jnp.where(c < num_valid, score - penalty[c], -jnp.inf)
+        wins = calibrated > best
+        carry = (jnp.where(wins, calibrated, best), jnp.where(wins, c, label),
+                 mean.at[c].set(score.mean()), top.at[c].set(score.max()),
+                 scores if scores is None else scores.at[c].set(score))
+        return carry
+
+    init = (jnp.full(size, -jnp.inf, logits.dtype), jnp.zeros(size, jnp.int32),
+            jnp.zeros(k, logits.dtype), jnp.zeros(k, logits.dtype),
+            jnp.zeros((k, *size), logits.dtype) if keep_scores else None)
+    _, label, mean, top, scores = jax.lax.fori_loop(0, k, body, init)
+    return label, mean, top, scores
 
 
 def text_features_of(graphdef: Any, params: Any, frozen: Any, class_names: Sequence[str],

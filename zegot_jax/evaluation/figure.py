@@ -12,14 +12,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from zegot_jax import inference, viz
+from zegot_jax import viz
 from zegot_jax.data import transforms
+from zegot_jax.evaluation import segmenter as segmenter_lib
 from zegot_jax.models.zegot import training_free_config
 
 
-def results_figure(segmenter: inference.Segmenter, examples: list[dict[str, Any]],
+def results_figure(segmenter: segmenter_lib.Segmenter, examples: list[dict[str, Any]],
                    class_names: tuple[str, ...], focus: int,
-                   baseline: inference.Segmenter | None = None) -> Figure:
+                   baseline: segmenter_lib.Segmenter | None = None) -> Figure:
     """Rows of image | ground truth | prediction | [training-free] | per-prompt maps of `focus`."""
     colours = viz.palette(len(class_names))
     results = [segmenter.segment(ex["image"], class_names, details=True) for ex in examples]
@@ -76,12 +77,12 @@ def write_results_figure(path: str, config: ml_collections.ConfigDict, segmenter
     candidates = unseen or (0,)
     counts = [sum(int((ex["label"] == k).any()) for ex in examples) for k in candidates]
     focus = candidates[int(np.argmax(counts))]
-    segmenter = inference.Segmenter(config, params, graphdef, frozen)
+    segmenter = segmenter_lib.Segmenter(config, params, graphdef, frozen)
     baseline = None
     if baseline_parts is not None:
         free_config = ml_collections.ConfigDict(config.to_dict())
         free_config.model = training_free_config(config.model)
         free_graphdef, free_params, free_frozen = baseline_parts
-        baseline = inference.Segmenter(free_config, free_params, free_graphdef, free_frozen)
+        baseline = segmenter_lib.Segmenter(free_config, free_params, free_graphdef, free_frozen)
     viz.save(results_figure(segmenter, examples, class_names, focus, baseline), path)
     return focus

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zegot_jax.train.state import merge
+from zegot_jax.models.functional import merge
 
 
 def map_diversity(similarity: jax.Array) -> jax.Array:

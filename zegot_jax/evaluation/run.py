@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from zegot_jax import config_checks, errors
 from zegot_jax.evaluation import evaluator
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, optim, sharding
@@ -18,6 +19,10 @@ def run_config(eval_config: ml_collections.ConfigDict, checkpoint: str) -> ml_co
     config = ml_collections.ConfigDict(eval_config.to_dict())
     kept = {k: saved[k] for k in ("clip", "model", "seed") if k in saved}
     if "pretrain" in saved.get("synthetic", {}):  # which synthetic CLIP the run was trained with
+        if "synthetic" not in config:  # another dataset's config scoring a synthetic-world run
+            config.synthetic = ml_collections.ConfigDict()
+        if "pretrain" not in config.synthetic:
+            config.synthetic.pretrain = ml_collections.ConfigDict(saved["synthetic"]["pretrain"])
         kept["synthetic"] = {"pretrain": saved["synthetic"]["pretrain"]}
     ckpt_lib.update_from_saved(config, kept)
     return config
@@ -29,9 +34,11 @@ def load_trained(config: ml_collections.ConfigDict, checkpoint: str
     parts = state_lib.split_model(state_lib.build_model(config))
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
     template = step_lib.init_state(parts.params, tx, config.seed)
-    ckpt = ckpt_lib.Checkpointer(checkpoint, async_save=False)
-    state, _, _ = ckpt.restore(ckpt_lib.abstract(template))
-    ckpt.close()
+    ckpt = ckpt_lib.Checkpointer(checkpoint, async_save=False, create=False)
+    try:
+        state, _, _ = ckpt.restore(ckpt_lib.abstract(template))
+    finally:
+        ckpt.close()
     return parts, state["params"]
 
 
@@ -39,7 +46,10 @@ def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str,
                         out: str | None = None) -> dict[str, Any]:
     """Evaluates `checkpoint` on `eval_config`'s dataset; writes results.{md,json} into `out`."""
     sharding.maybe_initialize_distributed()
+    errors.check_writable_dir(out or checkpoint, "--out")
     config = run_config(eval_config, checkpoint)
+    config_checks.check(config, sections=config_checks.EVALUATION_SECTIONS)
+    inputs.DataSetup.from_config(config).check_available(("eval",))
     parts, params = load_trained(config, checkpoint)
     data = inputs.DataSetup.from_config(config)
     summary = evaluator.evaluate(config, parts.graphdef, params, jax.device_put(parts.frozen),

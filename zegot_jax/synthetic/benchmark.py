@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from zegot_jax.inference import override
+from zegot_jax.config_overrides import override
 
 COLUMNS = ("miou_seen", "miou_unseen", "hiou", "miou", "pixel_acc")
 

@@ -5,6 +5,10 @@ Saves are asynchronous; `latest_step` and `restore` give automatic resume from a
 """
 
 import json
+import logging
+import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +22,46 @@ def _directory(workdir: str) -> str:
         f"{workdir.rstrip('/')}/checkpoints"
 
 
-class Checkpointer:
-    """A thin wrapper over `ocp.CheckpointManager` with the items this project saves."""
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a checkpoint folder with at least one step (creates nothing)."""
+    if "://" not in workdir:
+        directory = Path(_directory(workdir))
+        if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+            return False
+    ckpt = Checkpointer(workdir, async_save=False, create=False)
+    try:
+        return ckpt.latest_step() is not None
+    finally:
+        ckpt.close()
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True):
+
+def unreadable(step: int, directory: str, error: Exception) -> str:
+    """`step N: <file> is unreadable (<first words of the error>)`, naming the deepest file.
+
+    The other reads of that restore failed too, in futures nobody awaits: asyncio would log each
+    one ("Future exception was never retrieved", a screen of tensorstore specs) when collected,
+    so its logger is kept to critical messages from here on.
+    """
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    message = str(error)
+    files = re.findall(r'local file "([^"]+)"', message)
+    where = files[-1] if files else f"{directory}/{step}"
+    reason = message.split("[tensorstore_spec")[0].strip().split(": ")[-1][:160]
+    return f"step {step}: {where} is unreadable, truncated or corrupt ({reason})"
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` with the items this project saves.
+
+    `create=False` (reading another run) never creates the checkpoint folder.
+    """
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True,
+                 create: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=async_save, create=True)
+                                               enable_async_checkpointing=async_save,
+                                               create=create)
+        self.workdir = workdir
         self.manager = ocp.CheckpointManager(_directory(workdir), options=options)
 
     def latest_step(self) -> int | None:
@@ -45,12 +83,53 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {self.manager.directory}.")
+        try:
+            return self._read(abstract_state, step)
+        except Exception as e:  # tensorstore and JSON errors of a damaged file
+            raise ValueError(f"Checkpoint {unreadable(step, str(self.manager.directory), e)}. "
+                             "Delete that step's folder to use the one before it.") from e
+
+    def _read(self, abstract_state: Any, step: int) -> tuple[Any, Any, dict]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         ))
         return restored.state, _from_jsonable(restored.data["state"]), restored.config
+
+    def restore_intact(self, abstract_state: Any) -> tuple[int, tuple[Any, Any, dict]]:
+        """Restores the newest step that reads back whole; damaged newer steps are moved to
+        `workdir/corrupt_checkpoints/` with a note on stderr.
+
+        Raises:
+          ValueError: no step is intact (each one named with its damaged file).
+        """
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._read(abstract_state, step)
+            except Exception as e:  # a damaged file: try the step before
+                failures.append((step, unreadable(step, str(self.manager.directory), e)))
+                continue
+            for bad, reason in failures:
+                print(f"note: checkpoint {reason}; {self._set_aside(bad)}, resuming from step "
+                      f"{step}.", file=sys.stderr, flush=True)
+            if failures:
+                self.manager.reload()
+            return step, restored
+        raise ValueError("No intact checkpoint to resume from: " + "; ".join(
+            reason for _, reason in failures) + ". Delete the checkpoints/ folder to start over.")
+
+    def _set_aside(self, step: int) -> str:
+        """Moves a damaged step out of the way (deletes it on remote storage); says what it did."""
+        if "://" in self.workdir:
+            self.manager.delete(step)
+            return "deleted it"
+        target = Path(self.workdir) / "corrupt_checkpoints" / str(step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(Path(_directory(self.workdir)) / str(step)), str(target))
+        return f"moved it to {target}"
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -63,14 +142,21 @@ class Checkpointer:
 
 def read_config(workdir: str) -> dict:
     """The config saved with the latest checkpoint of `workdir` (as a plain dict)."""
-    ckpt = Checkpointer(workdir, async_save=False)
-    step = ckpt.latest_step()
-    if step is None:
+    if not has_checkpoint(workdir):
         raise FileNotFoundError(f"No checkpoint in {_directory(workdir)}: is {workdir!r} a "
                                 "training workdir?")
-    config = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    ckpt.close()
-    return config.config
+    ckpt = Checkpointer(workdir, async_save=False, create=False)
+    try:
+        failures = []
+        for step in sorted(ckpt.manager.all_steps(), reverse=True):  # the newest readable one
+            try:
+                return ckpt.manager.restore(
+                    step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+            except Exception as e:  # a damaged file
+                failures.append(unreadable(step, _directory(workdir), e))
+        raise ValueError("No readable config in any checkpoint: " + "; ".join(failures) + ".")
+    finally:
+        ckpt.close()
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:

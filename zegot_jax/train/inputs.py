@@ -97,6 +97,13 @@ class DataSetup:
             return SyntheticSource("test", syn.image_size, syn.eval_images, syn.world_seed)
         return pipeline.tfds_source(data.name, split, data_dir=data.data_dir or None)
 
+    def check_available(self, splits: Sequence[str] = ("train", "eval")) -> None:
+        """Raises FileNotFoundError (with the `prepare` command to run) if a TFDS dataset is not
+        prepared; creates nothing."""
+        data = self.config.data
+        if data.source == "tfds" and data.name != "synthetic" and splits:
+            pipeline.check_prepared(data.name, data.data_dir or None)
+
     def train_iterator(self, local_batch_size: int, *, seed: int) -> Iterator[dict[str, np.ndarray]]:
         """This process's shard of the training stream (has `get_state`/`set_state`)."""
         data = self.config.data

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import inputs, optim, sharding
+from zegot_jax.train import inputs, launch, optim, sharding, workdir_lock
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
@@ -51,13 +51,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
 
     Returns:
-      The final evaluation summary (also the last row of `workdir/metrics.jsonl`).
+      The final evaluation summary (also the last row of `workdir/metrics.jsonl`), or
+      `{'preempted_at': step}` after a SIGTERM.
+
+    Raises:
+      ValueError, FileNotFoundError: a bad config value, workdir, resume or dataset, before
+        anything is built or written (see `launch.check`); the workdir is busy.
     """
     sharding.maybe_initialize_distributed()
+    launch.check(config, workdir, num_devices=jax.device_count())
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = sharding.make_mesh()
     data = inputs.DataSetup.from_config(config)
     local_batch = sharding.local_batch_size(config.train.global_batch_size, mesh)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
 
     model = state_lib.build_model(config)
     parts = state_lib.split_model(model)
@@ -71,11 +82,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     train_iter = data.train_iterator(local_batch, seed=config.seed)
     start = ckpt.latest_step()
-    if start is not None:
-        state, data_state, _ = ckpt.restore(ckpt_lib.abstract(state), start)
-        train_iter.set_state(data_state)
-    elif config.train.init_from:
-        state = _initialize_from(config.train.init_from, state)
+    try:
+        if start is not None:  # the newest intact step (damaged newer ones are set aside)
+            start, (state, data_state, _) = ckpt.restore_intact(ckpt_lib.abstract(state))
+            train_iter.set_state(data_state)
+        elif config.train.init_from:
+            state = _initialize_from(config.train.init_from, state)
+    except BaseException:
+        ckpt.close()  # else orbax's event loop prints tracebacks at exit
+        raise
     start = int(start or 0)
 
     train_step = jax.jit(
@@ -154,7 +169,9 @@ def _initialize_from(path: str, state: dict[str, Any]) -> dict[str, Any]:
 
     Only the trainable parameters are taken; the step and optimizer state start fresh.
     """
-    source = ckpt_lib.Checkpointer(path, async_save=False)
-    restored, _, _ = source.restore(ckpt_lib.abstract(state))
-    source.close()
+    source = ckpt_lib.Checkpointer(path, async_save=False, create=False)
+    try:
+        restored, _, _ = source.restore(ckpt_lib.abstract(state))
+    finally:
+        source.close()
     return {**state, "params": restored["params"]}

@@ -1,11 +1,8 @@
-"""Building the model from a config and splitting it into trainable and frozen state.
+"""Building the model from a config: the frozen CLIP it names and the segmenter around it.
 
-`nnx.split(model, Trainable, ...)` gives three things: the static graph, the `Trainable` state (prompt
-contexts and DLFA projections: the only thing differentiated, optimised and checkpointed) and the
-frozen rest (CLIP), which is replicated once and passed beside the train state.
+Splitting into trainable and frozen state lives with the model (`zegot_jax.models.functional`);
+`SplitModel`, `split_model` and `merge` are re-exported here for existing callers.
 """
-
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +10,11 @@ import ml_collections
 from flax import nnx
 
 from zegot_jax import clip as clip_lib
-from zegot_jax.models.prompts import Trainable
+from zegot_jax.models.functional import SplitModel, merge, split_model
 from zegot_jax.models.zegot import ZegOT
+
+__all__ = ["DTYPES", "SplitModel", "build_model", "compute_dtype", "load_clip", "merge",
+           "split_model"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -41,15 +41,7 @@ def load_clip(config: ml_collections.ConfigDict) -> clip_lib.CLIP:
         from zegot_jax.synthetic import pretrain  # noqa: PLC0415 (only the synthetic world needs it)
 
         return pretrain.pretrained_clip(config.synthetic.pretrain, dtype=dtype)
-    return clip_lib.load(weights, dtype=dtype)
-
-
-class SplitModel(NamedTuple):
-    """A ZegOT model in pieces: `nnx.merge(graphdef, params, frozen)` rebuilds it."""
-
-    graphdef: Any
-    params: nnx.State  # Trainable only
-    frozen: nnx.State  # CLIP and everything else
+    return clip_lib.load(weights, dtype=dtype, activation=config.clip.get("activation") or None)
 
 
 def build_model(config: ml_collections.ConfigDict, clip: clip_lib.CLIP | None = None) -> ZegOT:
@@ -57,14 +49,3 @@ def build_model(config: ml_collections.ConfigDict, clip: clip_lib.CLIP | None = 
     clip = clip if clip is not None else load_clip(config)
     frozen_cfg = ml_collections.FrozenConfigDict(config.model)
     return ZegOT(clip, frozen_cfg, rngs=nnx.Rngs(params=jax.random.key(config.seed)))
-
-
-def split_model(model: ZegOT) -> SplitModel:
-    """Splits into graph, `Trainable` state and frozen state."""
-    graphdef, params, frozen = nnx.split(model, Trainable, ...)
-    return SplitModel(graphdef, params, frozen)
-
-
-def merge(graphdef: Any, params: nnx.State, frozen: nnx.State) -> ZegOT:
-    """Inverse of `split_model`."""
-    return nnx.merge(graphdef, params, frozen)

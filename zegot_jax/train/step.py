@@ -13,14 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from zegot_jax.models.functional import merge, upsample  # noqa: F401 (upsample: re-exported)
 from zegot_jax.models.losses import segmentation_loss, text_consistency_loss
-from zegot_jax.train.state import merge
-
-
-def upsample(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of `[B, K, h, w]` maps to `[B, K, *size]` (half-pixel centres)."""
-    b, k = logits.shape[:2]
-    return jax.image.resize(logits, (b, k, *size), method="bilinear")
 
 
 def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) -> jax.Array:

@@ -1,0 +1,92 @@
+"""The launch-time config validator: one table, every field of the defaults covered."""
+
+import importlib
+
+import ml_collections
+import pytest
+
+from configs import common
+from zegot_jax import config_checks
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_every_default_field_has_a_rule():
+    ruled = {rule.field for rule in config_checks.RULES}
+    missing = sorted(set(_leaves(common.get_config())) - ruled)
+    assert not missing, f"add rows to config_checks.RULES for {missing}"
+
+
+@pytest.mark.parametrize("name", ["voc", "context", "coco", "ade", "synthetic"])
+@pytest.mark.parametrize("arg", [None, "smoke", "supervised"])
+def test_shipped_configs_pass(name, arg):
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    assert config_checks.problems(config, num_devices=1) == []
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("train.keep_checkpoints", 0, "delete every checkpoint"),
+    ("optim.learning_rate", -2e-4, "gradient ascent"),
+    ("optim.learning_rate", float("nan"), "finite"),
+    ("model.num_prompts", 0, "integer >= 1"),
+    ("train.checkpoint_every", 0, "integer >= 1"),
+    ("train.log_every", -1, "integer >= 1"),
+    ("model.ot.epsilon", 0.0, "> 0"),
+    ("model.ot.tau", 1.5, "(0, 1]"),
+    ("loss.focal_alpha", 2.0, "[0, 1]"),
+    ("loss.dice_weight", float("inf"), "finite"),
+    ("model.layers", (), "non-empty"),
+    ("eval.mode", "sliding", "'slide' or 'whole'"),
+])
+def test_one_message_naming_the_field(smoke_config, field, value, words):
+    section, key = field.rsplit(".", 1)
+    parent = smoke_config
+    for part in section.split("."):
+        parent = parent[part]
+    with parent.ignore_type():
+        parent[key] = value
+    found = config_checks.problems(smoke_config)
+    assert len(found) == 1 and found[0].startswith(f"{field}=") and words in found[0], found
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"data.crop_size": 100}, "data.crop_size=100 is larger than any training image"),
+    ({"eval.stride": 40}, "eval.stride=40 is larger than eval.crop=32"),
+    ({"optim.min_learning_rate": 1.0}, "optim.min_learning_rate=1 is above"),
+    ({"model.context_tokens": 14}, "leaves no room for a class name"),
+])
+def test_relations_between_fields(smoke_config, changes, words):
+    for key, value in changes.items():
+        section, field = key.rsplit(".", 1)
+        smoke_config[section.split(".")[0]][field] = value
+    assert any(words in p for p in config_checks.problems(smoke_config))
+
+
+def test_batch_must_divide_over_devices_and_all_problems_are_listed(smoke_config):
+    smoke_config.train.global_batch_size = 3
+    smoke_config.train.keep_checkpoints = 0
+    with pytest.raises(ValueError) as info:
+        config_checks.check(smoke_config, num_devices=2)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "Invalid config (2 problems):"
+    assert "not divisible by the 2 devices" in lines[2] and "train.keep_checkpoints" in lines[1]
+
+
+def test_absent_and_unknown_fields_are_skipped():
+    config = ml_collections.ConfigDict({"model": {"num_prompts": 4, "something_new": "x"}})
+    assert config_checks.problems(config, num_devices=4) == []
+    config.model.ensemble_weight = 1.5  # a rule for a field other configs do not have yet
+    assert config_checks.problems(config) == ["model.ensemble_weight=1.5: must be a number in "
+                                              "[0, 1]."]
+
+
+def test_sections_limit_what_is_checked(smoke_config):
+    smoke_config.train.num_steps = 0
+    assert config_checks.problems(smoke_config, sections=config_checks.EVALUATION_SECTIONS) == []
+    assert config_checks.problems(smoke_config) == ["train.num_steps=0: must be an integer >= 1."]

@@ -1,0 +1,30 @@
+"""The one-line error convention of the entry points."""
+
+import os
+
+import pytest
+
+from zegot_jax import errors
+
+
+def test_a_missing_optional_package_is_a_user_error(capsys, monkeypatch):
+    monkeypatch.delenv("ZEGOT_DEBUG", raising=False)
+    with pytest.raises(SystemExit, match="1"), errors.user_errors():
+        raise errors.MissingDependency("Reading m.pt needs torch: pip install torch.")
+    assert capsys.readouterr().err == "error: Reading m.pt needs torch: pip install torch.\n"
+
+
+def test_writable_dir_checks_create_nothing(tmp_path):
+    errors.check_writable_dir(str(tmp_path / "new" / "deeper"), "--out")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--workdir .* is a file"):
+        errors.check_writable_dir(str(tmp_path / "file"), "--workdir")
+    with pytest.raises(ValueError, match="cannot be created: .* is a file"):
+        errors.check_writable_dir(str(tmp_path / "file" / "sub"), "--out")
+
+
+def test_an_unwritable_parent(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))  # root writes all
+    with pytest.raises(ValueError, match=f"--out .* is not writable \\({tmp_path} does not"):
+        errors.check_writable_dir(str(tmp_path / "out"), "--out")

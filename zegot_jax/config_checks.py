@@ -1,0 +1,304 @@
+"""Every config value checked at launch, before a model is built or a workdir is created.
+
+`RULES` is the one table: a dotted field, a test of its value, and what the value must be. A field a
+config does not have is skipped (experiment configs differ, and saved runs predate newer fields), so
+a new field needs one row here and nothing else. `RELATIONS` are the checks that read several
+fields (sizes that must divide, crops the data allows); one whose fields are absent is skipped.
+
+    check(config)   # ValueError listing every problem, one line each, naming the field
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import ml_collections
+
+_ABSENT = object()
+
+
+class Rule(NamedTuple):
+    """`field` (dotted) is valid when `ok(value)`; otherwise the message says it `must` be so."""
+
+    field: str
+    ok: Callable[[Any], bool]
+    must: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= lo
+
+
+def real(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False
+         ) -> Callable[[Any], bool]:
+    """A finite number in `[lo, hi]` (`(lo, hi]` when `above`)."""
+    return lambda v: _is_real(v) and (v > lo if above else v >= lo) and v <= hi
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def boolean(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def non_empty_text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def size(v: Any) -> bool:
+    """A positive int, or a pair (h, w) of them."""
+    return integer(1)(v) or (isinstance(v, Sequence) and len(v) == 2
+                             and all(integer(1)(x) for x in v))
+
+
+def pair_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(
+        check(x) for x in v)
+
+
+def int_tuple(v: Any) -> bool:
+    """A non-empty tuple of distinct ints >= 0."""
+    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+            and all(integer(0)(x) for x in v) and len(set(v)) == len(v))
+
+
+def templates(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+            and all(isinstance(t, str) and t.count("{}") == 1 for t in v))
+
+
+def text_tuple(v: Any) -> bool:
+    """A non-empty tuple of non-empty texts."""
+    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+            and all(non_empty_text(t) for t in v))
+
+
+def names(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str)
+            and all(non_empty_text(n) for n in v) and len(set(v)) == len(v))
+
+
+POSITIVE = "an integer >= 1"
+RULES: tuple[Rule, ...] = (
+    Rule("seed", integer(0), "an integer >= 0"),
+    Rule("clip.weights", non_empty_text, "a path, hub id, 'random:<variant>' or 'synthetic'"),
+    Rule("clip.dtype", one_of("float32", "bfloat16", "float16"),
+         "one of 'float32', 'bfloat16', 'float16'"),
+    Rule("clip.text_context_length", integer(2), "an integer >= 2"),
+    Rule("clip.activation", one_of("", "quick_gelu", "gelu"),
+         "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
+    Rule("model.prompts", one_of("learned", "templates"), "'learned' or 'templates'"),
+    Rule("model.num_prompts", integer(1), POSITIVE),
+    Rule("model.context_tokens", integer(1), POSITIVE),
+    Rule("model.prompt_init_std", real(0), "a finite number >= 0"),
+    Rule("model.templates", templates, "a non-empty tuple of strings with one '{}' each"),
+    Rule("model.layers", int_tuple, "a non-empty tuple of distinct layer indices >= 0"),
+    Rule("model.dense_mode", one_of("standard", "value"), "'standard' or 'value'"),
+    Rule("model.global_pool", one_of("class", "mean"), "'class' or 'mean'"),
+    Rule("model.alignment", boolean, "True or False"),
+    Rule("model.max_classes", integer(1), POSITIVE),
+    # Fields of the model options being added (checked once a config has them).
+    Rule("model.prompt_init", one_of("templates", "random"), "'templates' or 'random'"),
+    Rule("model.alignment_residual", boolean, "True or False"),
+    Rule("model.text_consistency_weight", real(0), "a finite number >= 0"),
+    Rule("model.init_templates", text_tuple, "a tuple of texts, one per prompt"),
+    Rule("model.learn_temperature", boolean, "True or False"),
+    Rule("model.temperature_init", real(0, above=True), "a finite number > 0"),
+    Rule("model.bias_init", real(), "a finite number"),
+    Rule("model.ensemble_weight", real(0, 1), "a number in [0, 1]"),
+    Rule("model.ot.enabled", boolean, "True or False"),
+    Rule("model.ot.epsilon", real(0, above=True), "a finite number > 0"),
+    Rule("model.ot.num_iterations", integer(1), POSITIVE),
+    Rule("model.ot.tau", real(0, 1, above=True), "a number in (0, 1] (1 = balanced)"),
+    Rule("model.ot.plan_gradient", boolean, "True or False"),
+    Rule("model.ot.implicit_diff", boolean, "True or False"),
+    Rule("loss.focal_weight", real(0), "a finite number >= 0"),
+    Rule("loss.dice_weight", real(0), "a finite number >= 0"),
+    Rule("loss.focal_alpha", real(0, 1), "a number in [0, 1]"),
+    Rule("loss.focal_gamma", real(0), "a finite number >= 0"),
+    Rule("loss.ignore_as_negative", boolean, "True or False"),
+    Rule("loss.layer_weight", real(0), "a finite number >= 0"),
+    Rule("optim.learning_rate", real(0, above=True),
+         "a finite number > 0 (a negative rate trains by gradient ascent)"),
+    Rule("optim.weight_decay", real(0), "a finite number >= 0"),
+    Rule("optim.warmup_steps", integer(0), "an integer >= 0"),
+    Rule("optim.poly_power", real(0), "a finite number >= 0"),
+    Rule("optim.min_learning_rate", real(0), "a finite number >= 0"),
+    Rule("optim.grad_clip_norm", real(0), "a finite number >= 0 (0 disables clipping)"),
+    Rule("train.global_batch_size", integer(1), POSITIVE),
+    Rule("train.num_steps", integer(1), POSITIVE),
+    Rule("train.log_every", integer(1), POSITIVE),
+    Rule("train.checkpoint_every", integer(1), POSITIVE),
+    Rule("train.keep_checkpoints", integer(1),
+         "an integer >= 1 (0 would delete every checkpoint, the trained model with them)"),
+    Rule("train.eval_every", integer(0), "an integer >= 0 (0: evaluate once, at the end)"),
+    Rule("train.init_from", text, "a path (or '' for none)"),
+    Rule("data.name", non_empty_text, "a dataset name"),
+    Rule("data.source", one_of("tfds", "synthetic", "random"), "'tfds', 'synthetic' or 'random'"),
+    Rule("data.data_dir", text, "a path (or '' for TFDS's default)"),
+    Rule("data.label_mode", one_of("inductive", "transductive", "supervised"),
+         "'inductive', 'transductive' or 'supervised'"),
+    Rule("data.crop_size", size, "a positive int or (h, w)"),
+    Rule("data.base_size", pair_of(integer(1)), "a pair of positive ints (long, short)"),
+    Rule("data.ratio_range", pair_of(real(0, above=True)), "a pair of finite numbers > 0"),
+    Rule("data.cat_max_ratio", real(0, 1, above=True), "a number in (0, 1]"),
+    Rule("data.num_workers", integer(0), "an integer >= 0"),
+    Rule("data.eval_short_side", integer(1), POSITIVE),
+    Rule("data.eval_max_images", integer(0), "an integer >= 0 (0: the whole split)"),
+    Rule("eval.mode", one_of("slide", "whole"), "'slide' or 'whole'"),
+    Rule("eval.crop", integer(1), POSITIVE),
+    Rule("eval.stride", integer(1), POSITIVE),
+    Rule("eval.seen_penalty", real(), "a finite number"),
+    Rule("eval.batch_size", integer(1), POSITIVE),
+    Rule("eval.training_free_baseline", boolean, "True or False"),
+    Rule("synthetic.world_seed", integer(0), "an integer >= 0"),
+    Rule("synthetic.image_size", integer(1), POSITIVE),
+    Rule("synthetic.train_images", integer(1), POSITIVE),
+    Rule("synthetic.eval_images", integer(1), POSITIVE),
+    Rule("synthetic.unseen", names, "a tuple of distinct class names"),
+)
+
+
+def get(config: ml_collections.ConfigDict, field: str) -> Any:
+    """The value at a dotted field, or `_ABSENT`."""
+    value: Any = config
+    for part in field.split("."):
+        if not isinstance(value, ml_collections.ConfigDict | ml_collections.FrozenConfigDict |
+                          dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _crop_fits(c) -> str | None:
+    crop, base, ratio = get(c, "data.crop_size"), get(c, "data.base_size"), get(c, "data.ratio_range")
+    largest = min(base) * max(ratio)
+    if max((crop,) if _is_int(crop) else crop) > largest:
+        return (f"data.crop_size={crop!r} is larger than any training image gets (short side at "
+                f"most min(data.base_size) x max(data.ratio_range) = {largest:g}): every crop "
+                "would be mostly padding; lower it or raise data.base_size.")
+    return None
+
+
+def _synthetic_crop(c) -> str | None:
+    if get(c, "data.source") != "synthetic":
+        return None
+    crop, image = get(c, "data.crop_size"), get(c, "synthetic.image_size")
+    if max((crop,) if _is_int(crop) else crop) > image:
+        return (f"data.crop_size={crop!r} is larger than the synthetic images "
+                f"(synthetic.image_size={image}); use at most {image}.")
+    return None
+
+
+def _synthetic_batch(c) -> str | None:
+    if get(c, "data.source") != "synthetic":
+        return None
+    batch, images = get(c, "train.global_batch_size"), get(c, "synthetic.train_images")
+    if images < batch:
+        return (f"synthetic.train_images={images} is smaller than train.global_batch_size={batch}; "
+                "no full batch can be drawn.")
+    return None
+
+
+def _stride(c) -> str | None:
+    if get(c, "eval.mode") == "slide" and get(c, "eval.stride") > get(c, "eval.crop"):
+        return (f"eval.stride={get(c, 'eval.stride')} is larger than eval.crop="
+                f"{get(c, 'eval.crop')}: the sliding windows would leave pixels unscored.")
+    return None
+
+
+def _min_rate(c) -> str | None:
+    lo, hi = get(c, "optim.min_learning_rate"), get(c, "optim.learning_rate")
+    if lo > hi:
+        return (f"optim.min_learning_rate={lo:g} is above optim.learning_rate={hi:g}: the poly "
+                "schedule would rise instead of decay.")
+    return None
+
+
+def _prompt_length(c) -> str | None:
+    if get(c, "model.prompts") != "learned":
+        return None
+    ctx, length = get(c, "model.context_tokens"), get(c, "clip.text_context_length")
+    if ctx + 4 > length:  # SOS, the contexts, at least one name token, '.', EOT
+        return (f"model.context_tokens={ctx} leaves no room for a class name in "
+                f"clip.text_context_length={length}; use at most {length - 4} context tokens.")
+    return None
+
+
+class Relation(NamedTuple):
+    """`check(config) -> message or None`, run only when every field in `fields` is present and
+    passed its rule."""
+
+    fields: tuple[str, ...]
+    check: Callable[[ml_collections.ConfigDict], str | None]
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation(("data.crop_size", "data.base_size", "data.ratio_range"), _crop_fits),
+    Relation(("data.source", "data.crop_size", "synthetic.image_size"), _synthetic_crop),
+    Relation(("data.source", "train.global_batch_size", "synthetic.train_images"),
+             _synthetic_batch),
+    Relation(("eval.mode", "eval.stride", "eval.crop"), _stride),
+    Relation(("optim.min_learning_rate", "optim.learning_rate"), _min_rate),
+    Relation(("model.prompts", "model.context_tokens", "clip.text_context_length"),
+             _prompt_length),
+)
+
+
+EVALUATION_SECTIONS = ("seed", "clip", "model", "data", "eval", "synthetic")  # what evaluate.py reads
+
+
+def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+             sections: Sequence[str] | None = None) -> list[str]:
+    """One message per invalid value or inconsistent group of values (empty when all is well).
+
+    Args:
+      config: an experiment config.
+      num_devices: devices of the training mesh; `train.global_batch_size` must divide over them.
+      sections: check only fields in these top-level sections (default: all).
+    """
+    def wanted(field: str) -> bool:
+        return sections is None or field.split(".")[0] in sections
+
+    found, bad = [], set()
+    for rule in RULES:
+        value = get(config, rule.field)
+        if not wanted(rule.field) or value is _ABSENT or rule.ok(value):
+            continue
+        bad.add(rule.field)
+        found.append(f"{rule.field}={value!r}: must be {rule.must}.")
+    for relation in RELATIONS:
+        if any(not wanted(f) or get(config, f) is _ABSENT or f in bad for f in relation.fields):
+            continue
+        if (message := relation.check(config)) is not None:
+            found.append(message)
+    batch = get(config, "train.global_batch_size")
+    if num_devices and wanted("train") and batch is not _ABSENT \
+            and "train.global_batch_size" not in bad and batch % num_devices:
+        found.append(f"train.global_batch_size={batch} is not divisible by the {num_devices} "
+                     f"devices; use a multiple of {num_devices}.")
+    return found
+
+
+def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+          sections: Sequence[str] | None = None) -> None:
+    """Raises ValueError naming every problem of `problems` (one per line)."""
+    found = problems(config, num_devices=num_devices, sections=sections)
+    if len(found) == 1:
+        raise ValueError(f"Invalid config: {found[0]}")
+    if found:
+        raise ValueError(f"Invalid config ({len(found)} problems):\n  " + "\n  ".join(found))

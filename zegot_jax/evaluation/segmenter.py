@@ -1,0 +1,378 @@
+"""Segment any image with any vocabulary using a trained ZegOT run.
+
+    segmenter = Segmenter.from_run("runs/synthetic")   # also `zegot_jax.inference.Segmenter`
+    result = segmenter.segment("photo.png", ["red ball", "grass", "sky"])
+    result.label_map          # [H, W] int32 indices into result.class_names
+    result.scores             # [K, H, W] sigmoid scores at the image's resolution
+
+Images follow the evaluation protocol: resized so the short side is `data.eval_short_side`, scored
+with a sliding window of `eval.crop` / `eval.stride` (or as a whole, `eval.mode='whole'`), and the
+scores are resized back to the original resolution. `details=True` adds the per-layer score maps and
+the per-prompt similarity maps and transport plans at token resolution, from one whole-image pass at
+the processed size (rounded to multiples of the patch size).
+
+Compiled functions are reused across vocabularies: a vocabulary of K names is padded to the next
+multiple of `vocab_bucket` (padded classes never win the argmax and are dropped from the result),
+so any vocabulary in the same bucket and an image of a size already seen cause no recompilation.
+"""
+
+import collections
+import functools
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+from zegot_jax.config_overrides import override
+from zegot_jax.data import transforms
+from zegot_jax.evaluation import evaluator, sliding
+from zegot_jax.evaluation import run as run_lib
+from zegot_jax.models import prompts as prompts_lib
+from zegot_jax.models.zegot import ZegOT
+from zegot_jax.train import checkpoint as ckpt_lib
+from zegot_jax.train import state as state_lib
+
+ImageLike = str | os.PathLike | np.ndarray | PIL.Image.Image
+
+
+class SegmentationResult(NamedTuple):
+    """What `Segmenter.segment` returns (numpy arrays on the host).
+
+    Attributes:
+      class_names: the K names, in the order of the class axis.
+      image: the input as uint8 `[H, W, 3]`.
+      label_map: `[H, W]` int32, the arg-max class per pixel (after calibration).
+      scores: `[K, H, W]` float32 sigmoid scores (before calibration); None when asked not to keep
+        them (`full_scores=False`).
+      layers: the CLIP layers (0-indexed) of the per-layer maps.
+      layer_logits: `[L, K, h, w]` refined per-layer scores at token resolution, or None.
+      similarity: `[L, K, h, w, N]` per-prompt cosine maps before OT, or None.
+      plan: `[L, K, h, w, N]` transport plans (each pixel's row is its distribution over prompts),
+        or None.
+      score_mean, score_max: `[K]` mean and max of each class's full-resolution sigmoid score.
+    """
+
+    class_names: tuple[str, ...]
+    image: np.ndarray
+    label_map: np.ndarray
+    scores: np.ndarray | None
+    layers: tuple[int, ...]
+    layer_logits: np.ndarray | None = None
+    similarity: np.ndarray | None = None
+    plan: np.ndarray | None = None
+    score_mean: np.ndarray | None = None
+    score_max: np.ndarray | None = None
+
+
+def _rgb(img: PIL.Image.Image) -> np.ndarray:
+    """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
+    clipped) to 0..255."""
+    img = PIL.ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """Reads a path, PIL image or array as uint8 RGB `[H, W, 3]`.
+
+    Files and PIL images are read as a viewer shows them (EXIF orientation applied, 16-bit grey
+    scaled to 8 bits). Grey `[H, W]` / `[H, W, 1]` arrays are repeated to three channels; an alpha
+    channel is dropped.
+
+    Raises:
+      FileNotFoundError: a path that does not exist.
+      ValueError: a file that is not a readable image, or an array of the wrong shape.
+      TypeError: an array that is not uint8, or an unsupported type.
+    """
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
+        try:
+            with PIL.Image.open(path) as img:
+                return _rgb(img)
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+            raise ValueError(f"Cannot read {str(path)!r} as an image ({e}).") from e
+    if isinstance(image, PIL.Image.Image):
+        return _rgb(image)
+    if not isinstance(image, np.ndarray | jax.Array):
+        raise TypeError(f"Expected a path, a PIL image or a uint8 array [H, W, 3]; got "
+                        f"{type(image).__name__}.")
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise TypeError(f"Image arrays must be uint8 [H, W, 3] (0..255); got dtype {array.dtype}. "
+                        "Convert floats in [0, 1] with (x * 255).round().astype(np.uint8).")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
+        raise ValueError(f"Image arrays must be [H, W, 3] (or grey [H, W], or RGBA); got shape "
+                         f"{array.shape}.")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def processed_size(height: int, width: int, *, short_side: int, patch: int,
+                   whole: bool) -> tuple[int, int]:
+    """The size an image is scored at, as in evaluation: aspect kept, short side `short_side`
+    (long side at most 4 x `short_side`).
+
+    For a whole-image pass (`whole=True`) both sides are rounded to multiples of the patch size; the
+    sliding window pads crops itself.
+    """
+    size = transforms.rescale_size(height, width, (4 * short_side, short_side))
+    size = (max(1, size[0]), max(1, size[1]))
+    if whole:
+        size = tuple(max(patch, round(s / patch) * patch) for s in size)
+    return size
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config stored with a run's latest checkpoint."""
+    return ckpt_lib.saved_config(workdir)
+
+
+def check_run(workdir: str | os.PathLike) -> None:
+    """Raises FileNotFoundError unless `workdir` looks like a training run with checkpoints."""
+    workdir = str(workdir)
+    if "://" in workdir:
+        return
+    if not Path(workdir).is_dir():
+        raise FileNotFoundError(f"Run directory {workdir!r} does not exist: pass the --workdir of "
+                                "a train.py run.")
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it the --workdir of "
+                                "a train.py run?")
+
+
+def estimate_bytes(config: ml_collections.ConfigDict, model: ZegOT, scored: tuple[int, int],
+                   out: tuple[int, int], num_classes: int, *, full_scores: bool) -> int:
+    """A rough peak of one `segment` call: the per-prompt similarity, cost and plan tensors of every
+    window (`[L, windows, K, M, N]`, float32, about 4 live at once), the scored-size logits, and
+    the full-resolution maps (`[K, H, W]` when the scores are kept, else a few `[H, W]`)."""
+    ev, patch = config.eval, model.clip.spec.patch_size
+    if ev.mode == "slide":
+        windows = (len(sliding.window_starts(scored[0], ev.crop, ev.stride))
+                   * len(sliding.window_starts(scored[1], ev.crop, ev.stride)))
+        tokens = (ev.crop // patch) ** 2
+    else:
+        windows, tokens = 1, (scored[0] // patch) * (scored[1] // patch)
+    prompts = config.model.num_prompts if config.model.prompts == "learned" else len(
+        config.model.templates)
+    ot = 4 * len(model.layers) * windows * num_classes * tokens * prompts
+    maps = num_classes * scored[0] * scored[1] + (num_classes if full_scores else 4) * math.prod(out)
+    return 4 * (ot + 2 * maps)
+
+
+def _available_bytes() -> int | None:
+    """Free memory of the default device (its allocator's limit), else the host's MemAvailable."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Raises ValueError, with the estimate, when `needed` bytes exceed what is available."""
+    available = _available_bytes()
+    if available is not None and needed > available:
+        raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} "
+                         "GiB are free: lower eval.crop or data.eval_short_side, use fewer classes, "
+                         "or skip the full score maps (full_scores=False).")
+
+
+class Segmenter:
+    """A trained ZegOT model ready for open-vocabulary inference (text features cached)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, params: Any, graphdef: Any,
+                 frozen: Any, *, vocab_bucket: int = 8, text_cache_size: int = 32):
+        """Wraps the pieces of a split model.
+
+        Args:
+          config: the run's config (reads `clip`, `model`, `data.eval_short_side`, `eval`).
+          params: the `Trainable` state; graphdef, frozen: from `state.split_model`.
+          vocab_bucket: vocabularies are padded to a multiple of this (fewer recompilations).
+          text_cache_size: how many vocabularies' text features are kept.
+        """
+        if vocab_bucket < 1:
+            raise ValueError(f"vocab_bucket must be >= 1, got {vocab_bucket}.")
+        if config.eval.mode not in ("slide", "whole"):
+            raise ValueError(f"eval.mode={config.eval.mode!r}: use 'slide' or 'whole'.")
+        self.config = config
+        self.graphdef = graphdef
+        self.params = jax.device_put(params)
+        self.frozen = jax.device_put(frozen)
+        self.vocab_bucket = vocab_bucket
+        self.model: ZegOT = state_lib.merge(graphdef, self.params, self.frozen)
+        self.patch = self.model.clip.spec.patch_size
+        self._text_cache: collections.OrderedDict[tuple[str, ...], jax.Array] = \
+            collections.OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._text_fn = jax.jit(lambda p, f, x: state_lib.merge(graphdef, p, f).text_features(x))
+        logits_fn = evaluator.make_logits_fn(graphdef, config)
+
+        def predict(params, frozen, text, reference, penalty, num_valid, image, out_size,
+                    keep_scores):
+            # [1, Kp, h, w] at the scored size (ensemble log-scores when ensembling)
+            logits = logits_fn(params, frozen, text, image, reference, num_valid)
+            return evaluator.streamed_scores(
+                logits, penalty, num_valid, out_size, keep_scores=keep_scores,
+                activation=evaluator.score_activation(config, reference))
+
+        def details(params, frozen, text, image):
+            out = state_lib.merge(graphdef, params, frozen).segment(image, text)
+            return out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0]
+
+        self._predict = jax.jit(predict, static_argnames=("out_size", "keep_scores"))
+        self._details = jax.jit(details)
+
+    @classmethod
+    def from_run(cls, workdir: str | os.PathLike, *, clip_weights: str | None = None,
+                 overrides: Mapping[str, Any] | None = None, **kwargs) -> "Segmenter":
+        """Loads a training workdir.
+
+        Args:
+          workdir: the run's directory; its saved config and latest trainable parameters are used.
+          clip_weights: CLIP weights to load instead of the config's `clip.weights`.
+          overrides: dotted-key config changes for inference, e.g. `{'model.ot.epsilon': 0.2}`
+            or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
+          **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
+        """
+        check_run(workdir)
+        config = override(saved_config(str(workdir)), overrides)
+        if clip_weights is not None:
+            config.clip.weights = str(clip_weights)
+        parts, params = run_lib.load_trained(config, str(workdir))
+        return cls(config, params, parts.graphdef, parts.frozen, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: ZegOT, config: ml_collections.ConfigDict, **kwargs) -> "Segmenter":
+        """Wraps an in-memory model (for example an untrained one, or one just trained)."""
+        parts = state_lib.split_model(model)
+        return cls(config, parts.params, parts.graphdef, parts.frozen, **kwargs)
+
+    @functools.cached_property
+    def _data(self):
+        from zegot_jax.train import inputs  # noqa: PLC0415 (only needed for the run's own classes)
+
+        return inputs.DataSetup.from_config(self.config)
+
+    @property
+    def run_class_names(self) -> tuple[str, ...]:
+        """The full class list of the dataset the run was trained on (seen and unseen)."""
+        return self._data.class_names
+
+    @property
+    def seen_class_names(self) -> tuple[str, ...]:
+        """Classes the run was trained on whose scores evaluation calibrates (inductive runs)."""
+        return self._data.train_classes if self._data.seen_penalty(self.config) > 0 else ()
+
+    def padded_size(self, num_classes: int) -> int:
+        """The vocabulary size actually compiled for `num_classes` names."""
+        return -(-num_classes // self.vocab_bucket) * self.vocab_bucket
+
+    def text_features(self, class_names: Sequence[str]) -> jax.Array:
+        """Text features `[K_padded, N, D]` of a vocabulary (cached; rows past K are padding)."""
+        return self._vocabulary(class_names)[0]
+
+    def _vocabulary(self, class_names: Sequence[str]) -> tuple[jax.Array, jax.Array | None]:
+        """Cached text features and, for the ensemble, template features `[K_padded, T, D]`."""
+        names = prompts_lib.check_vocabulary(class_names, self.config.model.max_classes)
+        if names in self._text_cache:
+            self._text_cache.move_to_end(names)
+            return self._text_cache[names]
+        k, kp = len(names), self.padded_size(len(names))
+        context = self.config.clip.text_context_length
+        inputs = self.model.text_inputs(names, context)
+        pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], kp - k, axis=0)]) if kp > k else x
+        if isinstance(inputs, dict):
+            features = self._text_fn(self.params, self.frozen, jax.tree.map(pad, inputs))
+        else:
+            features = pad(inputs)
+        reference = None
+        if self.config.model.ensemble_weight > 0:
+            reference = pad(self.model.reference_features(names, context))
+        self._text_cache[names] = (features, reference)
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return features, reference
+
+    def num_compilations(self) -> int:
+        """Compiled variants held by the jitted functions (grows with new shapes only)."""
+        return sum(f._cache_size() for f in (self._text_fn, self._predict, self._details))
+
+    def segment(self, image: ImageLike, class_names: Sequence[str] | None = None, *,
+                details: bool = False, calibrate: bool = True,
+                full_scores: bool = True) -> SegmentationResult:
+        """Segments one image over a vocabulary.
+
+        Args:
+          image: a path, a PIL image or a uint8 array `[H, W, 3]` of any size.
+          class_names: the vocabulary; None uses the run's own class list.
+          details: also return per-layer maps, per-prompt similarities and transport plans.
+          calibrate: subtract `eval.seen_penalty` from the scores of classes the run was trained
+            on (as its evaluation does for inductive runs) before the arg-max.
+          full_scores: return `scores` `[K, H, W]`; False leaves it None (the label map and the
+            per-class mean and max are the same) and holds one class at full resolution at a
+            time, for large images and vocabularies.
+
+        Raises:
+          ValueError: the image would need more memory than is available (with the estimate).
+
+        Returns:
+          A `SegmentationResult` at the image's resolution.
+        """
+        names = prompts_lib.check_vocabulary(
+            self.run_class_names if class_names is None else class_names,
+            self.config.model.max_classes)
+        pixels = load_image(image)
+        text, reference = self._vocabulary(names)
+        k = len(names)
+        penalty = np.zeros(text.shape[0], np.float32)
+        if calibrate and self.config.eval.seen_penalty:
+            seen = {n.strip().lower() for n in self.seen_class_names}
+            penalty[:k] = [self.config.eval.seen_penalty * (n.strip().lower() in seen)
+                           for n in names]
+        height, width = pixels.shape[:2]
+        short = self.config.data.eval_short_side
+        size = processed_size(height, width, short_side=short, patch=self.patch,
+                              whole=self.config.eval.mode == "whole")
+        batch = jnp.asarray(transforms.normalize(
+            transforms.resize(pixels, size, nearest=False)))[None]
+        check_memory(estimate_bytes(self.config, self.model, size, (height, width), text.shape[0],
+                                    full_scores=full_scores), f"Segmenting a {width}x{height} image")
+        label_map, mean, top, scores = self._predict(
+            self.params, self.frozen, text, reference, jnp.asarray(penalty),
+            jnp.asarray(k, jnp.int32), batch,
+            out_size=(height, width), keep_scores=full_scores)
+        extra = {}
+        if details:
+            whole = processed_size(height, width, short_side=short, patch=self.patch, whole=True)
+            if whole != size:
+                batch = jnp.asarray(transforms.normalize(
+                    transforms.resize(pixels, whole, nearest=False)))[None]
+            layer_logits, similarity, plan = jax.device_get(
+                self._details(self.params, self.frozen, text, batch))
+            extra = {"layer_logits": layer_logits[:, :k], "similarity": similarity[:, :k],
+                     "plan": plan[:, :k]}
+        return SegmentationResult(
+            class_names=names, image=pixels, label_map=np.asarray(label_map),
+            scores=None if scores is None else np.asarray(scores)[:k], layers=self.model.layers,
+            score_mean=np.asarray(mean)[:k], score_max=np.asarray(top)[:k], **extra)
