@@ -28,6 +28,10 @@ from zegot_jax.train import step as step_lib
 NAMES = ("cat", "dining table", "sky")
 UNSEEN = (2,)
 RTOL = 1e-4
+# dL/dlog_t = sum_i dL/dx_i (x_i - b) over every logit x_i: terms of both signs that cancel about
+# 800-fold here, so float32 rounding alone moves it by ~1e-4 (measured against a float64 twin: JAX
+# float32 1.7e-4, the float32 twin 3.3e-5). Every other quantity is held to RTOL.
+RTOL_LOG_TEMPERATURE = 1e-3
 TINY = dict(vocab=49408, context=16)  # the real vocabulary: the BPE ids must fit
 
 
@@ -100,7 +104,7 @@ class Pair:
         self.check_init(arrays, trainable)
         rng = np.random.default_rng(seed + 1)
         scale = {"context": 0.02, "log_temperature": 0.1, "score_bias": 0.3}
-        arrays = {k: (v + scale.get(k, 0.05) * rng.standard_normal(v.shape)).astype(np.float32)
+        arrays = {k: np.asarray(v + scale.get(k, 0.05) * rng.standard_normal(v.shape), np.float32)
                   for k, v in arrays.items()}
         with torch.no_grad():
             for name, p in trainable.items():
@@ -167,7 +171,8 @@ def check_training_parity(pair: Pair, batch) -> dict[str, float]:
     print({k: f"{v:.1e}" for k, v in errors.items()})
     for name, grad in torch_grads.items():
         assert np.abs(grad).max() > 0, f"trivial gradient for {name}"
-    bad = {k: v for k, v in errors.items() if not v < RTOL}
+    bad = {k: v for k, v in errors.items()
+           if not v < (RTOL_LOG_TEMPERATURE if k == "grad log_temperature" else RTOL)}
     assert not bad, f"relative errors above {RTOL}: {bad}"
     return errors
 
@@ -212,7 +217,8 @@ def test_twin_reads_the_right_hf_states(tiny):
     contexts through `inputs_embeds` give HF's own text features when they are the tokens."""
     hf, _ = tiny
     twin = TorchZegOT(hf, make_config(TINY["context"]).model)
-    images = nchw(random_batch(1, 40)["image"])
+    twin._set_grid(6)  # the resized position table the other tests use
+    images = nchw(random_batch(1, 48)["image"])
     vision = hf.vision_model
     with torch.no_grad():
         hidden = vision(pixel_values=images, output_hidden_states=True).hidden_states
@@ -227,9 +233,10 @@ def test_twin_reads_the_right_hf_states(tiny):
         assert rel_err(ours, theirs) < 1e-5
 
 
-@pytest.mark.parametrize("penalty, ensemble", [(0.0, 0.0), (0.1, 0.0), (0.1, 0.5)])
-def test_label_maps_identical(tiny, penalty, ensemble):
-    """Whole-image inference through the real predictor and `evaluate`, against the twin."""
+@pytest.mark.parametrize("ensemble", [0.0, 0.5])
+def test_label_maps_identical(tiny, ensemble):
+    """Whole-image inference through the real predictor and `evaluate`, against the twin, with
+    and without the seen penalty."""
     hf, jclip = tiny
     config = make_config(TINY["context"], layers=(1, 2), dense_mode="value",
                          ensemble_weight=ensemble)
@@ -240,24 +247,26 @@ def test_label_maps_identical(tiny, penalty, ensemble):
     text = evaluator.text_features_of(g, p, f, NAMES, config.clip.text_context_length)
     reference = evaluator.reference_features_of(g, p, f, config, NAMES)
     predict = evaluator.make_predictor(g, config)
-    shift = jnp.asarray([0.0 if k in UNSEEN else penalty for k in range(len(NAMES))])
-    ours = np.stack([np.asarray(jnp.argmax(
-        predict(p, f, text, jnp.asarray(img[None]), img.shape[:2], reference)
-        - shift[:, None, None], axis=0)) for img in batch["image"]])
-    twin = pair.twin.predict(nchw(batch["image"]), NAMES, seen_penalty=penalty,
-                             unseen=UNSEEN).numpy()
-    np.testing.assert_array_equal(ours, twin)
-    if penalty or ensemble:  # the option changed the prediction, so the comparison means something
-        plain = copy.deepcopy(config.model)
-        plain.ensemble_weight = 0.0
-        pair.twin.cfg = plain
-        assert (pair.twin.predict(nchw(batch["image"]), NAMES).numpy() != twin).any()
+    scores = np.stack([np.asarray(predict(p, f, text, jnp.asarray(img[None]), img.shape[:2],
+                                          reference)) for img in batch["image"]])
+    images = nchw(batch["image"])
+    maps = {}
+    for penalty in (0.0, 0.1):
+        shift = np.asarray([0.0 if k in UNSEEN else penalty for k in range(len(NAMES))])
+        ours = np.argmax(scores - shift[None, :, None, None], axis=1)
+        maps[penalty] = pair.twin.predict(images, NAMES, seen_penalty=penalty, unseen=UNSEEN)
+        np.testing.assert_array_equal(ours, maps[penalty].numpy())
+    assert (maps[0.0] != maps[0.1]).any()  # the penalty changed the prediction
+    if ensemble:
+        pair.twin.cfg = copy.deepcopy(config.model)
+        pair.twin.cfg.ensemble_weight = 0.0
+        assert (pair.twin.predict(images, NAMES) != maps[0.0]).any()  # so did the ensemble
     examples = [{"image": img, "label": lab} for img, lab in zip(batch["image"], batch["label"],
                                                                  strict=True)]
-    summary = evaluator.evaluate(config, g, p, f, examples, NAMES, UNSEEN, seen_penalty=penalty)
+    summary = evaluator.evaluate(config, g, p, f, examples, NAMES, UNSEEN, seen_penalty=0.1)
     conf = np.zeros((len(NAMES), len(NAMES)), np.int64)
     valid = batch["label"] < len(NAMES)
-    np.add.at(conf, (batch["label"][valid], twin[valid]), 1)
+    np.add.at(conf, (batch["label"][valid], maps[0.1].numpy()[valid]), 1)
     assert summary["per_class_iou"] == metrics.summarize(conf, NAMES, UNSEEN)["per_class_iou"]
 
 
