@@ -87,6 +87,7 @@ class TorchZegOT(torch.nn.Module):
         self.cfg = cfg
         self.layers = tuple(int(i) for i in cfg.layers)
         self.depth = clip.config.vision_config.num_hidden_layers
+        self._templates = {}
         self._positions = clip.vision_model.embeddings.position_embedding.weight.detach().clone()
         gen = torch.Generator().manual_seed(seed)
         width, dim = clip.config.text_config.hidden_size, clip.config.projection_dim
@@ -142,12 +143,18 @@ class TorchZegOT(torch.nn.Module):
 
     @torch.no_grad()
     def template_features(self, names, templates) -> torch.Tensor:
-        """Frozen hand-crafted prompts through HF's own text model: `[K, T, D]`, normalised."""
-        context = self.clip.config.text_config.max_position_embeddings
-        ids = clip_lib.tokenize([t.format(n) for n in names for t in templates], context)
-        out = self.clip.text_model(input_ids=torch.from_numpy(ids).long())
-        feats = self.clip.text_projection(out.pooler_output)
-        return normalize(feats.view(len(names), len(templates), -1))
+        """Frozen hand-crafted prompts through HF's own text model: `[K, T, D]`, normalised.
+
+        Cached per vocabulary (CLIP is frozen); tokens cut after the last EOT (causal mask).
+        """
+        key = (tuple(names), tuple(templates))
+        if key not in self._templates:
+            context = self.clip.config.text_config.max_position_embeddings
+            ids = clip_lib.tokenize([t.format(n) for n in names for t in templates], context)
+            ids = torch.from_numpy(ids[:, :(ids == clip_lib.EOT).argmax(1).max() + 1]).long()
+            feats = self.clip.text_projection(self.clip.text_model(input_ids=ids).pooler_output)
+            self._templates[key] = normalize(feats.view(len(names), len(templates), -1))
+        return self._templates[key]
 
     # Image side.
     def _set_grid(self, grid: int) -> None:
