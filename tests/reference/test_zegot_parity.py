@@ -143,7 +143,7 @@ class Pair:
                                             NAMES, self.config.loss)
         loss.backward()
         grads = {n: p.grad.numpy() for n, p in self.twin.named_parameters() if p.requires_grad}
-        return float(loss), grads, layer_logits.detach().numpy()
+        return float(loss.detach()), grads, layer_logits.detach().numpy()
 
 
 def nchw(images: np.ndarray) -> torch.Tensor:
