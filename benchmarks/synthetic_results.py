@@ -133,22 +133,27 @@ def table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def contrasts(rows: dict[str, list[dict]], seeds: list[int]) -> str:
-    lines = ["| difference (paired by seed) | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
+def contrasts(rows: dict[str, list[dict]]) -> str:
+    """Mean paired (same-seed) differences with 95% t-intervals; rows carry their 'seed'."""
+    lines = ["| difference (paired by seed) | mIoU(S) | mIoU(U) | hIoU | seeds |",
+             "|---|---|---|---|---|"]
     for a, b, label in CONTRASTS:
         if a not in rows or b not in rows:
             continue
+        by_seed_a = {r["seed"]: r for r in rows[a]}
+        by_seed_b = {r["seed"]: r for r in rows[b]}
+        if len(rows[b]) == 1 and b in DETERMINISTIC:  # one run stands for every seed
+            by_seed_b = dict.fromkeys(by_seed_a, rows[b][0])
+        seeds = sorted(set(by_seed_a) & set(by_seed_b))
         cells = []
         for key in SCORES[:3]:
-            va = np.array([100 * r[key] for r in rows[a]], float)
-            vb = np.array([100 * r[key] for r in rows[b]], float)
-            if len(vb) == 1:  # deterministic row
-                vb = np.repeat(vb, len(va))
-            if len(va) != len(vb):
+            diff = np.array([100 * (by_seed_a[s][key] - by_seed_b[s][key]) for s in seeds])
+            if len(diff) < 2:
                 cells.append("n/a")
                 continue
-            mean, _, half = interval(va - vb)
+            mean, _, half = interval(diff)
             cells.append(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
+        cells.append(str(len(seeds)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -160,6 +165,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only rows whose name contains one of these strings")
     parser.add_argument("--config_arg", default=None, help="e.g. 'smoke' for a quick check")
+    parser.add_argument("--table_only", action="store_true",
+                        help="train nothing: tabulate the runs already finished in --workdir")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"")
     args = parser.parse_args()
@@ -180,6 +187,8 @@ def main() -> None:
             done = workdir / "row.json"
             if done.exists():
                 result = json.loads(done.read_text())
+            elif args.table_only:
+                continue
             else:
                 source = EVAL_ONLY.get(name)
                 trained_from = None
@@ -194,12 +203,12 @@ def main() -> None:
             print(json.dumps({"variant": name, "seed": seed,
                               **{k: v for k, v in result.items() if k != "per_class_iou"}}),
                   flush=True)
-    rows = {name: [results[name, s] for s in args.seeds if (name, s) in results]
+    rows = {name: [{**results[name, s], "seed": s} for s in args.seeds if (name, s) in results]
             for name in chosen if any((name, s) in results for s in args.seeds)}
     print()
     print(table(rows))
     print()
-    print(contrasts(rows, args.seeds))
+    print(contrasts(rows))
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ def test_interval_is_the_student_t_95_percent_half_width(results):
 
 
 def test_contrasts_pair_runs_by_seed(results):
-    row = lambda s, u: {"miou_seen": s, "miou_unseen": u, "hiou": 2 * s * u / (s + u)}
-    zegot = "ZegOT (defaults: all guards on)"
-    rows = {zegot: [row(0.5, 0.4), row(0.6, 0.5)],
-            "training-free templates": [row(0.1, 0.1)]}  # deterministic: one run for all seeds
-    text = results.contrasts(rows, [0, 1])
-    line = next(r for r in text.splitlines() if r.startswith("| ZegOT - training-free"))
-    assert "+45.0" in line and "+35.0" in line  # mean paired differences in points
+    def row(seed, s, u):
+        return {"seed": seed, "miou_seen": s, "miou_unseen": u, "hiou": 2 * s * u / (s + u)}
+
+    zegot, no_ot = "ZegOT (defaults: all guards on)", "learned prompts, no OT (uniform plan)"
+    rows = {zegot: [row(0, 0.5, 0.4), row(1, 0.6, 0.5), row(2, 0.9, 0.9)],
+            no_ot: [row(1, 0.5, 0.5), row(0, 0.4, 0.4)],  # seed 2 missing, other order
+            "training-free templates": [row(0, 0.1, 0.1)]}  # deterministic: stands for all seeds
+    text = results.contrasts(rows).splitlines()
+    line = next(r for r in text if r.startswith("| ZegOT - training-free"))
+    assert line.startswith("| ZegOT - training-free | +56.7") and line.endswith("| 3 |")
+    line = next(r for r in text if r.startswith("| OT - uniform plan"))
+    # paired: (0.5 - 0.4, 0.6 - 0.5) -> +10.0 with zero spread; seed 2 has no partner
+    assert line.startswith("| OT - uniform plan | +10.0 [+10.0, +10.0]") and line.endswith("| 2 |")
 
 
 def test_every_variant_is_a_valid_override_of_the_default(results):
