@@ -87,6 +87,7 @@ def test_absent_and_unknown_fields_are_skipped():
 
 
 def test_sections_limit_what_is_checked(smoke_config):
-    smoke_config.train.num_steps = 0
+    smoke_config.train.num_steps = -1
     assert config_checks.problems(smoke_config, sections=config_checks.EVALUATION_SECTIONS) == []
-    assert config_checks.problems(smoke_config) == ["train.num_steps=0: must be an integer >= 1."]
+    assert config_checks.problems(smoke_config) == [
+        "train.num_steps=-1: must be an integer >= 0 (0: evaluate the model as built)."]

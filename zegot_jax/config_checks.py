@@ -140,7 +140,7 @@ RULES: tuple[Rule, ...] = (
     Rule("optim.min_learning_rate", real(0), "a finite number >= 0"),
     Rule("optim.grad_clip_norm", real(0), "a finite number >= 0 (0 disables clipping)"),
     Rule("train.global_batch_size", integer(1), POSITIVE),
-    Rule("train.num_steps", integer(1), POSITIVE),
+    Rule("train.num_steps", integer(0), "an integer >= 0 (0: evaluate the model as built)"),
     Rule("train.log_every", integer(1), POSITIVE),
     Rule("train.checkpoint_every", integer(1), POSITIVE),
     Rule("train.keep_checkpoints", integer(1),

@@ -90,7 +90,7 @@ def test_no_ot_variant_sums_similarities(smoke_config, tiny_clip):
     {"prompt_init": "random"},
     {"alignment_residual": False},
     {"learn_temperature": False},
-    {"text_consistency_weight": 0.0},
+    {"text_consistency_weight": 8.0},
 ])
 def test_variants_are_one_config_change(smoke_config, tiny_clip, change):
     config = copy.deepcopy(smoke_config)

@@ -188,7 +188,7 @@ def tiny(tmp_path_factory):
 
 CASES = {
     "defaults: OT, 3 layers, value, residual DLFA, template init, T/b, consistency": {
-        "layers": (0, 1, 2), "dense_mode": "value"},
+        "layers": (0, 1, 2), "dense_mode": "value", "text_consistency_weight": 8.0},
     "no OT, last layer standard, plain DLFA, random init, no T/b": {
         "layers": (2,), "ot__enabled": False, "alignment_residual": False, "prompt_init": "random",
         "learn_temperature": False, "text_consistency_weight": 0.0},
@@ -196,7 +196,7 @@ CASES = {
         "layers": (2,), "dense_mode": "value", "alignment_residual": False,
         "text_consistency_weight": 0.0},
     "no OT, 3 layers standard, residual DLFA, consistency": {
-        "layers": (0, 1, 2), "ot__enabled": False},
+        "layers": (0, 1, 2), "ot__enabled": False, "text_consistency_weight": 8.0},
     "OT, layers 0 and 1, no DLFA, plan without gradient": {
         "layers": (0, 1), "alignment": False, "ot__plan_gradient": False},
 }
