@@ -4,8 +4,10 @@
 
 Pretrains the world's small CLIP on generated image-caption pairs (cached after the first run),
 trains prompts + DLFA inductively on the seen classes, then evaluates mIoU(S), mIoU(U) and hIoU on
-held-out images over all classes. `:smoke` is the same path at test size. Numbers to compare with:
-RESULTS.md (hand-crafted templates without training, N prompts with and without OT, over seeds).
+held-out images over all classes, beside the training-free templates on the same images.
+`:smoke` is the same path at test size. It should reach about 47.8 / 39.3 / 43.2 (mIoU(S) /
+mIoU(U) / hIoU, mean of seeds 0-4, hIoU std 1.5) against 24.6 / 15.7 / 19.2 without training;
+seed 0 gave 47.1 / 37.1 / 41.5. RESULTS.md has every ablation with intervals.
 """
 
 import ml_collections
