@@ -31,13 +31,14 @@ def test_contrasts_pair_runs_by_seed(results):
     def row(seed, s, u):
         return {"seed": seed, "miou_seen": s, "miou_unseen": u, "hiou": 2 * s * u / (s + u)}
 
-    zegot, no_ot = "ZegOT (defaults: all guards on)", "learned prompts, no OT (uniform plan)"
+    zegot, no_ot = results.ZEGOT_W8, "KgCoOp 8, no OT (uniform plan)"
     rows = {zegot: [row(0, 0.5, 0.4), row(1, 0.6, 0.5), row(2, 0.9, 0.9)],
             no_ot: [row(1, 0.5, 0.5), row(0, 0.4, 0.4)],  # seed 2 missing, other order
             "training-free templates": [row(0, 0.1, 0.1)]}  # deterministic: stands for all seeds
     text = results.contrasts(rows).splitlines()
-    line = next(r for r in text if r.startswith("| ZegOT - training-free"))
-    assert line.startswith("| ZegOT - training-free | +56.7") and line.endswith("| 3 |")
+    line = next(r for r in text if r.startswith("| ZegOT with KgCoOp 8 - training-free"))
+    assert line.startswith("| ZegOT with KgCoOp 8 - training-free | +56.7")
+    assert line.endswith("| 3 |")
     line = next(r for r in text if r.startswith("| OT - uniform plan"))
     # paired: (0.5 - 0.4, 0.6 - 0.5) -> +10.0 with zero spread; seed 2 has no partner
     assert line.startswith("| OT - uniform plan | +10.0 [+10.0, +10.0]") and line.endswith("| 2 |")
