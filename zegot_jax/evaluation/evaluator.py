@@ -20,8 +20,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from zegot_jax.evaluation import metrics, sliding
-from zegot_jax.models.functional import merge, upsample
-from zegot_jax.models.prompts import Trainable
+from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
 
 
@@ -185,11 +184,17 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
     return summary
 
 
+def training_free_experiment(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of an experiment config whose `model` is the training-free baseline."""
+    free = ml_collections.ConfigDict(config.to_dict())
+    free.model = training_free_config(config.model)
+    return free
+
+
 def training_free_parts(config: ml_collections.ConfigDict, clip: Any) -> tuple[Any, Any, Any]:
     """`(graphdef, params, frozen)` of the training-free template baseline around `clip`."""
     model_cfg = ml_collections.FrozenConfigDict(training_free_config(config.model))
-    model = ZegOT(clip, model_cfg, rngs=nnx.Rngs(0))
-    return nnx.split(model, Trainable, ...)
+    return tuple(split_model(ZegOT(clip, model_cfg, rngs=nnx.Rngs(0))))
 
 
 def evaluate_training_free(config: ml_collections.ConfigDict, clip: Any,
@@ -201,10 +206,8 @@ def evaluate_training_free(config: ml_collections.ConfigDict, clip: Any,
     rows differ only by what training changed.
     """
     graphdef, params, frozen = training_free_parts(config, clip)
-    free_config = ml_collections.ConfigDict(config.to_dict())
-    free_config.model = training_free_config(config.model)
-    return evaluate(free_config, graphdef, params, frozen, examples, class_names, unseen,
-                    seen_penalty=0.0)
+    return evaluate(training_free_experiment(config), graphdef, params, frozen, examples,
+                    class_names, unseen, seen_penalty=0.0)
 
 
 TRAINING_FREE_PREFIX = "training_free_"

@@ -14,8 +14,8 @@ from matplotlib.patches import Patch
 
 from zegot_jax import viz
 from zegot_jax.data import transforms
+from zegot_jax.evaluation import evaluator
 from zegot_jax.evaluation import segmenter as segmenter_lib
-from zegot_jax.models.zegot import training_free_config
 
 
 def results_figure(segmenter: segmenter_lib.Segmenter, examples: list[dict[str, Any]],
@@ -80,9 +80,8 @@ def write_results_figure(path: str, config: ml_collections.ConfigDict, segmenter
     segmenter = segmenter_lib.Segmenter(config, params, graphdef, frozen)
     baseline = None
     if baseline_parts is not None:
-        free_config = ml_collections.ConfigDict(config.to_dict())
-        free_config.model = training_free_config(config.model)
         free_graphdef, free_params, free_frozen = baseline_parts
-        baseline = segmenter_lib.Segmenter(free_config, free_params, free_graphdef, free_frozen)
+        baseline = segmenter_lib.Segmenter(evaluator.training_free_experiment(config),
+                                           free_params, free_graphdef, free_frozen)
     viz.save(results_figure(segmenter, examples, class_names, focus, baseline), path)
     return focus
