@@ -35,12 +35,24 @@ def machine_line() -> str:
 
 def default_config() -> ml_collections.ConfigDict:
     """`configs/common.py`'s defaults (the repository root is not on the path of a script)."""
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    _repository_on_path()
     from configs import common  # noqa: PLC0415
 
     return common.get_config()
+
+
+def synthetic_config() -> ml_collections.ConfigDict:
+    """`configs/synthetic.py`'s config (the synthetic world's defaults)."""
+    _repository_on_path()
+    from configs import synthetic  # noqa: PLC0415
+
+    return synthetic.get_config()
+
+
+def _repository_on_path() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 class Measured(NamedTuple):

@@ -57,10 +57,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.ot = ml_collections.ConfigDict()
     c.model.ot.enabled = True  # False: uniform plan (the "no OT" ablation)
     c.model.ot.epsilon = 0.05
-    c.model.ot.num_iterations = 100
     c.model.ot.tau = 1.0  # marginal relaxation; 1.0 = balanced, < 1 = unbalanced
     c.model.ot.plan_gradient = True  # False: stop_gradient on the plan (PLOT-style)
-    c.model.ot.implicit_diff = False  # True: ott implicit differentiation instead of unrolling
+    # How the plan is computed (BENCHMARKS.md, "MPOT solvers", measures each choice).
+    c.model.ot.solver = "newton"  # 'newton' (semi-dual, balanced only) or 'sinkhorn' (ott-jax)
+    c.model.ot.newton_steps = 10  # solver='newton'
+    c.model.ot.num_iterations = 100  # solver='sinkhorn': exactly this many (threshold 0) or at most
+    c.model.ot.threshold = 0.0  # solver='sinkhorn': > 0 stops at this marginal error
+    c.model.ot.domain = "auto"  # solver='sinkhorn': 'log', 'kernel' or 'auto' (kernel if safe)
+    c.model.ot.backward = "implicit"  # 'implicit' (exact at convergence, O(MN)) or 'unrolled'
 
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 100.0

@@ -68,6 +68,17 @@ def test_relations_between_fields(smoke_config, changes, words):
     assert any(words in p for p in config_checks.problems(smoke_config))
 
 
+@pytest.mark.parametrize("changes, words", [
+    ({"tau": 0.8}, "solves balanced problems only"),
+    ({"solver": "sinkhorn", "threshold": 1e-5, "backward": "unrolled"}, "cannot unroll"),
+])
+def test_ot_solver_relations(smoke_config, changes, words):
+    smoke_config.model.ot.update(changes)
+    assert any(words in p for p in config_checks.problems(smoke_config))
+    smoke_config.model.ot.update(solver="sinkhorn", backward="implicit")
+    assert not config_checks.problems(smoke_config)
+
+
 def test_batch_must_divide_over_devices_and_all_problems_are_listed(smoke_config):
     smoke_config.train.global_batch_size = 3
     smoke_config.train.keep_checkpoints = 0

@@ -84,13 +84,14 @@ def test_uniform_is_sum_over_prompts_exactly():
 
 @jax.jit
 def _loss(s, w):
-    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64).score)
+    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, backward="unrolled",
+                                dtype=jnp.float64).score)
 
 
 @jax.jit
 def _loss_stop_gradient(s, w):
     return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64,
-                                plan_gradient=False).score)
+                                backward="unrolled", plan_gradient=False).score)
 
 
 def test_unrolled_gradient_matches_central_differences(x64):
@@ -118,31 +119,108 @@ def test_stop_gradient_plan_matches_analytic_formula(x64):
     assert np.abs(grad - jax.grad(_loss)(s, w)).max() > 1e-3  # the two choices really differ
 
 
+def _central_differences(fn, s: jax.Array, h: float = 1e-6) -> np.ndarray:
+    fd = np.zeros(s.shape)
+    for idx in np.ndindex(*s.shape):
+        e = jnp.zeros(s.shape).at[idx].set(h)
+        fd[idx] = (fn(s + e) - fn(s - e)) / (2 * h)
+    return fd
+
+
+@pytest.mark.parametrize("solver,tau,iterations", [("sinkhorn", 1.0, 3000), ("sinkhorn", 0.8, 3000),
+                                                   ("newton", 1.0, 30)])
+def test_implicit_gradient_matches_central_differences_of_converged_solve(x64, solver, tau,
+                                                                          iterations):
+    s = jnp.asarray(_similarity(9, (2, 12, 3), scale=0.6))
+    w = jnp.asarray(_similarity(10, (2, 12)))
+
+    @jax.jit
+    def loss(x):
+        return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=iterations, tau=tau,
+                                    solver=solver, backward="implicit", dtype=jnp.float64).score)
+
+    grad, fd = np.asarray(jax.grad(loss)(s)), _central_differences(loss, s)
+    np.testing.assert_allclose(grad, fd, atol=1e-6 * np.abs(fd).max())
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.7])
 def test_implicit_gradient_matches_unrolled_when_converged(x64, tau):
     s = jnp.asarray(_similarity(9, (12, 4)))
     w = jnp.asarray(_similarity(10, (12,)))
 
-    def loss(x, implicit):
+    def loss(x, backward):
         return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=400, tau=tau,
-                                    implicit_diff=implicit, dtype=jnp.float64).score)
+                                    backward=backward, dtype=jnp.float64).score)
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    unrolled, implicit = grad(s, False), grad(s, True)
+    unrolled, implicit = grad(s, "unrolled"), grad(s, "implicit")
     np.testing.assert_allclose(implicit, unrolled, atol=1e-6 * np.abs(unrolled).max())
+    truncated = jax.grad(lambda x: jnp.sum(w * zot.mpot(
+        x, epsilon=0.1, num_iterations=3, tau=tau, backward="unrolled",
+        dtype=jnp.float64).score))(s)
+    assert np.abs(truncated - unrolled).max() > 1e-3 * np.abs(unrolled).max()  # a real check
 
 
-def test_implicit_float32_finite_and_close():
-    s = jnp.asarray(_similarity(11, (256, 4)), jnp.float32)
+def test_implicit_float32_matches_float64_at_convergence():
+    s64 = _similarity(11, (256, 4), scale=0.3)
+    w = _similarity(12, (256,))
 
-    def loss(x, implicit):
-        return jnp.sum(zot.mpot(x, epsilon=0.05, num_iterations=100,
-                                implicit_diff=implicit).score)
+    def grad(x, dtype, **kw):
+        kw = {"num_iterations": 100, **kw}
+        return jax.grad(lambda y: jnp.sum(w.astype(dtype) * zot.mpot(
+            y, epsilon=0.05, dtype=dtype, **kw).score))(x)
 
-    grad = jax.jit(jax.grad(loss), static_argnums=1)
-    unrolled, implicit = grad(s, False), grad(s, True)
+    implicit = grad(jnp.asarray(s64, jnp.float32), jnp.float32)
+    with jax.enable_x64(True):
+        exact = np.asarray(grad(jnp.asarray(s64), jnp.float64, num_iterations=1000,
+                                backward="unrolled"))
     assert bool(jnp.isfinite(implicit).all())
-    np.testing.assert_allclose(implicit, unrolled, atol=1e-3 * float(jnp.abs(unrolled).max()))
+    np.testing.assert_allclose(implicit, exact, atol=1e-5 * np.abs(exact).max())
+
+
+def test_implicit_memory_does_not_grow_with_iterations():
+    s = jnp.zeros((8, 1024, 4), jnp.float32) + jnp.linspace(0, 0.3, 4)
+
+    def temp_bytes(backward, iterations):
+        fn = jax.grad(lambda x: jnp.sum(zot.mpot(x, epsilon=0.05, num_iterations=iterations,
+                                                 backward=backward).score))
+        return jax.jit(fn).lower(s).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes("implicit", 200) <= 1.05 * temp_bytes("implicit", 20)
+    assert temp_bytes("unrolled", 200) > 5 * temp_bytes("unrolled", 20)
+
+
+@pytest.mark.parametrize("options", [dict(domain="kernel"), dict(domain="auto"),
+                                     dict(solver="newton", num_iterations=3)])
+def test_faster_forward_gives_the_100_iteration_log_plan(options):
+    s = jnp.asarray(_similarity(13, (3, 1024, 4), scale=0.3), jnp.float32)
+    reference = zot.mpot(s, epsilon=0.05, num_iterations=100, domain="log").plan
+    out = zot.mpot(s, epsilon=0.05, **{"num_iterations": 100, **options})
+    assert float(jnp.abs(out.plan - reference).max()) * 1024 * 4 < 1e-4  # cell-mass units
+    three_iterations = zot.mpot(s, epsilon=0.05, num_iterations=3, domain="log").plan
+    assert float(jnp.abs(three_iterations - reference).max()) * 1024 * 4 > 1e-4
+
+
+def test_auto_domain_falls_back_to_log_without_float32_headroom():
+    s = jnp.asarray(_similarity(14, (2, 64, 4)), jnp.float32)
+    kernel = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="kernel").plan
+    auto = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="auto").plan
+    log = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="log").plan
+    assert float(jnp.abs(kernel - log).max()) * 64 * 4 > 0.1  # the kernel form really fails here
+    np.testing.assert_array_equal(auto, log)
+
+
+def test_threshold_stops_early_and_needs_the_implicit_backward():
+    s = jnp.asarray(_similarity(15, (2, 256, 4), scale=0.3), jnp.float32)
+    out = zot.mpot(s, epsilon=0.05, num_iterations=100, threshold=1e-5)
+    assert 0 < int(out.iterations.max()) < 100 and float(out.marginal_error.max()) < 1e-4
+    with pytest.raises(ValueError, match="backward='implicit'"):
+        zot.mpot(s, epsilon=0.05, num_iterations=100, threshold=1e-5, backward="unrolled")
+
+
+def test_newton_rejects_unbalanced():
+    with pytest.raises(ValueError, match="balanced problems only"):
+        zot.mpot(jnp.zeros((8, 3)), epsilon=0.05, num_iterations=3, tau=0.5, solver="newton")
 
 
 def test_no_nan_at_small_epsilon_float32():
@@ -226,6 +304,10 @@ def test_remat_reference_gradient_is_unchanged():
     (dict(epsilon=0.05, num_iterations=2.5), "num_iterations"),
     (dict(epsilon=0.05, num_iterations=10, tau=0.0), "tau"),
     (dict(epsilon=0.05, num_iterations=10, tau=1.5), "tau"),
+    (dict(epsilon=0.05, num_iterations=10, solver="lbfgs"), "Unknown OT solver"),
+    (dict(epsilon=0.05, num_iterations=10, backward="cg"), "backward must be one of"),
+    (dict(epsilon=0.05, num_iterations=10, domain="fft"), "domain must be one of"),
+    (dict(epsilon=0.05, num_iterations=10, threshold=-1.0), "threshold must be >= 0"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

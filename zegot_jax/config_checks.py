@@ -125,7 +125,11 @@ RULES: tuple[Rule, ...] = (
     Rule("model.ot.num_iterations", integer(1), POSITIVE),
     Rule("model.ot.tau", real(0, 1, above=True), "a number in (0, 1] (1 = balanced)"),
     Rule("model.ot.plan_gradient", boolean, "True or False"),
-    Rule("model.ot.implicit_diff", boolean, "True or False"),
+    Rule("model.ot.solver", one_of("newton", "sinkhorn"), "'newton' or 'sinkhorn'"),
+    Rule("model.ot.newton_steps", integer(1), POSITIVE),
+    Rule("model.ot.threshold", real(0), "a finite number >= 0 (0 = fixed iterations)"),
+    Rule("model.ot.domain", one_of("log", "kernel", "auto"), "'log', 'kernel' or 'auto'"),
+    Rule("model.ot.backward", one_of("implicit", "unrolled"), "'implicit' or 'unrolled'"),
     Rule("loss.focal_weight", real(0), "a finite number >= 0"),
     Rule("loss.dice_weight", real(0), "a finite number >= 0"),
     Rule("loss.focal_alpha", real(0, 1), "a number in [0, 1]"),
@@ -239,6 +243,16 @@ def _prompt_length(c) -> str | None:
     return None
 
 
+def _ot_solver(c) -> str | None:
+    if get(c, "model.ot.solver") == "newton" and get(c, "model.ot.tau") < 1.0:
+        return (f"model.ot.solver='newton' solves balanced problems only, but model.ot.tau="
+                f"{get(c, 'model.ot.tau')}; use solver='sinkhorn' or tau=1.")
+    if get(c, "model.ot.threshold") > 0 and get(c, "model.ot.backward") == "unrolled":
+        return ("model.ot.threshold > 0 stops in a while loop that reverse mode cannot unroll; "
+                "use model.ot.backward='implicit' or threshold=0.")
+    return None
+
+
 class Relation(NamedTuple):
     """`check(config) -> message or None`, run only when every field in `fields` is present and
     passed its rule."""
@@ -256,6 +270,8 @@ RELATIONS: tuple[Relation, ...] = (
     Relation(("optim.min_learning_rate", "optim.learning_rate"), _min_rate),
     Relation(("model.prompts", "model.context_tokens", "clip.text_context_length"),
              _prompt_length),
+    Relation(("model.ot.solver", "model.ot.tau", "model.ot.threshold", "model.ot.backward"),
+             _ot_solver),
 )
 
 

@@ -12,6 +12,7 @@ import copy
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -77,8 +78,16 @@ def gradient_capture() -> optax.GradientTransformation:
         lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
 
 
-def make_config(context_length: int, **model):
+def twin_config() -> ml_collections.ConfigDict:
+    """The defaults with the twin's OT: fixed log-domain Sinkhorn iterations, autodiff through
+    them (the JAX default solver and implicit backward are checked against this in test_ot)."""
     config = common.get_config()
+    config.model.ot.update(solver="sinkhorn", domain="log", backward="unrolled")
+    return config
+
+
+def make_config(context_length: int, **model):
+    config = twin_config()
     config.clip.text_context_length = context_length
     config.model.num_prompts, config.model.context_tokens = 3, 4
     for key, value in model.items():
@@ -283,6 +292,6 @@ def test_training_parity_vit_b16(tmp_path):
     hf.save_pretrained(tmp_path)
     jclip = clip_lib.load(tmp_path)
     assert jclip.spec == spec
-    config = common.get_config()
+    config = twin_config()
     config.model.dense_mode = "value"
     check_training_parity(Pair(hf, jclip, config), random_batch(1, 224))

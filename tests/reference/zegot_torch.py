@@ -81,8 +81,8 @@ class TorchZegOT(torch.nn.Module):
         for key, ok in (("prompts", "learned"), ("global_pool", "class")):
             if cfg[key] != ok:
                 raise NotImplementedError(f"the twin covers model.{key}={ok!r} only")
-        if cfg.ot.tau < 1.0 or cfg.ot.implicit_diff:
-            raise NotImplementedError("the twin covers balanced, unrolled OT only")
+        if cfg.ot.tau < 1.0 or cfg.ot.solver != "sinkhorn" or cfg.ot.threshold > 0:
+            raise NotImplementedError("the twin covers balanced, fixed-iteration Sinkhorn only")
         self.clip = clip.eval().requires_grad_(False)
         self.cfg = cfg
         self.layers = tuple(int(i) for i in cfg.layers)

@@ -215,10 +215,12 @@ class ZegOT(nnx.Module):
             q = jnp.broadcast_to(text_features, (num_layers, b, *text_features.shape))
         sim = jnp.einsum("lbmd,lbknd->lbkmn", pixels.reshape(num_layers, b, h * w, d), q)
         cfg = self.config.ot
-        result = ot.mpot(sim, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
-                         tau=None if cfg.tau >= 1.0 else cfg.tau,
+        newton = cfg.solver == "newton"
+        result = ot.mpot(sim, epsilon=cfg.epsilon, tau=None if cfg.tau >= 1.0 else cfg.tau,
+                         num_iterations=cfg.newton_steps if newton else cfg.num_iterations,
                          plan_gradient=cfg.plan_gradient, uniform=not cfg.enabled,
-                         implicit_diff=cfg.implicit_diff)
+                         solver=cfg.solver, backward=cfg.backward, domain=cfg.domain,
+                         threshold=cfg.threshold)
         k, n = sim.shape[2], sim.shape[-1]
         layer_logits = self.scale_score(result.score.reshape(num_layers, b, k, h, w), n)
         free = None if reference is None else self.training_free_logits(pixels, reference)
