@@ -206,7 +206,7 @@ class Transformer(nnx.Module):
     def __call__(self, x: jax.Array, *, causal: bool = False, remat: bool = False) -> jax.Array:
         """`[B, T, W] -> [B, T, W]`.
 
-        With `remat`, each block is rematerialised (`nnx.remat`): its activations are recomputed
+        With `remat`, each block is rematerialised (`jax.checkpoint`): its activations are recomputed
         in the backward pass instead of stored. Forward values and gradients are unchanged.
         """
         run = _remat_if(remat, lambda block, y: block(y, causal=causal))
@@ -244,5 +244,17 @@ class Transformer(nnx.Module):
 
 
 def _remat_if(remat: bool, fn):
-    """`nnx.remat(fn)` when `remat`, else `fn`."""
-    return nnx.remat(fn) if remat else fn
+    """`fn(block, *arrays)`, rematerialised with `jax.checkpoint` when `remat`.
+
+    The checkpointed function is pure (the block's state goes in as an argument), so nothing is
+    written back to the block from inside the checkpoint's trace.
+    """
+    if not remat:
+        return fn
+
+    def rematerialised(block, *arrays):
+        graphdef, state = nnx.split(block)
+        pure = jax.checkpoint(lambda state, *a: fn(nnx.merge(graphdef, state), *a))
+        return pure(state, *arrays)
+
+    return rematerialised
