@@ -46,11 +46,13 @@ SETTINGS = {  # case name -> (prefix_shared, text_remat)
 
 
 class Compiled(NamedTuple):
-    """One compiled case: `run()` returns `(features [K, N, D], gradient [N, L, W])`."""
+    """One compiled case: `run()` returns `(features [K, N, D], gradient [N, L, W])`; `flops`
+    is XLA's count for the compiled program (`cost_analysis()`, -1 when unavailable)."""
 
     run: Any
     compile_s: float
     temp_bytes: int
+    flops: float
 
 
 def coco_seen(k: int) -> tuple[str, ...]:
@@ -90,7 +92,9 @@ def compile_case(clip: clip_lib.CLIP, setting: tuple[bool, bool], args: argparse
     start = time.perf_counter()
     compiled = jax.jit(forward_backward).lower(*inputs).compile()
     seconds = time.perf_counter() - start
-    return Compiled(lambda: compiled(*inputs), seconds, harness.memory_bytes(compiled))
+    cost = compiled.cost_analysis() or {}
+    return Compiled(lambda: compiled(*inputs), seconds, harness.memory_bytes(compiled),
+                    float(cost.get("flops", -1)))
 
 
 def alternate(cases: dict[str, Compiled], rounds: int, budget_s: float
@@ -122,10 +126,13 @@ def max_rel(a: Any, b: Any) -> str:
 
 
 def memory_table(cases: dict[str, Compiled]) -> str:
+    """Compile time, XLA temp memory and FLOPs of every case (nothing run)."""
+    full = cases["full"].flops
     rows = [[name, *("on" if s else "off" for s in SETTINGS[name]), f"{case.compile_s:.1f}",
-             harness.mib(case.temp_bytes)] for name, case in cases.items()]
-    return harness.markdown(["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)"],
-                            rows)
+             harness.mib(case.temp_bytes), f"{case.flops / 1e9:.2f}", f"{full / case.flops:.2f}x"]
+            for name, case in cases.items()]
+    return harness.markdown(["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)",
+                             "GFLOP", "full / case GFLOP"], rows)
 
 
 def time_tables(runs: dict[str, list[tuple[float, float]]], outputs: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ def test_smoke_mode_prints_memory_times_and_agreement():
     out = result.stdout
     assert "load average" in out and "(load " in out
     cases = ["full", "prefix-shared", "full, remat", "prefix-shared, remat"]
-    memory, summary = _rows(out, 5), _rows(out, 8)
+    memory, summary = _rows(out, 7), _rows(out, 8)
     assert set(cases) <= set(memory) and set(cases) <= set(summary)
     for case in cases:
         features_diff, gradient_diff = (float(x) for x in summary[case][-2:])
