@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.global_pool = "class"  # DLFA's g: 'class' token, or 'mean' of the patch embeddings
     c.model.alignment = True  # DLFA relationship descriptor per layer (False: q = t)
     c.model.alignment_residual = True  # q = norm(t + W[g*t; t] + b), W = 0 at start; False: OTSeg's
+    # How the text tower computes, not what: both give the same features and gradients.
+    c.model.prefix_shared = True  # encode [SOS] ctx once per prompt, class names after it
+    c.model.text_remat = False  # rematerialise the text blocks in the backward pass
     c.model.max_classes = 512  # largest vocabulary accepted (guards memory: S is [L,B,K,M,N])
     c.model.ot = ml_collections.ConfigDict()
     c.model.ot.enabled = True  # False: uniform plan (the "no OT" ablation)

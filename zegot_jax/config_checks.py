@@ -120,6 +120,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.temperature_init", real(0, above=True), "a finite number > 0"),
     Rule("model.bias_init", real(), "a finite number"),
     Rule("model.ensemble_weight", real(0, 1), "a number in [0, 1]"),
+    Rule("model.prefix_shared", boolean, "True or False"),
+    Rule("model.text_remat", boolean, "True or False"),
     Rule("model.ot.enabled", boolean, "True or False"),
     Rule("model.ot.epsilon", real(0, above=True), "a finite number > 0"),
     Rule("model.ot.num_iterations", integer(1), POSITIVE),

@@ -68,6 +68,8 @@ def test_resume_may_change_the_listed_fields(saved):
     config.train.num_steps = 50
     config.train.log_every = 7
     config.data.num_workers = 2
+    config.model.prefix_shared = not config.model.prefix_shared  # how, not what, is computed
+    config.model.text_remat = not config.model.text_remat
     launch.check_resume(config, saved)
     assert launch.config_changes({"train": {"num_steps": 3}, "gone": 1}, config) == []
 

@@ -7,8 +7,8 @@ Modelled on OpenAI's `clip` package::
     text_features = model.encode_text(tokenize(['a photo of a cat']))
 """
 
-from zegot_jax.clip.layers import resize_pos_embed
 from zegot_jax.clip.model import CLIP, VisionTransformer
+from zegot_jax.clip.positions import resize_pos_embed
 from zegot_jax.clip.preprocess import MEAN, STD, normalize
 from zegot_jax.clip.tokenizer import EOT, SOS, decode, encode, tokenize
 from zegot_jax.clip.variants import HUB_IDS, VARIANTS, CLIPSpec, get_spec

@@ -1,4 +1,4 @@
-"""Transformer pieces shared by both CLIP towers, and position-table resizing.
+"""Transformer pieces shared by both CLIP towers, and causal attention after a shared prefix.
 
 Submodules carry the names of OpenAI's checkpoint (`attn.in_proj`, `attn.out_proj`, `ln_1`, `ln_2`,
 `mlp.c_fc`, `mlp.c_proj`, `resblocks`), so `weights.py` maps names almost one to one.
@@ -6,11 +6,10 @@ Submodules carry the names of OpenAI's checkpoint (`attn.in_proj`, `attn.out_pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 LN_EPS = 1e-5
@@ -34,6 +33,46 @@ def layer_norm(width: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+class KeyValues(NamedTuple):
+    """Keys and values of the tokens that precede a segment of a causal sequence.
+
+    Each `[..., heads, P, head_dim]`; the leading dims broadcast against the segment's.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
+           prefix: KeyValues | None = None) -> jax.Array:
+    """Softmax attention of T queries over T keys, and over a prefix of P earlier tokens if given.
+
+    Args:
+        q, k, v: `[..., heads, T, head_dim]`, q already scaled by `head_dim ** -0.5`.
+        causal: if True, token t sees only the tokens <= t of its own segment.
+        prefix: keys and values of P tokens before these T (all of them visible), with leading
+            dims that broadcast against q's (one prefix shared by many segments).
+
+    Returns:
+        `[..., heads, T, head_dim]`.
+    """
+    t = q.shape[-2]
+    logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, T]
+    visible = jnp.tril(jnp.ones((t, t), bool)) if causal else None
+    if prefix is not None:
+        p = prefix.keys.shape[-2]
+        early = (q @ prefix.keys.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, P]
+        logits = jnp.concatenate([early, logits], axis=-1)
+        own = jnp.ones((t, t), bool) if visible is None else visible
+        visible = jnp.concatenate([jnp.ones((t, p), bool), own], axis=-1)
+    if visible is not None:
+        logits = jnp.where(visible, logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if prefix is None:
+        return weights @ v
+    return weights[..., :p] @ prefix.values + weights[..., p:] @ v
+
+
 class MultiheadAttention(nnx.Module):
     """Self-attention with fused q, k, v input projection (torch.nn.MultiheadAttention layout)."""
 
@@ -43,28 +82,44 @@ class MultiheadAttention(nnx.Module):
         self.in_proj = nnx.Linear(width, 3 * width, **kw)
         self.out_proj = nnx.Linear(width, width, **kw)
 
+    def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Tokens `[..., T, W]` -> q (scaled), k, v, each `[..., heads, T, W / heads]`."""
+        *lead, t, w = x.shape
+        head_dim = w // self.heads
+        # Heads-first batched matmuls: on XLA:CPU about 2x faster than dot_product_attention's
+        # [B, T, N, H] layout at 1025 tokens (ViT-B/16 at 512x512, measured on 2 cores).
+        qkv = self.in_proj(x).reshape(*lead, t, 3, self.heads, head_dim)
+        nd = len(lead)
+        qkv = qkv.transpose(nd + 1, *range(nd), nd + 2, nd, nd + 3)  # [3, ..., heads, T, H]
+        return qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]
+
+    def merge_heads(self, out: jax.Array) -> jax.Array:
+        """`[..., heads, T, H]` -> output projection `[..., T, W]`."""
+        *lead, heads, t, head_dim = out.shape
+        return self.out_proj(out.swapaxes(-2, -3).reshape(*lead, t, heads * head_dim))
+
     def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
         """Attends over the token axis.
 
         Args:
-            x: tokens `[B, T, W]`.
+            x: tokens `[..., T, W]`.
             causal: if True, token t attends only to tokens <= t (text tower).
 
         Returns:
-            `[B, T, W]`.
+            `[..., T, W]`.
         """
-        b, t, w = x.shape
-        head_dim = w // self.heads
-        # Heads-first batched matmuls: on XLA:CPU about 2x faster than dot_product_attention's
-        # [B, T, N, H] layout at 1025 tokens (ViT-B/16 at 512x512, measured on 2 cores).
-        qkv = self.in_proj(x).reshape(b, t, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]  # [B, N, T, H]
-        logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)  # [B, N, T, T]
-        if causal:
-            logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
-        return self.out_proj(out)
+        q, k, v = self.project(x)
+        return self.merge_heads(attend(q, k, v, causal=causal))
+
+    def extend(self, x: jax.Array, prefix: KeyValues | None) -> tuple[jax.Array, KeyValues]:
+        """Causal attention of a segment `[..., T, W]` that continues after `prefix` (or starts).
+
+        Returns:
+            The attention output `[..., T, W]` and the segment's own keys and values
+            (`[..., heads, T, W / heads]`), for segments that continue after this one.
+        """
+        q, k, v = self.project(x)
+        return self.merge_heads(attend(q, k, v, causal=True, prefix=prefix)), KeyValues(k, v)
 
     def value_path(self, x: jax.Array) -> jax.Array:
         """Value projection then output projection, without any mixing of tokens.
@@ -111,6 +166,16 @@ class ResidualAttentionBlock(nnx.Module):
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
 
+    def extend(self, x: jax.Array, prefix: KeyValues | None) -> tuple[jax.Array, KeyValues]:
+        """The causal block on a segment `[..., T, W]` that continues after `prefix` (or starts).
+
+        Returns the block output `[..., T, W]` and the segment's keys and values in this block
+        (see `MultiheadAttention.extend`).
+        """
+        out, keys_values = self.attn.extend(self.ln_1(x), prefix)
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), keys_values
+
     def value_path(self, x: jax.Array) -> jax.Array:
         """The block with attention replaced by its value path (MaskCLIP).
 
@@ -138,58 +203,58 @@ class Transformer(nnx.Module):
             for _ in range(layers)
         ])
 
-    def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
-        """`[B, T, W] -> [B, T, W]`."""
+    def __call__(self, x: jax.Array, *, causal: bool = False, remat: bool = False) -> jax.Array:
+        """`[B, T, W] -> [B, T, W]`.
+
+        With `remat`, each block is rematerialised (`jax.checkpoint`): its activations are recomputed
+        in the backward pass instead of stored. Forward values and gradients are unchanged.
+        """
+        run = _remat_if(remat, lambda block, y: block(y, causal=causal))
         for block in self.resblocks:
-            x = block(x, causal=causal)
+            x = run(block, x)
+        return x
+
+    def with_shared_prefix(self, prefix: jax.Array, x: jax.Array, *,
+                           remat: bool = False) -> jax.Array:
+        """Causal sequences `prefix[g] ++ x[g, b]`, each prefix's states computed once.
+
+        With a causal mask the states of the P prefix positions depend on the prefix only, so they
+        are computed once per prefix (G sequences of length P), and in every block the B
+        continuations of each prefix attend to its keys and values and causally to themselves.
+        Equal to running the G * B full sequences of length P + S, on fewer tokens.
+
+        Args:
+            prefix: `[G, P, W]` states entering the first block (positions already added).
+            x: `[G, B, S, W]` the continuations' states entering the first block.
+            remat: rematerialise each block in the backward pass (see `__call__`).
+
+        Returns:
+            `[G, B, S, W]`: the continuations after the last block.
+        """
+
+        def run(block, prefix, x):
+            prefix, keys_values = block.extend(prefix, None)  # [G, heads, P, H] each
+            shared = KeyValues(*(a[:, None] for a in keys_values))  # broadcast over B
+            return prefix, block.extend(x, shared)[0]
+
+        run = _remat_if(remat, run)
+        for block in self.resblocks:
+            prefix, x = run(block, prefix, x)
         return x
 
 
-def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """`[size_out, size_in]` weights of 1-D linear interpolation, half-pixel centres.
+def _remat_if(remat: bool, fn):
+    """`fn(block, *arrays)`, rematerialised with `jax.checkpoint` when `remat`.
 
-    Source coordinate `(i + 0.5) * size_in / size_out - 0.5`, clamped at 0, neighbours clamped at
-    the last index: the rule of `torch.nn.functional.interpolate(mode='bilinear',
-    align_corners=False)` without antialiasing, in both directions.
+    The checkpointed function is pure (the block's state goes in as an argument), so nothing is
+    written back to the block from inside the checkpoint's trace.
     """
-    src = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
-    src = np.maximum(src, 0.0)
-    lo = np.floor(src).astype(np.int64)
-    lo = np.minimum(lo, size_in - 1)
-    hi = np.minimum(lo + 1, size_in - 1)
-    frac = src - lo
-    matrix = np.zeros((size_out, size_in), np.float64)
-    rows = np.arange(size_out)
-    np.add.at(matrix, (rows, lo), 1.0 - frac)
-    np.add.at(matrix, (rows, hi), frac)
-    return matrix.astype(np.float32)
+    if not remat:
+        return fn
 
+    def rematerialised(block, *arrays):
+        graphdef, state = nnx.split(block)
+        pure = jax.checkpoint(lambda state, *a: fn(nnx.merge(graphdef, state), *a))
+        return pure(state, *arrays)
 
-def resize_pos_embed(table: jax.Array, grid: Sequence[int]) -> jax.Array:
-    """Resizes a ViT position table to another token grid; the class position is kept.
-
-    Bilinear, align_corners=False, not antialiased: equal to torch's
-    `interpolate(mode='bilinear', align_corners=False)` on the `[W, g, g]` patch table, when
-    upsampling and when downsampling.
-
-    Args:
-        table: `[1 + g*g, W]`, class position first, patch positions row-major.
-        grid: target token grid `(h, w)`.
-
-    Returns:
-        `[1 + h*w, W]`; `table` itself when the grid is unchanged.
-    """
-    h, w = int(grid[0]), int(grid[1])
-    g = int(round((table.shape[0] - 1) ** 0.5))
-    if g * g != table.shape[0] - 1:
-        raise ValueError(
-            f'Position table has {table.shape[0]} rows; expected 1 + g*g for a square grid.'
-        )
-    if (h, w) == (g, g):
-        return table
-    patch = table[1:].reshape(g, g, table.shape[-1])
-    rows, cols = _bilinear_matrix(g, h), _bilinear_matrix(g, w)
-    out = jnp.einsum('hi,wj,ijc->hwc', rows, cols, patch.astype(jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST)
-    out = out.reshape(h * w, -1).astype(table.dtype)
-    return jnp.concatenate([table[:1], out], axis=0)
+    return rematerialised

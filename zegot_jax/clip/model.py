@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zegot_jax.clip.layers import Transformer, layer_norm, resize_pos_embed
+from zegot_jax.clip.layers import Transformer, layer_norm
+from zegot_jax.clip.positions import resize_pos_embed
 from zegot_jax.clip.variants import CLIPSpec
 
 __all__ = ['CLIP', 'VisionTransformer', 'resize_pos_embed']
@@ -185,26 +186,66 @@ class CLIP(nnx.Module):
         check_tokens(tokens, self.spec.vocab_size, self.spec.context_length)
         return self.token_embedding(tokens)
 
-    def encode_embedded_text(self, x: jax.Array, eot_index: jax.Array) -> jax.Array:
+    def encode_embedded_text(self, x: jax.Array, eot_index: jax.Array, *,
+                             remat: bool = False) -> jax.Array:
         """Runs the text transformer on embedded tokens (e.g. with learned context vectors).
 
         Args:
             x: `[B, L, W_text]`, L <= context_length; positions `[:L]` are added here.
             eot_index: `[B]` int, position of each sequence's end-of-text token.
+            remat: rematerialise each block in the backward pass (same values, less memory).
 
         Returns:
             `[B, D]`: ln_final then text_projection at `eot_index` (not L2-normalised).
         """
-        if x.ndim != 3 or x.shape[-1] != self.spec.text_width:
-            raise ValueError(
-                f'embedded text must be [B, L, {self.spec.text_width}]; got {tuple(x.shape)}.')
-        length = x.shape[1]
+        self._check_embedded(x, 3, x.shape[1])
+        x = x.astype(self.dtype) + self._text_positions(0, x.shape[1])
+        x = self.transformer(x, causal=True, remat=remat)
+        return self._text_output(x[jnp.arange(x.shape[0]), eot_index])
+
+    def encode_shared_prefix(self, prefix: jax.Array, suffix: jax.Array, eot_index: jax.Array,
+                             *, remat: bool = False) -> jax.Array:
+        """Text features of every sequence `prefix[n] ++ suffix[k]`, each prefix encoded once.
+
+        What `encode_embedded_text` gives for the N * K concatenated sequences (each prefix's
+        states are computed once, see `Transformer.with_shared_prefix`); the suffix tokens keep
+        their true positions `P .. P+S-1`.
+
+        Args:
+            prefix: `[N, P, W_text]` embedded tokens (e.g. SOS and learned context vectors).
+            suffix: `[K, S, W_text]` embedded tokens that follow each prefix; P + S <=
+                context_length.
+            eot_index: `[K]` int, EOT position of each suffix in the whole sequence (>= P).
+            remat: rematerialise each block in the backward pass.
+
+        Returns:
+            `[N, K, D]`: ln_final then text_projection at EOT (not L2-normalised).
+        """
+        length = prefix.shape[-2] + suffix.shape[-2]
+        self._check_embedded(prefix, 3, length)
+        self._check_embedded(suffix, 3, length)
+        (n, p, width), (k, s, _) = prefix.shape, suffix.shape
+        prefix = prefix.astype(self.dtype) + self._text_positions(0, p)
+        suffix = suffix.astype(self.dtype) + self._text_positions(p, s)
+        x = self.transformer.with_shared_prefix(
+            prefix, jnp.broadcast_to(suffix, (n, k, s, width)), remat=remat)  # [N, K, S, W]
+        return self._text_output(x[:, jnp.arange(k), eot_index - p])
+
+    def _check_embedded(self, x: jax.Array, ndim: int, length: int) -> None:
+        """Raises unless `x` is `[..., W_text]` with `ndim` dims and `length` fits the context."""
+        if x.ndim != ndim or x.shape[-1] != self.spec.text_width:
+            raise ValueError(f'embedded text must be {ndim}-D [..., {self.spec.text_width}]; '
+                             f'got {tuple(x.shape)}.')
         if length > self.spec.context_length:
             raise ValueError(f'sequence length {length} > context_length '
                              f'{self.spec.context_length}.')
-        x = x.astype(self.dtype) + self.positional_embedding[...][:length].astype(self.dtype)
-        x = self.transformer(x, causal=True)
-        x = x[jnp.arange(x.shape[0]), eot_index]
+
+    def _text_positions(self, start: int, length: int) -> jax.Array:
+        """Rows `start .. start+length-1` of the text position table `[length, W_text]`."""
+        return self.positional_embedding[...][start:start + length].astype(self.dtype)
+
+    def _text_output(self, x: jax.Array) -> jax.Array:
+        """ln_final then text_projection of EOT states: `[..., W_text] -> [..., D]`."""
         return self.ln_final(x) @ self.text_projection[...].astype(self.dtype)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:

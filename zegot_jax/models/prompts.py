@@ -130,10 +130,18 @@ def template_context(clip: clip_lib.CLIP, templates: Sequence[str], num_context:
 
 
 class PromptLearner(nnx.Module):
-    """N learned contexts of L vectors each, `context` `[N, L, W_text]`, shared across classes."""
+    """N learned contexts of L vectors each, `context` `[N, L, W_text]`, shared across classes.
+
+    `prefix_shared`: with the causal text mask the states of `[SOS] ctx_n` do not depend on the
+    class, so they are computed once per prompt and only the class-name positions run per
+    (class, prompt) pair (`CLIP.encode_shared_prefix`); the same features as encoding every full
+    prompt, at a fraction of the work. `remat`: rematerialise each text block in the backward pass
+    (a memory saving for training; forward values and gradients are unchanged).
+    """
 
     def __init__(self, num_prompts: int, num_context: int, width: int, *, init_std: float,
-                 rngs: nnx.Rngs, init: jax.Array | None = None):
+                 rngs: nnx.Rngs, init: jax.Array | None = None, prefix_shared: bool = True,
+                 remat: bool = False):
         """Random contexts (normal, `init_std`), or `init` `[N, L, W]` when given."""
         shape = (num_prompts, num_context, width)
         if init is None:
@@ -141,30 +149,47 @@ class PromptLearner(nnx.Module):
         elif init.shape != shape:
             raise ValueError(f"initial contexts have shape {init.shape}, expected {shape}.")
         self.context = Trainable(jnp.asarray(init, jnp.float32))
+        self.prefix_shared = prefix_shared
+        self.remat = remat
 
     def __call__(self, clip: clip_lib.CLIP, tokens: jax.Array, eot: jax.Array) -> jax.Array:
         """Encodes every (class, prompt) pair with the frozen text tower.
 
         Args:
           clip: the frozen CLIP model.
-          tokens: `[K, Lt]` int32 from `prompt_token_table`.
+          tokens: `[K, Lt]` int32 from `prompt_token_table` (every row starts with SOS).
           eot: `[K]` EOT positions.
 
         Returns:
           L2-normalised text features `[K, N, D]`.
         """
-        context = self.context[...]
-        num_prompts, num_context, _ = context.shape
-        k, lt = tokens.shape
         embedded = clip.embed_tokens(tokens)  # [K, Lt, W]
-        x = jnp.broadcast_to(embedded[None], (num_prompts, *embedded.shape))
-        ctx = jnp.broadcast_to(context[:, None].astype(x.dtype), (num_prompts, k, num_context,
-                                                                 x.shape[-1]))
+        context = self.context[...].astype(embedded.dtype)  # [N, L, W]
+        if self.prefix_shared:
+            feats = self._shared_prefix(clip, embedded, context, eot)
+        else:
+            feats = self._full(clip, embedded, context, eot)
+        return l2_normalize(jnp.swapaxes(feats.astype(jnp.float32), 0, 1))
+
+    def _full(self, clip: clip_lib.CLIP, embedded: jax.Array, context: jax.Array,
+              eot: jax.Array) -> jax.Array:
+        """Every whole prompt through the tower: `[K, Lt, W]`, `[N, L, W]` -> `[N, K, D]`."""
+        (num_prompts, num_context, _), (k, lt, width) = context.shape, embedded.shape
+        x = jnp.broadcast_to(embedded[None], (num_prompts, k, lt, width))
+        ctx = jnp.broadcast_to(context[:, None], (num_prompts, k, num_context, width))
         x = x.at[:, :, 1:1 + num_context].set(ctx)
-        feats = clip.encode_embedded_text(x.reshape(num_prompts * k, lt, -1),
-                                          jnp.tile(eot, num_prompts))
-        feats = feats.reshape(num_prompts, k, -1).astype(jnp.float32)
-        return l2_normalize(jnp.swapaxes(feats, 0, 1))
+        feats = clip.encode_embedded_text(x.reshape(num_prompts * k, lt, width),
+                                          jnp.tile(eot, num_prompts), remat=self.remat)
+        return feats.reshape(num_prompts, k, -1)
+
+    def _shared_prefix(self, clip: clip_lib.CLIP, embedded: jax.Array, context: jax.Array,
+                       eot: jax.Array) -> jax.Array:
+        """`[SOS] ctx_n` once per prompt, the class names after it: `[N, K, D]`."""
+        num_prompts, num_context, width = context.shape
+        sos = jnp.broadcast_to(embedded[0, :1], (num_prompts, 1, width))
+        prefix = jnp.concatenate([sos, context], axis=1)  # [N, 1 + L, W]
+        return clip.encode_shared_prefix(prefix, embedded[:, 1 + num_context:], eot,
+                                         remat=self.remat)
 
 
 def template_features(clip: clip_lib.CLIP, class_names: Sequence[str], templates: Sequence[str],

@@ -138,8 +138,11 @@ class ZegOT(nnx.Module):
         if config.prompt_init == "templates":
             init = prompts_lib.template_context(clip, config.init_templates,
                                                 config.context_tokens, init)
+        # Runs saved before these two fields existed get the defaults: the values are the same.
         return prompts_lib.PromptLearner(*shape, init_std=config.prompt_init_std, rngs=rngs,
-                                         init=init)
+                                         init=init,
+                                         prefix_shared=config.get("prefix_shared", True),
+                                         remat=config.get("text_remat", False))
 
     @property
     def num_prompts(self) -> int:

@@ -14,13 +14,15 @@ from zegot_jax import config_checks, errors
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs
 
-# The fields a resumed run may change: how long and how often, and evaluation-only settings.
-# Anything else alters the model, the data or the optimisation, and is refused.
+# The fields a resumed run may change: how long and how often, evaluation-only settings, and how
+# (not what) the text tower computes. Anything else alters the model, the data or the
+# optimisation, and is refused.
 RESUMABLE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.init_from", "data.num_workers", "data.data_dir",
     "data.eval_short_side", "data.eval_max_images", "eval.mode", "eval.crop", "eval.stride",
     "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "model.ensemble_weight",
+    "model.prefix_shared", "model.text_remat",
 )
 
 
