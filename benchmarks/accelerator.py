@@ -12,8 +12,8 @@ Tables (Markdown):
    same parameters and batch: relative difference of the loss, and the largest difference of any
    gradient leaf relative to that leaf's largest entry. Gradients, not updated parameters: under
    warm-up the first AdamW update is scaled by 1e-6, so updated parameters agree to float32
-   rounding whatever the gradients. Off the CPU it runs at the default matmul precision (what the
-   timed rows use: TF32 on GPUs, bf16 passes on TPUs) and at 'highest'.
+   rounding whatever the gradients. The device runs at the default matmul precision (what the
+   timed rows use: possibly TF32 on GPUs, bf16 passes on TPUs) and at 'highest'.
 3. Train step: the default config around random weights ('random:ViT-B/16'), 512x512, global
    batch 16 on the first device, N=4, layers 5/7/11, 100 Sinkhorn iterations, the first K=15 and
    K=156 seen COCO-Stuff classes, `clip.dtype` float32 and bfloat16 (OT and losses stay float32).
@@ -128,7 +128,7 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
 
     cpu_loss, cpu_grads = run_on(cpu)
     rows = []
-    for precision in ["default"] + ([] if device.platform == "cpu" else ["highest"]):
+    for precision in ["default", "highest"]:  # the same on a CPU; run there too (the test)
         context = (contextlib.nullcontext() if precision == "default"
                    else jax.default_matmul_precision(precision))
         with context:

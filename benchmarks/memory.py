@@ -8,7 +8,7 @@ argument and output buffers). Parts:
 
 - image tower forward (frozen, no gradient): `pixel_features`;
 - text tower forward+backward: gradient of the text features with respect to the prompt contexts;
-- MPOT forward+backward as configured (`model.ot`), and with `model.ot.implicit_diff=True`;
+- MPOT forward+backward, unrolled and implicit (`model.ot` with `implicit_diff` False / True);
 - loss forward+backward: upsampling to the label size, focal + dice (`make_segmentation_loss`);
 - the whole train step (`make_train_step`, AdamW, state donated);
 - segment path at K=171: `segment` + upsampling (text features given), and MPOT forward alone.
@@ -73,24 +73,23 @@ def training_parts(setup: Setup, batch: int, size: int) -> dict[str, tuple[int |
     def loss_fn(logits, y):
         return jax.grad(lambda x: loss_of(step_lib.upsample(x, y.shape[1:]), y)[0])(logits)
 
-    implicit = override(config, {"model.ot.implicit_diff": True}).model.ot
+    unrolled, implicit = (override(config, {"model.ot.implicit_diff": flag}).model.ot
+                          for flag in (False, True))
     logits = _abstract((batch, k, size // spec.patch_size, size // spec.patch_size))
     parts = {
         "image tower forward (frozen, no grad)": ("", harness.Case(
             image_fn, lambda: (frozen, params, images))),
         "text tower forward+backward": (k, harness.Case(
             text_fn, lambda: (params, frozen, text_inputs, weights))),
-        f"MPOT forward+backward ({_ot_label(config.model.ot)})": (k, harness.Case(
-            mpot_fn(config.model.ot), lambda: (sim,))),
-        f"MPOT forward+backward ({_ot_label(implicit)})": (k, harness.Case(
-            mpot_fn(implicit), lambda: (sim,))),
+        "MPOT forward+backward (unrolled)": (k, harness.Case(mpot_fn(unrolled), lambda: (sim,))),
+        "MPOT forward+backward (implicit)": (k, harness.Case(mpot_fn(implicit), lambda: (sim,))),
         "loss forward+backward (upsample, focal + dice)": (k, harness.Case(
             loss_fn, lambda: (logits, labels))),
-        "train step (whole, AdamW)": (k, harness.Case(
+        f"train step (whole, AdamW; OT {_ot_label(config.model.ot)})": (k, harness.Case(
             setup.step, lambda: (setup.state(), frozen, {"image": images, "label": labels},
                                  text_inputs), (0,))),
     }
-    return parts  # the two MPOT rows are one when the config already says implicit
+    return parts
 
 
 def segment_parts(setup: Setup, batch: int, size: int, k: int
@@ -126,7 +125,7 @@ def measure(parts: dict[str, tuple]) -> dict[str, tuple[int | str, harness.Measu
 
 
 def table(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: int) -> str:
-    """The Markdown table; 'of step' = temp / the whole train step's temp."""
+    """The Markdown table; 'temp / step temp' = the part's temp / the whole train step's."""
     rows = []
     for name, (k, m) in measured.items():
         share = f"{100 * m.temp_bytes / step_temp:.0f}%" if step_temp > 0 else "n/a"
