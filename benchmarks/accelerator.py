@@ -114,13 +114,16 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
     if budget.left() < GUESS["agreement_s"]:
         return [["skipped", f"estimated {GUESS['agreement_s']:.0f} s > {budget.left():.0f} s left",
                  "", "", "", ""]]
+    try:
+        cpu, device = jax.devices("cpu")[0], jax.devices()[0]
+    except RuntimeError as error:  # JAX_PLATFORMS without 'cpu'
+        return [["skipped", f"no CPU backend: {str(error).splitlines()[0][:100]}", "", "", "", ""]]
     setup = get_setup(cache, "tiny", "float32", True, args.overrides)
     inputs = (setup.params, setup.frozen, random_batch(TINY["batch"], TINY["size"], TINY["classes"]),
               setup.model.text_inputs(seen_classes(TINY["classes"]),
                                       setup.config.clip.text_context_length))
     grad_fn = jax.jit(jax.value_and_grad(step_lib.make_loss_fn(setup.graphdef, setup.config),
                                          has_aux=True))
-    cpu, device = jax.devices("cpu")[0], jax.devices()[0]
 
     def run_on(target):
         (loss, _), grads = grad_fn(*jax.device_put(inputs, target))
