@@ -13,6 +13,7 @@ the cores the process used during its runs (process CPU seconds per wall second:
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 import sys
@@ -33,12 +34,24 @@ def machine_line() -> str:
             f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`configs/common.py`'s defaults (the repository root is not on the path of a script)."""
+def _common():
+    """`configs/common.py` (the repository root is not on the path of a script)."""
     _repository_on_path()
     from configs import common  # noqa: PLC0415
 
-    return common.get_config()
+    return common
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`configs/common.py`'s defaults."""
+    return _common().get_config()
+
+
+def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The configs' ':smoke' size (`common.apply_smoke`: tiny random CLIP, 2 layers, 2 prompts,
+    5 Sinkhorn iterations, ...), in place; returns the config."""
+    _common().apply_smoke(config)
+    return config
 
 
 def synthetic_config() -> ml_collections.ConfigDict:
@@ -58,7 +71,8 @@ def _repository_on_path() -> None:
 class Measured(NamedTuple):
     """compile_s: lower + compile; run_s: best run (nan if not executed); temp_bytes: XLA temp
     buffers; runs: how many runs; cores: process CPU seconds per wall second during the runs;
-    output: the first run's output (None if not executed); argument_bytes: the inputs' buffers."""
+    output: the first run's output (None if not executed); argument_bytes / output_bytes: the
+    inputs' / outputs' buffers; flops: XLA's cost analysis of the program (nan if not reported)."""
 
     compile_s: float
     run_s: float
@@ -67,6 +81,8 @@ class Measured(NamedTuple):
     cores: float
     output: Any = None
     argument_bytes: int = -1
+    output_bytes: int = -1
+    flops: float = float("nan")
 
 
 def memory_bytes(compiled: Any, field: str = "temp") -> int:
@@ -88,6 +104,24 @@ class Case(NamedTuple):
     fn: Callable
     args_fn: Callable[[], Sequence[Any]]
     donate_argnums: tuple[int, ...] = ()
+
+
+def flops(compiled: Any) -> float:
+    """FLOPs of one run of a compiled program by XLA's cost analysis (nan when not reported)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else None
+    value = (analysis or {}).get("flops", -1.0)
+    return float(value) if value >= 0 else float("nan")
+
+
+def quick_compile() -> None:
+    """Sets XLA's backend optimisation level to 0 (about half the compile time on a CPU).
+
+    For `--smoke` runs, whose timings mean nothing; call it before the first use of a device.
+    """
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
 
 def free_bytes() -> int:
@@ -141,7 +175,8 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
             break
     return {name: Measured(compile_s[name], best[name], memory_bytes(compiled[name]), runs[name],
                            cpu[name] / wall[name] if runs[name] else float("nan"), outputs[name],
-                           memory_bytes(compiled[name], "argument"))
+                           memory_bytes(compiled[name], "argument"),
+                           memory_bytes(compiled[name], "output"), flops(compiled[name]))
             for name in cases}
 
 
@@ -153,9 +188,38 @@ def measure(fn: Callable, args_fn: Callable[[], Sequence[Any]], *, execute: bool
                    budget_s=budget_s)[""]
 
 
+def is_out_of_memory(error: Exception) -> bool:
+    """Whether an XLA error is an allocation failure (RESOURCE_EXHAUSTED, out of memory)."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`['model.ot.backward=unrolled', 'clip.dtype=bfloat16']` -> dotted-key overrides.
+
+    Values are Python literals (`True`, `0.1`, `(5, 7, 11)`, `'x'`); anything else is a string.
+    Apply them with `zegot_jax.config_overrides.override`, which rejects unknown fields.
+    """
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: use KEY=VALUE, e.g. model.ot.backward=unrolled.")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
 def mib(num_bytes: int) -> str:
     """Bytes as MiB for a table cell ('n/a' when unknown)."""
     return "n/a" if num_bytes < 0 else f"{num_bytes / 2**20:,.0f}"
+
+
+def gib(num_bytes: int) -> str:
+    """Bytes as GiB for a table cell ('n/a' when unknown)."""
+    return "n/a" if num_bytes < 0 else f"{num_bytes / 2**30:.2f}"
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

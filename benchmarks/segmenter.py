@@ -52,10 +52,15 @@ def vocabulary(k: int) -> tuple[str, ...]:
 
 
 def loop_mpot(similarity, *, epsilon, num_iterations, tau=None, plan_gradient=True,
-              uniform=False, implicit_diff=False, dtype=jnp.float32) -> zot.MPOTOutput:
-    """`ot.mpot`'s contract computed with the plain loop (score and plan; diagnostics zero)."""
-    if uniform or implicit_diff:
-        raise ValueError("loop_mpot: only the unrolled, non-uniform solver is compared.")
+              uniform=False, dtype=jnp.float32, **solver) -> zot.MPOTOutput:
+    """`ot.mpot`'s contract computed with the plain loop (score and plan; diagnostics zero).
+
+    The model's solver options (`solver`, `backward`, ...) are ignored: this is always the
+    fixed-iteration log-domain loop, unrolled.
+    """
+    del solver
+    if uniform:
+        raise ValueError("loop_mpot: only the non-uniform solver is compared.")
     s = similarity.astype(dtype)
     m, n = s.shape[-2:]
     cost = 1.0 - s if plan_gradient else jax.lax.stop_gradient(1.0 - s)

@@ -48,6 +48,17 @@ def training_free_config(model_config: ml_collections.ConfigDict) -> ml_collecti
     return config
 
 
+def transport(similarity: jax.Array, ot_config: ml_collections.ConfigDict) -> ot.MPOTOutput:
+    """MPOT of `S [L, B, K, M, N]` as the `model.ot` config section says (what `segment` runs)."""
+    newton = ot_config.solver == "newton"
+    return ot.mpot(similarity, epsilon=ot_config.epsilon,
+                   tau=None if ot_config.tau >= 1.0 else ot_config.tau,
+                   num_iterations=ot_config.newton_steps if newton else ot_config.num_iterations,
+                   plan_gradient=ot_config.plan_gradient, uniform=not ot_config.enabled,
+                   solver=ot_config.solver, backward=ot_config.backward,
+                   domain=ot_config.domain, threshold=ot_config.threshold)
+
+
 class Alignment(nnx.Module):
     """DLFA relationship descriptor: `Linear(2D -> D)` on `[g * t ; t]`.
 
@@ -217,13 +228,7 @@ class ZegOT(nnx.Module):
         else:
             q = jnp.broadcast_to(text_features, (num_layers, b, *text_features.shape))
         sim = jnp.einsum("lbmd,lbknd->lbkmn", pixels.reshape(num_layers, b, h * w, d), q)
-        cfg = self.config.ot
-        newton = cfg.solver == "newton"
-        result = ot.mpot(sim, epsilon=cfg.epsilon, tau=None if cfg.tau >= 1.0 else cfg.tau,
-                         num_iterations=cfg.newton_steps if newton else cfg.num_iterations,
-                         plan_gradient=cfg.plan_gradient, uniform=not cfg.enabled,
-                         solver=cfg.solver, backward=cfg.backward, domain=cfg.domain,
-                         threshold=cfg.threshold)
+        result = transport(sim, self.config.ot)
         k, n = sim.shape[2], sim.shape[-1]
         layer_logits = self.scale_score(result.score.reshape(num_layers, b, k, h, w), n)
         free = None if reference is None else self.training_free_logits(pixels, reference)

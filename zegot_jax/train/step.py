@@ -41,20 +41,26 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, *,
-                    pseudo_label_ids: Sequence[int] = ()) -> Callable:
-    """Returns `step(state, frozen, batch, text_inputs) -> (state, metrics)` (not yet jitted).
+def make_segmentation_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
+    """`loss(logits [B, K, H, W], labels [B, H, W]) -> (loss, aux)`: focal + dice as `loss` says."""
 
-    Args:
-      graphdef: the model graph from `split_model`.
-      tx: the optimiser; schedule: its learning rate (for logging).
-      config: the experiment config (reads `loss`).
-      pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
-    """
+    def loss_of(logits, labels):
+        return segmentation_loss(
+            logits, labels, focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
+            alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
+            ignore_as_negative=loss_cfg.ignore_as_negative)
+
+    return loss_of
+
+
+def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
+                 pseudo_label_ids: Sequence[int] = ()) -> Callable:
+    """Returns `loss_fn(params, frozen, batch, text_inputs) -> (loss, aux)`, what the step
+    differentiates with respect to `params` (arguments as in `make_train_step`)."""
     loss_cfg = config.loss
     consistency = float(config.model.text_consistency_weight)
     pseudo = tuple(int(i) for i in pseudo_label_ids)
+    loss_of = make_segmentation_loss(loss_cfg)
 
     def loss_fn(params, frozen, batch, text_inputs):
         model = merge(graphdef, params, frozen)
@@ -65,21 +71,30 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
         labels = batch["label"]
         if pseudo:
             labels = pseudo_label(logits, labels, pseudo)
-
-        def loss_of(x):
-            return segmentation_loss(
-                x, labels, focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
-                alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
-                ignore_as_negative=loss_cfg.ignore_as_negative)
-
-        loss, aux = loss_of(logits)
+        loss, aux = loss_of(logits, labels)
         if loss_cfg.layer_weight > 0:
             for layer_logits in out.layer_logits:
-                loss = loss + loss_cfg.layer_weight * loss_of(upsample(layer_logits, size))[0]
+                loss = loss + loss_cfg.layer_weight * loss_of(upsample(layer_logits, size), labels)[0]
         if consistency > 0 and isinstance(text_inputs, dict):  # learned prompts only
             aux["text_consistency"] = text_consistency_loss(text, text_inputs["reference"])
             loss = loss + consistency * aux["text_consistency"]
         return loss, aux
+
+    return loss_fn
+
+
+def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, *,
+                    pseudo_label_ids: Sequence[int] = ()) -> Callable:
+    """Returns `step(state, frozen, batch, text_inputs) -> (state, metrics)` (not yet jitted).
+
+    Args:
+      graphdef: the model graph from `split_model`.
+      tx: the optimiser; schedule: its learning rate (for logging).
+      config: the experiment config (reads `loss` and `model.text_consistency_weight`).
+      pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
+    """
+    loss_fn = make_loss_fn(graphdef, config, pseudo_label_ids=pseudo_label_ids)
 
     def step(state, frozen, batch, text_inputs):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
