@@ -141,10 +141,16 @@ def table(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: in
                              "arguments (MiB)", "outputs (MiB)", "compile (s)"], rows)
 
 
-def dominant(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: int) -> str:
-    """One line naming the three parts of the step with the largest temp."""
+def dominant(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: int,
+             step_ot: str) -> str:
+    """One line naming the three parts of the step with the largest temp.
+
+    `step_ot` is the label of the OT setting the step runs; the other MPOT row is not a part.
+    """
     parts = sorted(((m.temp_bytes, name) for name, (_, m) in measured.items()
-                    if not name.startswith("train step")), reverse=True)
+                    if not name.startswith("train step")
+                    and (not name.startswith("MPOT forward+backward") or step_ot in name)),
+                   reverse=True)
     return "Largest temp among the step's parts: " + "; ".join(
         f"{name} {size / 2**20:,.1f} MiB ({100 * size / step_temp:.0f}% of the step's "
         f"{step_temp / 2**20:,.1f} MiB)" for size, name in parts[:3]) + "."
@@ -191,12 +197,12 @@ def main(argv=None) -> None:
     print(f"\n{harness.machine_line()}\nCompiled memory per component (compiled, not run): random "
           f"{args.variant} at {args.size}x{args.size}, global batch {args.batch} on one device, "
           f"N={cfg.model.num_prompts}, layers {tuple(cfg.model.layers)}, "
-          f"{cfg.model.ot.num_iterations} Sinkhorn iterations, {cfg.clip.dtype} towers, text "
+          f"OT {_ot_label(cfg.model.ot)}, {cfg.clip.dtype} towers, text "
           f"context {cfg.clip.text_context_length} (trimmed to the longest prompt); overrides: "
           f"{' '.join(args.set) or 'none'}. Total {time.perf_counter() - start:.0f} s.\n")
     print(table({**training, **segment}, step_temp))
     if step_temp > 0:
-        print("\n" + dominant(training, step_temp))
+        print("\n" + dominant(training, step_temp, _ot_label(cfg.model.ot)))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,14 @@ class KeyValues(NamedTuple):
     values: jax.Array
 
 
+# On the CPU, attention over at least this many tokens runs one (image, head) at a time: each
+# [T, T] block of logits then stays in cache between the two products and the softmax. At
+# T = 1025 (ViT-B/16 at 512) that took the attention core from 48 to 26 ms per block on 2 cores
+# (PyTorch's fused SDPA: 26 ms); see BENCHMARKS.md, "CLIP image tower". Accelerators keep the
+# batched form (a sequential loop there would idle the device).
+CPU_PER_HEAD_TOKENS = 256
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
            prefix: KeyValues | None = None) -> jax.Array:
     """Softmax attention of T queries over T keys, and over a prefix of P earlier tokens if given.
@@ -57,20 +65,31 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
         `[..., heads, T, head_dim]`.
     """
     t = q.shape[-2]
-    logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, T]
+    if prefix is None and not causal and t >= CPU_PER_HEAD_TOKENS \
+            and jax.default_backend() == "cpu":
+        flat = [x.reshape(-1, *x.shape[-2:]) for x in (q, k, v)]
+        out = jax.lax.map(lambda qkv: _softmax_attention(*qkv, None), flat)
+        return out.reshape(q.shape[:-1] + v.shape[-1:])
     visible = jnp.tril(jnp.ones((t, t), bool)) if causal else None
-    if prefix is not None:
-        p = prefix.keys.shape[-2]
-        early = (q @ prefix.keys.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, P]
-        logits = jnp.concatenate([early, logits], axis=-1)
-        own = jnp.ones((t, t), bool) if visible is None else visible
-        visible = jnp.concatenate([jnp.ones((t, p), bool), own], axis=-1)
+    if prefix is None:
+        return _softmax_attention(q, k, v, visible)
+    p = prefix.keys.shape[-2]
+    logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, T]
+    early = (q @ prefix.keys.swapaxes(-1, -2)).astype(jnp.float32)  # [..., heads, T, P]
+    logits = jnp.concatenate([early, logits], axis=-1)
+    own = jnp.ones((t, t), bool) if visible is None else visible
+    visible = jnp.concatenate([jnp.ones((t, p), bool), own], axis=-1)
+    weights = jax.nn.softmax(jnp.where(visible, logits, -jnp.inf), axis=-1).astype(v.dtype)
+    return weights[..., :p] @ prefix.values + weights[..., p:] @ v
+
+
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                       visible: jax.Array | None) -> jax.Array:
+    """`softmax(q k^T) v` over `[..., T, head_dim]`, masked where `visible` is False."""
+    logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)
     if visible is not None:
         logits = jnp.where(visible, logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    if prefix is None:
-        return weights @ v
-    return weights[..., :p] @ prefix.values + weights[..., p:] @ v
+    return jax.nn.softmax(logits, axis=-1).astype(v.dtype) @ v
 
 
 class MultiheadAttention(nnx.Module):
