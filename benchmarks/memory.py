@@ -10,7 +10,8 @@ argument and output buffers). Parts:
 - text tower forward+backward: gradient of the text features with respect to the prompt contexts;
 - MPOT forward+backward: log-domain Sinkhorn unrolled (the old default), and the config's
   `model.ot` (default: Newton with the implicit backward);
-- loss forward+backward: upsampling to the label size, focal + dice (`make_segmentation_loss`);
+- loss forward+backward: upsampling to the label size, focal + dice (`make_upsampled_loss`,
+  one image at a time by default);
 - the whole train step (`make_train_step`, AdamW, state donated);
 - segment path at K=171: `segment` + upsampling (text features given), and MPOT forward alone.
 
@@ -61,7 +62,7 @@ def training_parts(setup: Setup, batch: int, size: int) -> dict[str, tuple[int |
     sim = _abstract((layers, batch, k, pixels, model.num_prompts))
     text_inputs = setup.text_inputs(config.clip.text_context_length)
     weights = _abstract((k, model.num_prompts, spec.embed_dim))
-    loss_of = step_lib.make_segmentation_loss(config.loss)
+    loss_of = step_lib.make_upsampled_loss(config.loss)
 
     def image_fn(f, p, x):
         return state_lib.merge(graphdef, p, f).pixel_features(x)
@@ -73,7 +74,7 @@ def training_parts(setup: Setup, batch: int, size: int) -> dict[str, tuple[int |
         return lambda s: jax.grad(lambda s: jnp.sum(transport(s, ot_config).score))(s)
 
     def loss_fn(logits, y):
-        return jax.grad(lambda x: loss_of(step_lib.upsample(x, y.shape[1:]), y)[0])(logits)
+        return jax.grad(lambda x: loss_of(x, y)[0])(logits)
 
     unrolled = override(config, {"model.ot.solver": "sinkhorn", "model.ot.domain": "log",
                                  "model.ot.backward": "unrolled"}).model.ot

@@ -77,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.focal_gamma = 2.0
     c.loss.ignore_as_negative = True  # OTSeg quirk: ignore pixels are focal negatives
     c.loss.layer_weight = 0.0  # deep supervision: weight of each per-layer auxiliary loss
+    c.loss.per_image = True  # upsample + loss one image at a time (same value, 1/B of the memory)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-4

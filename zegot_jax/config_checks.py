@@ -138,6 +138,7 @@ RULES: tuple[Rule, ...] = (
     Rule("loss.focal_gamma", real(0), "a finite number >= 0"),
     Rule("loss.ignore_as_negative", boolean, "True or False"),
     Rule("loss.layer_weight", real(0), "a finite number >= 0"),
+    Rule("loss.per_image", boolean, "True or False"),
     Rule("optim.learning_rate", real(0, above=True),
          "a finite number > 0 (a negative rate trains by gradient ascent)"),
     Rule("optim.weight_decay", real(0), "a finite number >= 0"),

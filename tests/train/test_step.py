@@ -1,8 +1,10 @@
 """Pieces of the train step: transductive pseudo-labels and the learning-rate schedule."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from zegot_jax.train import optim, step
 
@@ -29,3 +31,27 @@ def test_poly_schedule_with_linear_warmup():
     np.testing.assert_allclose(float(schedule(750)), poly(750) * (1 - 0.5 * (1 - 1e-6)),
                                rtol=1e-5)
     np.testing.assert_allclose(float(schedule(20_000)), 1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ignore_as_negative", [True, False])
+def test_per_image_loss_equals_the_batched_loss_and_its_gradient(ignore_as_negative):
+    cfg = ml_collections.ConfigDict(dict(
+        focal_weight=100.0, dice_weight=1.0, focal_alpha=0.25, focal_gamma=2.0,
+        ignore_as_negative=ignore_as_negative, per_image=False))
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 4, 4)), jnp.float32)
+    labels = rng.integers(0, 5, (3, 16, 16))
+    labels[0, :4] = 255  # some ignore pixels
+    labels[2] = 1  # an image where most classes are absent
+    labels = jnp.asarray(labels, jnp.int32)
+    batched = step.make_upsampled_loss(cfg)
+    cfg.per_image = True
+    per_image = step.make_upsampled_loss(cfg)
+    (value_b, aux_b), grad_b = jax.value_and_grad(batched, has_aux=True)(logits, labels)
+    (value_p, aux_p), grad_p = jax.value_and_grad(per_image, has_aux=True)(logits, labels)
+    np.testing.assert_allclose(value_p, value_b, rtol=1e-6)
+    np.testing.assert_allclose(aux_p["num_masks"], aux_b["num_masks"])
+    np.testing.assert_allclose(grad_p, grad_b, rtol=1e-5, atol=1e-7 * float(jnp.abs(grad_b).max()))
+    # a per-image mean of per-image losses would differ: the masks are counted over the batch
+    means = [batched(logits[i:i + 1], labels[i:i + 1])[0] for i in range(3)]
+    assert abs(float(np.mean(means)) - float(value_b)) > 1e-4 * abs(float(value_b))

@@ -35,7 +35,37 @@ def sigmoid_focal(logits: jax.Array, targets: jax.Array, alpha: float, gamma: fl
     return loss
 
 
-def segmentation_loss(
+def segmentation_loss(logits: jax.Array, labels: jax.Array, **options
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Focal + dice loss of per-class logits against an integer label map (see module docstring).
+
+    Args:
+        logits: `[B, K, H, W]` per-class logits (any float dtype; computed in float32).
+        labels: `[B, H, W]` int class ids in `[0, K)` or `ignore_index`.
+        **options: `focal_weight`, `dice_weight`, `alpha`, `gamma`, `ignore_index`,
+            `ignore_as_negative`, as in `segmentation_loss_sums`.
+
+    Returns:
+        `(loss, aux)`: the scalar loss and `{'focal', 'dice', 'num_masks'}` (unweighted terms,
+        scalars; num_masks as float32).
+
+    Raises:
+        ValueError: on mismatched or wrong-rank shapes.
+    """
+    return combine_loss_sums(segmentation_loss_sums(logits, labels, **options), **options)
+
+
+def combine_loss_sums(sums: tuple[jax.Array, jax.Array, jax.Array], *, focal_weight: float = 100.0,
+                      dice_weight: float = 1.0, **_) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`(loss, aux)` from `segmentation_loss_sums` (summed over any split of the batch)."""
+    focal_sum, dice_sum, present = sums
+    num_masks = jnp.maximum(present, 1.0)
+    focal_loss, dice_loss = focal_sum / num_masks, dice_sum / num_masks
+    loss = focal_weight * focal_loss + dice_weight * dice_loss
+    return loss, {"focal": focal_loss, "dice": dice_loss, "num_masks": num_masks}
+
+
+def segmentation_loss_sums(
     logits: jax.Array,
     labels: jax.Array,
     *,
@@ -45,8 +75,11 @@ def segmentation_loss(
     gamma: float = 2.0,
     ignore_index: int = 255,
     ignore_as_negative: bool = True,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Focal + dice loss of per-class logits against an integer label map (see module docstring).
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The focal and dice sums over the masks of a batch, and the number of masks.
+
+    Both terms of the loss are sums over (image, class) masks divided by the number of masks in
+    the whole batch, so these sums add over any split of the batch (`combine_loss_sums` divides).
 
     Args:
         logits: `[B, K, H, W]` per-class logits (any float dtype; computed in float32).
@@ -61,12 +94,12 @@ def segmentation_loss(
             out of both.
 
     Returns:
-        `(loss, aux)`: the scalar loss and `{'focal', 'dice', 'num_masks'}` (unweighted terms,
-        scalars; num_masks as float32).
+        `(focal_sum, dice_sum, num_masks)`, float32 scalars (unweighted; num_masks may be 0).
 
     Raises:
         ValueError: on mismatched or wrong-rank shapes.
     """
+    del focal_weight, dice_weight  # weighted in `combine_loss_sums`
     if logits.ndim != 4 or labels.ndim != 3:
         raise ValueError(f"segmentation_loss: expected logits [B,K,H,W] and labels [B,H,W], got "
                          f"{logits.shape} and {labels.shape}.")
@@ -83,19 +116,15 @@ def segmentation_loss(
         weight = (y != ignore_index).astype(jnp.float32)
 
     present = (t.sum(-1) > 0).astype(jnp.float32)  # [B, K]
-    num_masks = jnp.maximum(present.sum(), 1.0)
 
     focal = sigmoid_focal(x, t, alpha, gamma)
     focal_per_mask = (focal * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1.0)  # [B, K]
-    focal_loss = focal_per_mask.sum() / num_masks
 
     q = jax.nn.sigmoid(x)
     numerator = 2 * (q * t).sum(-1) + 1
     denominator = (q * weight).sum(-1) + t.sum(-1) + 1
-    dice_loss = ((1 - numerator / denominator) * present).sum() / num_masks
-
-    loss = focal_weight * focal_loss + dice_weight * dice_loss
-    return loss, {"focal": focal_loss, "dice": dice_loss, "num_masks": num_masks}
+    dice = ((1 - numerator / denominator) * present).sum()
+    return focal_per_mask.sum(), dice, present.sum()
 
 
 def text_consistency_loss(text: jax.Array, reference: jax.Array) -> jax.Array:

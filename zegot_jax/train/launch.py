@@ -22,7 +22,7 @@ RESUMABLE = (
     "train.eval_every", "train.init_from", "data.num_workers", "data.data_dir",
     "data.eval_short_side", "data.eval_max_images", "eval.mode", "eval.crop", "eval.stride",
     "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "model.ensemble_weight",
-    "model.prefix_shared", "model.text_remat",
+    "model.prefix_shared", "model.text_remat", "loss.per_image",
 )
 
 

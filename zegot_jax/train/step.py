@@ -14,7 +14,12 @@ import ml_collections
 import optax
 
 from zegot_jax.models.functional import merge, upsample  # noqa: F401 (upsample: re-exported)
-from zegot_jax.models.losses import segmentation_loss, text_consistency_loss
+from zegot_jax.models.losses import (
+    combine_loss_sums,
+    segmentation_loss,
+    segmentation_loss_sums,
+    text_consistency_loss,
+)
 
 
 def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) -> jax.Array:
@@ -41,14 +46,29 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def make_segmentation_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
-    """`loss(logits [B, K, H, W], labels [B, H, W]) -> (loss, aux)`: focal + dice as `loss` says."""
+def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
+    """`loss(logits [B, K, h, w], labels [B, H, W]) -> (loss, aux)`: upsampling, then focal + dice.
+
+    With `loss.per_image` the upsampled `[K, H, W]` logits exist for one image at a time: a
+    `lax.map` over the batch of a rematerialised (upsample + loss sums) per image, the sums added
+    and divided once (`combine_loss_sums`), so the value equals the batched loss. At batch 16,
+    K=156, 512x512 the batched form needs about 9.8 GiB of temp (BENCHMARKS.md, memory table).
+    """
+    options = dict(focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
+                   alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
+                   ignore_as_negative=loss_cfg.ignore_as_negative)
+    if not loss_cfg.get("per_image", False):
+        return lambda logits, labels: segmentation_loss(upsample(logits, labels.shape[1:]),
+                                                        labels, **options)
+
+    @jax.checkpoint
+    def sums_of_one(logits, labels):  # [K, h, w], [H, W]
+        return segmentation_loss_sums(upsample(logits[None], labels.shape), labels[None],
+                                      **options)
 
     def loss_of(logits, labels):
-        return segmentation_loss(
-            logits, labels, focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
-            alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
-            ignore_as_negative=loss_cfg.ignore_as_negative)
+        sums = jax.lax.map(lambda pair: sums_of_one(*pair), (logits, labels))
+        return combine_loss_sums(tuple(s.sum() for s in sums), **options)
 
     return loss_of
 
@@ -60,21 +80,19 @@ def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
     loss_cfg = config.loss
     consistency = float(config.model.text_consistency_weight)
     pseudo = tuple(int(i) for i in pseudo_label_ids)
-    loss_of = make_segmentation_loss(loss_cfg)
+    loss_of = make_upsampled_loss(loss_cfg)
 
     def loss_fn(params, frozen, batch, text_inputs):
         model = merge(graphdef, params, frozen)
         text = model.text_features(text_inputs)
         out = model.segment(batch["image"], text)
-        size = batch["label"].shape[1:]
-        logits = upsample(out.logits, size)
         labels = batch["label"]
         if pseudo:
-            labels = pseudo_label(logits, labels, pseudo)
-        loss, aux = loss_of(logits, labels)
+            labels = pseudo_label(upsample(out.logits, labels.shape[1:]), labels, pseudo)
+        loss, aux = loss_of(out.logits, labels)
         if loss_cfg.layer_weight > 0:
             for layer_logits in out.layer_logits:
-                loss = loss + loss_cfg.layer_weight * loss_of(upsample(layer_logits, size), labels)[0]
+                loss = loss + loss_cfg.layer_weight * loss_of(layer_logits, labels)[0]
         if consistency > 0 and isinstance(text_inputs, dict):  # learned prompts only
             aux["text_consistency"] = text_consistency_loss(text, text_inputs["reference"])
             loss = loss + consistency * aux["text_consistency"]
