@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
     c.model.layers = (1, 2, 3)
     c.model.dense_mode = "value"  # MaskCLIP's value path for the last layer (see RESULTS.md)
     c.model.context_tokens = 4
-    c.model.ot.num_iterations = 30
+    c.model.ot.num_iterations = 30  # used with solver="sinkhorn" (RESULTS.md's rows before Newton)
     c.model.templates = ("a photo of a {}.",)
 
     c.optim.learning_rate = 2e-3
