@@ -1,5 +1,9 @@
 """Pieces of the train step: transductive pseudo-labels and the learning-rate schedule."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,3 +59,25 @@ def test_per_image_loss_equals_the_batched_loss_and_its_gradient(ignore_as_negat
     # a per-image mean of per-image losses would differ: the masks are counted over the batch
     means = [batched(logits[i:i + 1], labels[i:i + 1])[0] for i in range(3)]
     assert abs(float(np.mean(means)) - float(value_b)) > 1e-4 * abs(float(value_b))
+
+
+_SHARDED_LOSS = """
+import jax, jax.numpy as jnp, ml_collections, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from zegot_jax.train import step
+cfg = ml_collections.ConfigDict(dict(focal_weight=100.0, dice_weight=1.0, focal_alpha=0.25,
+                                     focal_gamma=2.0, ignore_as_negative=True, per_image=True))
+sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))
+loss = jax.jit(jax.grad(lambda x, y: step.make_upsampled_loss(cfg)(x, y)[0]),
+               in_shardings=(sharding, sharding))
+hlo = loss.lower(jnp.zeros((16, 3, 4, 4)), jnp.zeros((16, 16, 16), jnp.int32)).compile().as_text()
+print("all-gathers:", hlo.count("all-gather"))
+"""
+
+
+def test_per_image_loss_stays_on_each_device_under_data_parallel_sharding():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    done = subprocess.run([sys.executable, "-c", _SHARDED_LOSS], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "all-gathers: 0" in done.stdout, done.stdout  # a map over the global batch gathers

@@ -5,6 +5,7 @@ parameters, the optimizer state, the step and the RNG key and is donated. Gradie
 respect to `state['params']` only, so CLIP's weights are never differentiated or updated.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,8 +67,20 @@ def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
         return segmentation_loss_sums(upsample(logits[None], labels.shape), labels[None],
                                       **options)
 
+    def sums_of_group(logits, labels):  # [B / G, ...]: one device's images, in sequence
+        return tuple(s.sum() for s in jax.lax.map(lambda pair: sums_of_one(*pair),
+                                                  (logits, labels)))
+
     def loss_of(logits, labels):
-        sums = jax.lax.map(lambda pair: sums_of_one(*pair), (logits, labels))
+        # The batch is split over every device (`sharding.make_mesh`): a map over the whole
+        # batch would gather it onto each device, so each device maps over its own block.
+        b = logits.shape[0]
+        groups = math.gcd(b, jax.device_count())
+
+        def split(x):
+            return x.reshape(groups, b // groups, *x.shape[1:])
+
+        sums = jax.vmap(sums_of_group)(split(logits), split(labels))
         return combine_loss_sums(tuple(s.sum() for s in sums), **options)
 
     return loss_of
