@@ -43,7 +43,7 @@ from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reference"))
-from zegot_torch import TorchZegOT  # noqa: E402  (test code: the twin is not part of the package)
+from zegot_torch import OT_SETTINGS, TorchZegOT  # noqa: E402  (test code: the twin is not part of the package)
 
 
 def hf_clip(smoke: bool) -> transformers.CLIPModel:
@@ -114,7 +114,7 @@ def run_k(hf, jclip, path: str, k: int, args: argparse.Namespace) -> list[list]:
     state = step_lib.init_state(jax.tree.map(jnp.copy, params), tx, config.seed)
 
     twin_model = config.model.copy_and_resolve_references()
-    twin_model.ot.update(solver="sinkhorn", domain="log", backward="unrolled")  # the twin's OT
+    twin_model.ot.update(OT_SETTINGS)  # the twin's OT
     twin = TorchZegOT(hf, twin_model)
     trainable = {n: p for n, p in twin.named_parameters() if p.requires_grad}
     with torch.no_grad():

@@ -18,7 +18,7 @@ import optax
 import pytest
 import torch
 from clip_reference import build_hf_clip
-from zegot_torch import TorchZegOT
+from zegot_torch import OT_SETTINGS, TorchZegOT
 
 from configs import common
 from zegot_jax import clip as clip_lib
@@ -82,7 +82,7 @@ def twin_config() -> ml_collections.ConfigDict:
     """The defaults with the twin's OT: fixed log-domain Sinkhorn iterations, autodiff through
     them (the JAX default solver and implicit backward are checked against this in test_ot)."""
     config = common.get_config()
-    config.model.ot.update(solver="sinkhorn", domain="log", backward="unrolled")
+    config.model.ot.update(OT_SETTINGS)
     return config
 
 

@@ -25,6 +25,11 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+# The `model.ot` settings whose JAX computation this twin reproduces: fixed log-domain Sinkhorn
+# iterations, differentiated through (callers set them on the JAX side for parity).
+OT_SETTINGS = {"solver": "sinkhorn", "domain": "log", "backward": "unrolled"}
+
+
 def sinkhorn_log(cost: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """Plan `[..., M, N]` of entropic OT with uniform marginals (1/M, 1/N), log domain.
 
