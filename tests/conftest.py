@@ -1,12 +1,49 @@
-"""Shared fixtures: small configs and a tiny randomly initialised CLIP."""
+"""Shared fixtures: small configs, a tiny randomly initialised CLIP, and per-run caches.
+
+One test run (the controller, its pytest-xdist workers and every subprocess they start) shares two
+fresh directories, removed when the run ends, so no test depends on an earlier run:
+- `$ZEGOT_CACHE`: the synthetic world's small CLIP (pretrained once per run, not once per worker),
+  kept out of the user's `~/.cache`;
+- JAX's persistent compilation cache: a program compiled by one process (say the ':smoke' train
+  step) is read back by the next process that compiles the same program, which then only traces.
+"""
 
 import os
+import shutil
+import tempfile
 
+import jax
 import pytest
 from flax import nnx
 
 from configs import common
 from zegot_jax import clip as clip_lib
+
+_RUN_DIR = "ZEGOT_TEST_RUN_DIR"
+# JAX reads these at import, so subprocesses (train.py, notebooks, benchmarks) inherit the cache.
+_JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    """Creates the run's shared directories in the controller; workers inherit the environment."""
+    if os.environ.get(_RUN_DIR) is None:  # the controller (workers are started after this)
+        run_dir = tempfile.mkdtemp(prefix="zegot-jax-tests-")
+        config._zegot_run_dir = run_dir  # removed by the process that made it
+        os.environ[_RUN_DIR] = run_dir
+        os.environ["ZEGOT_CACHE"] = os.path.join(run_dir, "zegot_cache")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(run_dir, "jax_cache")
+        os.environ.update(_JAX_CACHE_ENV)
+    # This process imported jax before the environment was set: tell it directly.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    run_dir = getattr(config, "_zegot_run_dir", None)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -22,15 +59,3 @@ def smoke_config():
 def tiny_clip():
     """A randomly initialised 'tiny' CLIP (shared; never mutated by the tests)."""
     return clip_lib.CLIP(clip_lib.get_spec("tiny"), rngs=nnx.Rngs(0))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory):
-    """Keeps the synthetic CLIP cache of the tests out of the user's ~/.cache (subprocesses too)."""
-    previous = os.environ.get("ZEGOT_CACHE")
-    os.environ["ZEGOT_CACHE"] = str(tmp_path_factory.mktemp("zegot_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("ZEGOT_CACHE", None)
-    else:
-        os.environ["ZEGOT_CACHE"] = previous
