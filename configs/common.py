@@ -63,12 +63,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.ot.tau = 1.0  # marginal relaxation; 1.0 = balanced, < 1 = unbalanced
     c.model.ot.plan_gradient = True  # False: stop_gradient on the plan (PLOT-style)
     # How the plan is computed (BENCHMARKS.md, "MPOT solvers", measures each choice).
-    c.model.ot.solver = "newton"  # 'newton' (semi-dual, balanced only) or 'sinkhorn' (ott-jax)
+    # 'newton' (semi-dual, balanced only), 'sinkhorn' (ott-jax), or any transport registered with
+    # zegot_jax.ot.register_transport (in this file, or a module it imports; see zegot_jax.ot).
+    c.model.ot.solver = "newton"
     c.model.ot.newton_steps = 10  # solver='newton'
     c.model.ot.num_iterations = 100  # solver='sinkhorn': exactly this many (threshold 0) or at most
     c.model.ot.threshold = 0.0  # solver='sinkhorn': > 0 stops at this marginal error
     c.model.ot.domain = "auto"  # solver='sinkhorn': 'log', 'kernel' or 'auto' (kernel if safe)
     c.model.ot.backward = "implicit"  # 'implicit' (exact at convergence, O(MN)) or 'unrolled'
+    # Free-form options of the transport (settings.options); a field must exist here to be
+    # overridden from the command line: ConfigDict(zegot_jax.ot.default_options(solver)).
+    c.model.ot.options = ml_collections.ConfigDict()
 
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 100.0
