@@ -50,6 +50,7 @@ Contract (`fn(problem, settings) -> plan`):
   process where that name is not registered fails and says which name to register.
 """
 
+from zegot_jax.ot import variants  # noqa: F401 (registers the literature variants)
 from zegot_jax.ot.mpot import BACKWARDS, MPOTOutput, mpot
 from zegot_jax.ot.reference import sinkhorn_log_reference
 from zegot_jax.ot.registry import (
