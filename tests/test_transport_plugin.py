@@ -84,3 +84,10 @@ def test_saved_run_remembers_the_transport_and_refuses_to_load_without_it(
     PIL.Image.fromarray(random_image(8, 8)).save(image)
     assert cli.main(["segment", str(image), "--run", workdir, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+    plugin = tmp_path / "my_transport.py"  # what `zegot-jax segment --plugin` runs first
+    plugin.write_text("import zegot_jax.ot as zot\nfrom test_transport_plugin import _toy\n"
+                      "zot.register_transport('toy_plugin', _toy, options={'temperature': 1.0})\n")
+    cli.load_plugins([str(plugin)])
+    assert inference.Segmenter.from_run(workdir).config.model.ot.solver == "toy_plugin"
+    with pytest.raises(ValueError, match="cannot import"):
+        cli.load_plugins(["no_such_module_here"])

@@ -156,7 +156,7 @@ def require_registered(name: str, what: str) -> None:
             f"{what} was trained with model.ot.solver={name!r}, which is not registered in this "
             f"process (registered: {', '.join(registered_transports())}): call "
             f"zegot_jax.ot.register_transport({name!r}, fn) with the same transport (or import "
-            "the module that does) before loading it.")
+            "the module that does; zegot-jax segment: --plugin) before loading it.")
 
 
 def resolve_options(entry: Entry, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
