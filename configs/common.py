@@ -128,12 +128,18 @@ VARIANT_ARGS = ("inductive", "transductive", "supervised", "smoke")
 
 
 def parse_arg(arg: str | None) -> set[str]:
-    """Splits a config argument such as 'transductive,smoke'; unknown words fail at launch."""
+    """Splits a config argument such as 'transductive,smoke'; unknown words fail at launch.
+
+    `solver=<name>` picks a registered transport and gives `model.ot.options` its declared
+    fields, so each can be overridden on the command line, e.g.
+    `--config=configs/synthetic.py:solver=semi_relaxed --config.model.ot.options.rho=0.5`.
+    """
     words = {w.strip() for w in (arg or "").split(",") if w.strip()}
-    unknown = words - set(VARIANT_ARGS)
+    unknown = {w for w in words - set(VARIANT_ARGS) if not w.startswith("solver=")}
     if unknown:
         raise ValueError(f"Unknown config variant(s) {sorted(unknown)}; choose from "
-                         f"{', '.join(VARIANT_ARGS)} (comma-separated, e.g. ':transductive,smoke').")
+                         f"{', '.join(VARIANT_ARGS)} or solver=<name> (comma-separated, e.g. "
+                         "':transductive,smoke').")
     if len(words & {"inductive", "transductive", "supervised"}) > 1:
         raise ValueError("Pick one of inductive, transductive, supervised.")
     return words
@@ -151,7 +157,18 @@ def apply_variants(c: ml_collections.ConfigDict, words: set[str], *,
         c.eval.seen_penalty = 0.0
     if "smoke" in words:
         apply_smoke(c)
+    for word in words:
+        if word.startswith("solver="):
+            use_transport(c, word.removeprefix("solver="))
     return c
+
+
+def use_transport(c: ml_collections.ConfigDict, name: str) -> None:
+    """Sets `model.ot.solver = name` and `model.ot.options` to the transport's declared defaults."""
+    from zegot_jax import ot  # noqa: PLC0415 (only configs that pick a transport need it)
+
+    c.model.ot.solver = name
+    c.model.ot.options = ml_collections.ConfigDict(ot.default_options(name))
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

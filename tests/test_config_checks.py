@@ -124,23 +124,22 @@ def test_solver_is_any_registered_transport_and_its_options_are_checked(smoke_co
         ot.unregister_transport("my_transport")
 
 
-def test_transport_options_can_be_overridden_from_the_command_line(tmp_path):
+def test_transport_options_can_be_overridden_from_the_command_line():
     from absl import flags  # noqa: PLC0415
     from ml_collections import config_flags  # noqa: PLC0415
 
-    path = tmp_path / "variant.py"
-    path.write_text("import ml_collections\nfrom configs import common\n\n\ndef get_config():\n"
-                    "    c = common.get_config()\n"
-                    "    c.model.ot.options = ml_collections.ConfigDict({'rho': 1.0})\n"
-                    "    return c\n")
     def parse(*argv):  # config_flags finds the overrides in sys_argv
         values = flags.FlagValues()
-        argv = ["prog", f"--config={path}", *argv]
+        argv = ["prog", "--config=configs/voc.py:smoke,solver=semi_relaxed", *argv]
         config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
                                         sys_argv=argv)
         values(argv)
         return values.config
 
-    assert parse("--config.model.ot.options.rho=0.25").model.ot.options.rho == 0.25
+    config = parse("--config.model.ot.options.rho=0.25")
+    assert config.model.ot.solver == "semi_relaxed" and config.model.ot.options.rho == 0.25
+    assert config_checks.problems(config) == []
     with pytest.raises((flags.Error, AttributeError), match="rho"):  # a typo still fails
         parse("--config.model.ot.options.rhoo=0.25")
+    with pytest.raises(ValueError, match="Unknown OT solver 'nope'"):
+        importlib.import_module("configs.voc").get_config("solver=nope")
