@@ -154,25 +154,33 @@ def mpot(
     inputs = (s, pixels, prompts)  # the score below still differentiates through s linearly
     if not plan_gradient:
         inputs = jax.lax.stop_gradient(inputs)
+    plan, diagnostics = _solve_batch(entry, settings, backward == "implicit", grid, inputs)
+    _check_values(plan, solver)
+    iterations = diagnostics.pop("iterations")
+    unit_mass = entry.balanced_entropic and tau >= 1.0
+    return _outputs(s, plan, iterations, diagnostics, unit_mass=unit_mass)
+
+
+def _solve_batch(entry: registry.Entry, settings: registry.Settings, implicit_backward: bool,
+                 grid: tuple[int, int] | None, inputs: tuple) -> tuple[jax.Array, dict]:
+    """Runs the transport on every problem of `inputs = (S [..., M, N], pixels, prompts)`."""
+    s, pixels, prompts = inputs
+    *lead, m, n = s.shape
     shared = None if entry.prepare is None else entry.prepare(jax.lax.stop_gradient(s), settings)
-    solve = _checked(entry, settings, grid, (m, n), dtype)
-    if backward == "implicit" and entry.balanced_entropic:
+    solve = _checked(entry, settings, grid, (m, n), s.dtype)
+    if implicit_backward and entry.balanced_entropic:
         checked = solve
 
         def solve(x, px, pr, sh):
             del px, pr
             return implicit.implicit_plan(lambda y, z: checked(y, None, None, z),
-                                          settings.epsilon, tau, x, sh)
+                                          settings.epsilon, settings.tau, x, sh)
     # One vmap per leading dimension rather than a reshape to [P, M, N]: a reshape merges a sharded
     # batch axis with the others and makes every device solve every problem. `shared` (e.g. the
     # kernel/log flag) is one value for the batch (in_axes None), so a branch stays a branch.
     for level in reversed(range(len(lead))):
         solve = jax.vmap(solve, in_axes=(0, _axis(pixels, level), _axis(prompts, level), None))
-    plan, diagnostics = solve(*inputs, shared)
-    _check_values(plan, solver)
-    iterations = diagnostics.pop("iterations")
-    unit_mass = entry.balanced_entropic and tau >= 1.0
-    return _outputs(s, plan, iterations, diagnostics, unit_mass=unit_mass)
+    return solve(s, pixels, prompts, shared)
 
 
 def _check_grid(grid: Any, m: int) -> tuple[int, int] | None:
