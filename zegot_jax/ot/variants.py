@@ -107,12 +107,16 @@ def partial(problem: Problem, settings: Settings):
     """Entropic partial OT: only a `fraction` of the mass moves, from the pixels that match best.
 
     Solves `min_T <C, T> - eps H(T)` subject to `T 1 <= 1/M`, `T^T 1 <= 1/N`, `1^T T 1 = s`
-    (`s = fraction`) by iterated Bregman (KL) projections onto the three constraint sets, in the
-    log domain: Benamou, Carlier, Cuturi, Nenna and Peyre, "Iterative Bregman projections for
-    regularized transportation problems" (SIAM J. Sci. Comput. 2015), section 5.2.
-    `settings.num_iterations` rounds from the Gibbs kernel `exp(-C / eps)`, differentiated by
-    autodiff through them. Pixels that match no prompt well keep little mass, so their score (from
-    the plan at unit mass) stays near 0. Options: `fraction` in (0, 1].
+    (`s = fraction`): the KL projection of the Gibbs kernel `exp(-C / eps)` onto those three
+    sets, whose single-set projections are closed-form (Benamou, Carlier, Cuturi, Nenna and
+    Peyre, "Iterative Bregman projections for regularized transportation problems", SIAM J. Sci.
+    Comput. 2015). The two inequality sets are not affine, so the cyclic projections carry
+    Dykstra's corrections in the KL geometry (Bauschke and Lewis, "Dykstra's algorithm with
+    Bregman projections: a convergence proof", Optimization 2000); without them the iterations can
+    stop at a feasible plan that is not the optimum. Log domain, `settings.num_iterations`
+    rounds, differentiated by autodiff through them. Pixels that match no prompt well keep
+    little mass, so their score (from the plan at unit mass) stays near 0. Options: `fraction`
+    in (0, 1].
 
     Returns:
       The plan `[M, N]` (total mass `s`) and the iteration count.
@@ -123,13 +127,22 @@ def partial(problem: Problem, settings: Settings):
     cost = problem.cost
     m, n = cost.shape
 
-    def step(log_plan, _):
-        rows = jax.nn.logsumexp(log_plan, axis=1, keepdims=True)
-        log_plan = log_plan + jnp.minimum(-jnp.log(m) - rows, 0.0)
-        columns = jax.nn.logsumexp(log_plan, axis=0, keepdims=True)
-        log_plan = log_plan + jnp.minimum(-jnp.log(n) - columns, 0.0)
-        return log_plan + jnp.log(s) - jax.nn.logsumexp(log_plan), None
+    def cap(log_plan, log_limit, axis):  # KL projection onto {sum over axis <= limit}
+        total = jax.nn.logsumexp(log_plan, axis=axis, keepdims=True)
+        return log_plan + jnp.minimum(log_limit - total, 0.0)
 
-    log_plan, _ = jax.lax.scan(step, -cost / settings.epsilon, None,
-                               length=settings.num_iterations)
+    def step(carry, _):
+        log_plan, rows_q, columns_q = carry  # Dykstra's corrections, in log form
+        shifted = log_plan + rows_q
+        log_plan = cap(shifted, -jnp.log(m), axis=1)
+        rows_q = shifted - log_plan
+        shifted = log_plan + columns_q
+        log_plan = cap(shifted, -jnp.log(n), axis=0)
+        columns_q = shifted - log_plan
+        log_plan = log_plan + jnp.log(s) - jax.nn.logsumexp(log_plan)  # affine: no correction
+        return (log_plan, rows_q, columns_q), None
+
+    zeros = jnp.zeros_like(cost)
+    (log_plan, _, _), _ = jax.lax.scan(step, (-cost / settings.epsilon, zeros, zeros), None,
+                                       length=settings.num_iterations)
     return jnp.exp(log_plan), {"iterations": settings.num_iterations}
