@@ -224,7 +224,7 @@ def _checked(entry: registry.Entry, settings: registry.Settings, grid: tuple[int
         if plan.shape != shape:
             raise ValueError(f"transport {entry.name!r} returned a plan of shape {plan.shape} for "
                              f"a problem of shape {shape}; it must return the plan [M, N].")
-        diagnostics = dict(diagnostics)
+        diagnostics = {k: jnp.asarray(v) for k, v in diagnostics.items()}
         diagnostics["iterations"] = jnp.asarray(diagnostics.get("iterations", 0), jnp.int32)
         return plan.astype(dtype), diagnostics
 
