@@ -67,12 +67,15 @@ def get_config() -> ml_collections.ConfigDict:
     # zegot_jax.ot.register_transport (in this file, or a module it imports; see zegot_jax.ot).
     c.model.ot.solver = "newton"
     c.model.ot.newton_steps = 10  # solver='newton'
-    c.model.ot.num_iterations = 100  # solver='sinkhorn': exactly this many (threshold 0) or at most
+    c.model.ot.num_iterations = 100  # 'sinkhorn': exactly this many (threshold 0) or at most;
+    # other transports (all but 'newton'): their iteration budget
     c.model.ot.threshold = 0.0  # solver='sinkhorn': > 0 stops at this marginal error
     c.model.ot.domain = "auto"  # solver='sinkhorn': 'log', 'kernel' or 'auto' (kernel if safe)
-    c.model.ot.backward = "implicit"  # 'implicit' (exact at convergence, O(MN)) or 'unrolled'
+    # 'implicit' (exact at convergence, O(MN); transports declared balanced-entropic, autodiff for
+    # the others) or 'unrolled' (autodiff always)
+    c.model.ot.backward = "implicit"
     # Free-form options of the transport (settings.options); a field must exist here to be
-    # overridden from the command line: ConfigDict(zegot_jax.ot.default_options(solver)).
+    # overridden from the command line: the config argument solver=<name> creates its fields.
     c.model.ot.options = ml_collections.ConfigDict()
 
     c.loss = ml_collections.ConfigDict()
