@@ -69,11 +69,10 @@ def test_sparse_matches_pot_with_exact_zeros_marginals_and_gradient(x64):
     assert 0.2 < zeros < 0.8  # many cells are exactly zero
     np.testing.assert_allclose(plan.sum(1), 1 / 6, atol=1e-15)
     np.testing.assert_allclose(plan.sum(0), 1 / 3, atol=1e-8)
-    # A weaker regulariser gives each pixel to fewer prompts; a stronger one to more.
-    sparser, denser = (float(zot.mpot(jnp.asarray(s), epsilon=eps, num_iterations=100,
-                                      solver="sparse", dtype=jnp.float64).diagnostics["zeros"])
-                       for eps in (0.01, 1.0))
-    assert sparser >= zeros > denser
+    # A stronger regulariser gives each pixel to more prompts.
+    denser = zot.mpot(jnp.asarray(s), epsilon=1.0, num_iterations=100, solver="sparse",
+                      dtype=jnp.float64).diagnostics["zeros"]
+    assert zeros > float(denser)
 
 
 def test_partial_moves_the_fraction_within_the_marginals_matches_pot_and_differentiates(x64):
