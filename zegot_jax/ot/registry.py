@@ -84,7 +84,9 @@ def register_transport(name: str, fn: Transport | None = None, *, balanced_entro
     """Registers `fn(problem, settings) -> plan [M, N]` (or `(plan, diagnostics)`) as `name`.
 
     Also a decorator: `@register_transport('mine')`. Registering a name again replaces the entry
-    (a notebook cell run twice), except for the built-ins, which cannot be replaced.
+    (a notebook cell run twice), except for the built-ins, which cannot be replaced. The function
+    is looked up when a program is traced: steps or `Segmenter`s compiled before a replacement
+    keep the old one for the shapes they have seen, so build them after registering.
 
     Args:
       name: what `model.ot.solver` says to use it.
