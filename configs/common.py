@@ -63,12 +63,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.ot.tau = 1.0  # marginal relaxation; 1.0 = balanced, < 1 = unbalanced
     c.model.ot.plan_gradient = True  # False: stop_gradient on the plan (PLOT-style)
     # How the plan is computed (BENCHMARKS.md, "MPOT solvers", measures each choice).
-    c.model.ot.solver = "newton"  # 'newton' (semi-dual, balanced only) or 'sinkhorn' (ott-jax)
+    # 'newton' (semi-dual, balanced only), 'sinkhorn' (ott-jax), or any transport registered with
+    # zegot_jax.ot.register_transport (in this file, or a module it imports; see zegot_jax.ot).
+    c.model.ot.solver = "newton"
     c.model.ot.newton_steps = 10  # solver='newton'
-    c.model.ot.num_iterations = 100  # solver='sinkhorn': exactly this many (threshold 0) or at most
+    c.model.ot.num_iterations = 100  # 'sinkhorn': exactly this many (threshold 0) or at most;
+    # other transports (all but 'newton'): their iteration budget
     c.model.ot.threshold = 0.0  # solver='sinkhorn': > 0 stops at this marginal error
     c.model.ot.domain = "auto"  # solver='sinkhorn': 'log', 'kernel' or 'auto' (kernel if safe)
-    c.model.ot.backward = "implicit"  # 'implicit' (exact at convergence, O(MN)) or 'unrolled'
+    # 'implicit' (exact at convergence, O(MN); transports declared balanced-entropic, autodiff for
+    # the others) or 'unrolled' (autodiff always)
+    c.model.ot.backward = "implicit"
+    # Free-form options of the transport (settings.options); a field must exist here to be
+    # overridden from the command line: the config argument solver=<name> creates its fields.
+    c.model.ot.options = ml_collections.ConfigDict()
 
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 100.0
@@ -123,12 +131,18 @@ VARIANT_ARGS = ("inductive", "transductive", "supervised", "smoke")
 
 
 def parse_arg(arg: str | None) -> set[str]:
-    """Splits a config argument such as 'transductive,smoke'; unknown words fail at launch."""
+    """Splits a config argument such as 'transductive,smoke'; unknown words fail at launch.
+
+    `solver=<name>` picks a registered transport and gives `model.ot.options` its declared
+    fields, so each can be overridden on the command line, e.g.
+    `--config=configs/synthetic.py:solver=semi_relaxed --config.model.ot.options.rho=0.5`.
+    """
     words = {w.strip() for w in (arg or "").split(",") if w.strip()}
-    unknown = words - set(VARIANT_ARGS)
+    unknown = {w for w in words - set(VARIANT_ARGS) if not w.startswith("solver=")}
     if unknown:
         raise ValueError(f"Unknown config variant(s) {sorted(unknown)}; choose from "
-                         f"{', '.join(VARIANT_ARGS)} (comma-separated, e.g. ':transductive,smoke').")
+                         f"{', '.join(VARIANT_ARGS)} or solver=<name> (comma-separated, e.g. "
+                         "':transductive,smoke').")
     if len(words & {"inductive", "transductive", "supervised"}) > 1:
         raise ValueError("Pick one of inductive, transductive, supervised.")
     return words
@@ -146,7 +160,18 @@ def apply_variants(c: ml_collections.ConfigDict, words: set[str], *,
         c.eval.seen_penalty = 0.0
     if "smoke" in words:
         apply_smoke(c)
+    for word in words:
+        if word.startswith("solver="):
+            use_transport(c, word.removeprefix("solver="))
     return c
+
+
+def use_transport(c: ml_collections.ConfigDict, name: str) -> None:
+    """Sets `model.ot.solver = name` and `model.ot.options` to the transport's declared defaults."""
+    from zegot_jax import ot  # noqa: PLC0415 (only configs that pick a transport need it)
+
+    c.model.ot.solver = name
+    c.model.ot.options = ml_collections.ConfigDict(ot.default_options(name))
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

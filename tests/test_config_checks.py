@@ -102,3 +102,44 @@ def test_sections_limit_what_is_checked(smoke_config):
     assert config_checks.problems(smoke_config, sections=config_checks.EVALUATION_SECTIONS) == []
     assert config_checks.problems(smoke_config) == [
         "train.num_steps=-1: must be an integer >= 0 (0: evaluate the model as built)."]
+
+
+def test_solver_is_any_registered_transport_and_its_options_are_checked(smoke_config):
+    from zegot_jax import ot  # noqa: PLC0415
+
+    smoke_config.model.ot.solver = "my_transport"
+    found = config_checks.problems(smoke_config)
+    assert found == ["model.ot.solver='my_transport': must be a registered transport (newton, "
+                     f"sinkhorn{''.join(', ' + n for n in ot.registered_transports()[2:])}); "
+                     "register one with zegot_jax.ot.register_transport('my_transport', fn) "
+                     "first."]
+    ot.register_transport("my_transport", lambda p, s: p.similarity, options={"rho": 1.0})
+    try:
+        assert config_checks.problems(smoke_config) == []
+        smoke_config.model.ot.options.rhoo = 2.0
+        assert config_checks.problems(smoke_config) == [
+            "model.ot.options has field(s) ['rhoo'] that transport 'my_transport' does not take; "
+            "its options: rho."]
+    finally:
+        ot.unregister_transport("my_transport")
+
+
+def test_transport_options_can_be_overridden_from_the_command_line():
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    def parse(*argv):  # config_flags finds the overrides in sys_argv
+        values = flags.FlagValues()
+        argv = ["prog", "--config=configs/voc.py:smoke,solver=semi_relaxed", *argv]
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                        sys_argv=argv)
+        values(argv)
+        return values.config
+
+    config = parse("--config.model.ot.options.rho=0.25")
+    assert config.model.ot.solver == "semi_relaxed" and config.model.ot.options.rho == 0.25
+    assert config_checks.problems(config) == []
+    with pytest.raises((flags.Error, AttributeError), match="rho"):  # a typo still fails
+        parse("--config.model.ot.options.rhoo=0.25")
+    with pytest.raises(ValueError, match="Unknown OT solver 'nope'"):
+        importlib.import_module("configs.voc").get_config("solver=nope")

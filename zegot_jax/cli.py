@@ -6,13 +6,17 @@ For each image it writes `<name>_overlay.png` (image, colour overlay, legend), `
 (the label map: palette PNG whose pixel values are class indices, 16-bit grey above 256 classes),
 `<name>_prompts.png` (per-prompt similarity maps and transport plans of the largest classes) and
 `<name>.json` (classes, pixel shares, mean scores, output files). Without `--classes` the run's own
-class list is used. An image that fails is reported and skipped; the exit status is 1 if any did,
-2 when nothing could start (bad vocabulary, missing run). ZEGOT_DEBUG=1 shows tracebacks.
+class list is used. `--plugin` imports a module (or runs a .py file) first, e.g. one that registers
+the transport a run was trained with (`zegot_jax.ot.register_transport`). An image that fails is
+reported and skipped; the exit status is 1 if any did, 2 when nothing could start (bad
+vocabulary, missing run, unregistered transport). ZEGOT_DEBUG=1 shows tracebacks.
 """
 
 import argparse
+import importlib
 import json
 import os
+import runpy
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--alpha", type=float, default=0.5, help="Overlay opacity in [0, 1].")
     seg.add_argument("--no-calibrate", action="store_true",
                      help="Do not subtract eval.seen_penalty from the run's seen classes.")
+    seg.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                     help="A Python module to import (or a .py file to run) before loading the "
+                          "run, e.g. one that registers the run's transport with "
+                          "zegot_jax.ot.register_transport. Repeatable.")
     return parser
 
 
@@ -125,6 +133,26 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
     return summary
 
 
+def load_plugins(plugins: Sequence[str]) -> None:
+    """Imports each module name, or runs each `.py` file, in `plugins` (for their registrations).
+
+    Raises:
+      FileNotFoundError: a `.py` file that does not exist.
+      ValueError: a module that cannot be imported.
+    """
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            if not Path(plugin).is_file():
+                raise FileNotFoundError(f"--plugin {plugin}: no such file.")
+            runpy.run_path(plugin, run_name="zegot_jax_plugin")
+            continue
+        try:
+            importlib.import_module(plugin)
+        except ImportError as e:
+            raise ValueError(f"--plugin {plugin}: cannot import it ({e}); give an importable "
+                             "module name or a .py file.") from e
+
+
 def segment_command(args: argparse.Namespace) -> int:
     """Runs `zegot-jax segment`; returns the exit status."""
     try:
@@ -133,6 +161,7 @@ def segment_command(args: argparse.Namespace) -> int:
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
         errors.check_writable_dir(args.out, "--out")
+        load_plugins(args.plugin)
         inference.check_run(args.run)
         segmenter = inference.Segmenter.from_run(args.run, clip_weights=args.clip_weights)
         if classes is None:

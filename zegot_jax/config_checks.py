@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
+from zegot_jax import ot
+
 _ABSENT = object()
 
 
@@ -22,7 +24,7 @@ class Rule(NamedTuple):
 
     field: str
     ok: Callable[[Any], bool]
-    must: str
+    must: str | Callable[[Any], str]  # a text, or one made from the value
 
 
 def _is_int(v: Any) -> bool:
@@ -87,6 +89,19 @@ def text_tuple(v: Any) -> bool:
             and all(non_empty_text(t) for t in v))
 
 
+def registered(v: Any) -> bool:
+    return isinstance(v, str) and v in ot.registered_transports()
+
+
+def registered_must(v: Any) -> str:
+    return (f"a registered transport ({', '.join(ot.registered_transports())}); register one "
+            f"with zegot_jax.ot.register_transport({v!r}, fn) first")
+
+
+def section(v: Any) -> bool:
+    return isinstance(v, ml_collections.ConfigDict | ml_collections.FrozenConfigDict | dict)
+
+
 def names(v: Any) -> bool:
     return (isinstance(v, Sequence) and not isinstance(v, str)
             and all(non_empty_text(n) for n in v) and len(set(v)) == len(v))
@@ -127,7 +142,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.ot.num_iterations", integer(1), POSITIVE),
     Rule("model.ot.tau", real(0, 1, above=True), "a number in (0, 1] (1 = balanced)"),
     Rule("model.ot.plan_gradient", boolean, "True or False"),
-    Rule("model.ot.solver", one_of("newton", "sinkhorn"), "'newton' or 'sinkhorn'"),
+    Rule("model.ot.solver", registered, registered_must),
+    Rule("model.ot.options", section, "a config section (the transport's options)"),
     Rule("model.ot.newton_steps", integer(1), POSITIVE),
     Rule("model.ot.threshold", real(0), "a finite number >= 0 (0 = fixed iterations)"),
     Rule("model.ot.domain", one_of("log", "kernel", "auto"), "'log', 'kernel' or 'auto'"),
@@ -256,6 +272,15 @@ def _ot_solver(c) -> str | None:
     return None
 
 
+def _ot_options(c) -> str | None:
+    options = get(c, "model.ot.options")
+    try:
+        ot.registry.resolve_options(ot.get_transport(get(c, "model.ot.solver")), options)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 class Relation(NamedTuple):
     """`check(config) -> message or None`, run only when every field in `fields` is present and
     passed its rule."""
@@ -275,6 +300,7 @@ RELATIONS: tuple[Relation, ...] = (
              _prompt_length),
     Relation(("model.ot.solver", "model.ot.tau", "model.ot.threshold", "model.ot.backward"),
              _ot_solver),
+    Relation(("model.ot.solver", "model.ot.options"), _ot_options),
 )
 
 
@@ -299,7 +325,8 @@ def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if not wanted(rule.field) or value is _ABSENT or rule.ok(value):
             continue
         bad.add(rule.field)
-        found.append(f"{rule.field}={value!r}: must be {rule.must}.")
+        must = rule.must(value) if callable(rule.must) else rule.must
+        found.append(f"{rule.field}={value!r}: must be {must}.")
     for relation in RELATIONS:
         if any(not wanted(f) or get(config, f) is _ABSENT or f in bad for f in relation.fields):
             continue

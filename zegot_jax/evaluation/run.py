@@ -5,7 +5,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from zegot_jax import config_checks, errors
+from zegot_jax import config_checks, errors, ot
 from zegot_jax.evaluation import evaluator
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, optim, sharding
@@ -25,6 +25,7 @@ def run_config(eval_config: ml_collections.ConfigDict, checkpoint: str) -> ml_co
             config.synthetic.pretrain = ml_collections.ConfigDict(saved["synthetic"]["pretrain"])
         kept["synthetic"] = {"pretrain": saved["synthetic"]["pretrain"]}
     ckpt_lib.update_from_saved(config, kept)
+    ot.require_registered(config.model.ot.solver, f"The run {checkpoint!r}")
     return config
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from zegot_jax import ot
 from zegot_jax.config_overrides import override
 from zegot_jax.data import transforms
 from zegot_jax.evaluation import evaluator, sliding
@@ -256,7 +257,10 @@ class Segmenter:
           **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
         """
         check_run(workdir)
-        config = override(saved_config(str(workdir)), overrides)
+        config = saved_config(str(workdir))
+        if "model.ot.solver" not in (overrides or {}):  # else the caller chose another one
+            ot.require_registered(config.model.ot.solver, f"The run {str(workdir)!r}")
+        config = override(config, overrides)
         if clip_weights is not None:
             config.clip.weights = str(clip_weights)
         parts, params = run_lib.load_trained(config, str(workdir))

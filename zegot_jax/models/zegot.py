@@ -48,15 +48,32 @@ def training_free_config(model_config: ml_collections.ConfigDict) -> ml_collecti
     return config
 
 
-def transport(similarity: jax.Array, ot_config: ml_collections.ConfigDict) -> ot.MPOTOutput:
-    """MPOT of `S [L, B, K, M, N]` as the `model.ot` config section says (what `segment` runs)."""
+def transport(similarity: jax.Array, ot_config: ml_collections.ConfigDict, *,
+              grid: tuple[int, int] | None = None, pixels: jax.Array | None = None,
+              prompts: jax.Array | None = None) -> ot.MPOTOutput:
+    """MPOT of `S [L, B, K, M, N]` as the `model.ot` config section says (what `segment` runs).
+
+    `grid` `(h, w)`, `pixels` `[L, B, M, D]` and `prompts` `[L, B, K, N, D]` reach transports that
+    read them (`zegot_jax.ot`); `model.ot.options` (absent in runs saved before it existed) is
+    passed as the transport's options.
+    """
     newton = ot_config.solver == "newton"
+    options = ot_config.get("options", None)
     return ot.mpot(similarity, epsilon=ot_config.epsilon,
                    tau=None if ot_config.tau >= 1.0 else ot_config.tau,
                    num_iterations=ot_config.newton_steps if newton else ot_config.num_iterations,
                    plan_gradient=ot_config.plan_gradient, uniform=not ot_config.enabled,
                    solver=ot_config.solver, backward=ot_config.backward,
-                   domain=ot_config.domain, threshold=ot_config.threshold)
+                   domain=ot_config.domain, threshold=ot_config.threshold,
+                   options=_plain(options), grid=grid,
+                   pixels=pixels, prompts=prompts)
+
+
+def _plain(options) -> dict | None:
+    """`model.ot.options` (a ConfigDict, a frozen one, a dict or None) as a plain dict."""
+    if options is None:
+        return None
+    return options.to_dict() if hasattr(options, "to_dict") else dict(options)
 
 
 class Alignment(nnx.Module):
@@ -227,8 +244,9 @@ class ZegOT(nnx.Module):
             q = jnp.stack([align(g, text_features) for align in self.alignment])  # [L,B,K,N,D]
         else:
             q = jnp.broadcast_to(text_features, (num_layers, b, *text_features.shape))
-        sim = jnp.einsum("lbmd,lbknd->lbkmn", pixels.reshape(num_layers, b, h * w, d), q)
-        result = transport(sim, self.config.ot)
+        flat = pixels.reshape(num_layers, b, h * w, d)
+        sim = jnp.einsum("lbmd,lbknd->lbkmn", flat, q)
+        result = transport(sim, self.config.ot, grid=(h, w), pixels=flat, prompts=q)
         k, n = sim.shape[2], sim.shape[-1]
         layer_logits = self.scale_score(result.score.reshape(num_layers, b, k, h, w), n)
         free = None if reference is None else self.training_free_logits(pixels, reference)

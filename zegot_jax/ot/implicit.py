@@ -24,11 +24,13 @@ complement of 1 and no bias: the gauge shift `alpha + t, beta - t` leaves `dL/dC
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-Solve = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Solve = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 
 
 def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: float,
@@ -49,26 +51,35 @@ def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: fl
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def implicit_plan(solve: Solve, epsilon: float, tau: float, cost: jax.Array,
-                  flag: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`solve(cost, flag) -> (plan [M, N], iterations [])`, differentiated implicitly in `cost`.
+def implicit_plan(solve: Solve, epsilon: float, tau: float, similarity: jax.Array,
+                  shared: Any) -> tuple[jax.Array, Any]:
+    """`solve(similarity, shared) -> (plan [M, N], aux)`, differentiated implicitly in `S [M, N]`.
 
-    `flag` is a scalar passed through to `solve` (the kernel/log choice); it gets no gradient.
-    The forward runs `solve` as given (any iteration count or stopping rule); the backward uses
-    only the plan it returned, so it is exact at convergence whatever the solver did to get there.
+    The cost is `C = 1 - S`, so `dL/dS = -dL/dC`. `shared` (any pytree, e.g. the kernel/log flag)
+    and `aux` (diagnostics such as the iteration count) get no gradient. The forward runs `solve`
+    as given (any iteration count or stopping rule); the backward uses only the plan it returned,
+    so it is exact at convergence whatever the solver did to get there.
     """
-    return solve(cost, flag)
+    return solve(similarity, shared)
 
 
-def _forward(solve, epsilon, tau, cost, flag):
-    plan, iterations = solve(cost, flag)
-    return (plan, iterations), (plan, flag)
+def _forward(solve, epsilon, tau, similarity, shared):
+    plan, aux = solve(similarity, shared)
+    return (plan, aux), (plan, shared)
+
+
+def _zero_cotangent(x: Any) -> Any:
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
 
 
 def _backward(solve, epsilon, tau, residuals, cotangents):
-    plan, flag = residuals
-    plan_grad, _ = cotangents  # the iteration count is an integer: no cotangent
-    return plan_cotangent_to_cost(plan, plan_grad, epsilon=epsilon, tau=tau), jnp.zeros_like(flag)
+    plan, shared = residuals
+    plan_grad, _ = cotangents  # diagnostics (iteration counts, ...) carry no gradient
+    cost_grad = plan_cotangent_to_cost(plan, plan_grad, epsilon=epsilon, tau=tau)
+    return -cost_grad, jax.tree.map(_zero_cotangent, shared)
 
 
 implicit_plan.defvjp(_forward, _backward)

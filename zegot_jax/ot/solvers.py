@@ -1,4 +1,7 @@
-"""Forward solvers for one pixel-to-prompt problem, `cost [M, N] -> (plan [M, N], iterations [])`.
+"""The built-in transports 'sinkhorn' and 'newton', registered like any other (`registry.py`).
+
+Each solves one pixel-to-prompt problem, `cost [M, N] -> (plan [M, N], iterations [])`; both
+are declared balanced-entropic, so `backward='implicit'` differentiates them exactly.
 
 - `sinkhorn`: ott-jax's Sinkhorn with uniform marginals, either exactly `num_iterations`
   iterations (a fixed-length scan, which the unrolled backward needs) or, with `threshold > 0`,
@@ -21,6 +24,8 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
+from zegot_jax.ot import registry
+
 # With threshold > 0, ott checks the marginal error every this many iterations.
 CHECK_EVERY = 5
 # Kernel-domain iterations are used ('auto') when every problem's cost range over epsilon is at
@@ -36,7 +41,7 @@ KERNEL_MAX_RANGE = 30.0
 NEWTON_DAMPING = 0.01
 LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0)
 
-SOLVERS = ("sinkhorn", "newton")
+SOLVERS = ("sinkhorn", "newton")  # the built-ins; `registry.registered_transports()` lists all
 DOMAINS = ("log", "kernel", "auto")
 
 
@@ -141,8 +146,27 @@ def _semi_dual_gains(weights: jax.Array, direction: jax.Array, steps: jax.Array,
         jnp.log1p(jnp.einsum("mn,tn->tm", weights, growth)), axis=1)
 
 
-def get(name: str):
-    """The solver function for `name` in `SOLVERS`."""
-    if name not in SOLVERS:
-        raise ValueError(f"Unknown OT solver {name!r}; choose from {', '.join(SOLVERS)}.")
-    return {"sinkhorn": sinkhorn_plan, "newton": newton_plan}[name]
+def _sinkhorn(problem: registry.Problem, settings: registry.Settings):
+    """'sinkhorn' as a registered transport: `problem.shared` is the kernel/log flag."""
+    plan, iterations = sinkhorn_plan(problem.cost, problem.shared, epsilon=settings.epsilon,
+                                      num_iterations=settings.num_iterations, tau=settings.tau,
+                                      threshold=settings.threshold)
+    return plan, {"iterations": iterations}
+
+
+def _kernel_flag(similarity: jax.Array, settings: registry.Settings) -> jax.Array:
+    """'sinkhorn''s `prepare`: one kernel/log decision for the batch `[..., M, N]`."""
+    return use_kernel_domain(1.0 - similarity, settings.epsilon, settings.domain, settings.tau)
+
+
+def _newton(problem: registry.Problem, settings: registry.Settings):
+    """'newton' as a registered transport (`settings.num_iterations` Newton steps)."""
+    plan, iterations = newton_plan(problem.cost, None, epsilon=settings.epsilon,
+                                   num_iterations=settings.num_iterations, tau=settings.tau,
+                                   threshold=settings.threshold)
+    return plan, {"iterations": iterations}
+
+
+registry.register_transport("sinkhorn", _sinkhorn, balanced_entropic=True, options={},
+                            prepare=_kernel_flag, builtin=True)
+registry.register_transport("newton", _newton, balanced_entropic=True, options={}, builtin=True)

@@ -164,17 +164,25 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(read_config(workdir)))
 
 
-def update_from_saved(config: ml_collections.ConfigDict, saved: dict) -> None:
+# Sections whose fields are the user's, not the code's: a saved run's copy replaces the current one
+# whole (a field of the run's transport options is never dropped for being unknown to this config).
+FREE_FORM = ("model.ot.options",)
+
+
+def update_from_saved(config: ml_collections.ConfigDict, saved: dict, *, _path: str = "") -> None:
     """Overwrites the fields of `config` that `saved` also has, recursively, in place.
 
     Fields added to the code after the run was saved keep `config`'s values; fields the code no
-    longer has are dropped.
+    longer has are dropped. Sections in `FREE_FORM` are taken from `saved` as they are.
     """
     for key, value in _tuples(saved).items():
-        if key not in config:
+        path = f"{_path}{key}"
+        if path in FREE_FORM and isinstance(value, dict):
+            config[key] = ml_collections.ConfigDict(value)
+        elif key not in config:
             continue
-        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
-            update_from_saved(config[key], value)
+        elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            update_from_saved(config[key], value, _path=f"{path}.")
         else:
             config[key] = value
 

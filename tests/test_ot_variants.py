@@ -1,0 +1,104 @@
+"""Literature transports (`zegot_jax.ot.variants`) against POT, their marginals and gradients."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot as pot
+import pytest
+
+import zegot_jax.ot as zot
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _similarity(seed, shape):
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, shape)
+
+
+def _solve_and_check_gradient(solver, **kw):
+    """The plan of a 6 x 3 problem (float64), after checking the score's gradient against
+    central differences (the same jitted solve)."""
+    s = jnp.asarray(_similarity(3, (6, 3)))
+    w = jnp.asarray(_similarity(4, (6,)))
+    solve = jax.jit(lambda x: zot.mpot(x, solver=solver, dtype=jnp.float64, **{
+        "epsilon": 0.1, "num_iterations": 300, **kw}))
+
+    def loss(x):
+        return jnp.sum(w * solve(x).score)
+
+    grad = np.asarray(jax.grad(loss)(s))
+    fd = np.zeros(s.shape)
+    for idx in np.ndindex(*s.shape):
+        e = jnp.zeros(s.shape).at[idx].set(1e-6)
+        fd[idx] = (loss(s + e) - loss(s - e)) / 2e-6
+    np.testing.assert_allclose(grad, fd, atol=1e-6 * np.abs(fd).max())
+    assert np.abs(fd).max() > 0.1
+    return np.asarray(s), solve(s)
+
+
+A, B = np.full(6, 1 / 6), np.full(3, 1 / 3)  # the uniform marginals of a 6 x 3 problem
+
+
+def test_semi_relaxed_keeps_pixel_mass_matches_pot_and_differentiates(x64):
+    s, out = _solve_and_check_gradient("semi_relaxed", options={"rho": 0.5})
+    plan = np.asarray(out.plan)
+    np.testing.assert_allclose(plan.sum(1), 1 / 6, atol=1e-14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT warns that reg_type='entropy' ignores c
+        expected = pot.unbalanced.sinkhorn_unbalanced(
+            A, B, 1 - s, 0.1, (np.inf, 0.5), reg_type="entropy", numItermax=20000,
+            stopThr=1e-15)
+    np.testing.assert_allclose(plan, expected, atol=1e-10 / s.size)
+    assert np.abs(plan.sum(0) - 1 / 3).max() > 0.02  # the prompt marginal really is relaxed
+
+
+def test_sparse_matches_pot_with_exact_zeros_marginals_and_gradient(x64):
+    s, out = _solve_and_check_gradient("sparse", num_iterations=100)
+    plan = np.asarray(out.plan)
+    expected = pot.smooth.smooth_ot_dual(A, B, 1 - s, 0.1 * s.size, reg_type="l2",
+                                         stopThr=1e-14, numItermax=10000)
+    np.testing.assert_allclose(plan, expected, atol=1e-6 / s.size)  # POT's L-BFGS tolerance
+    np.testing.assert_array_equal(plan == 0, expected < 1e-12)
+    zeros = float(out.diagnostics["zeros"])
+    assert 0.2 < zeros < 0.8  # many cells are exactly zero
+    np.testing.assert_allclose(plan.sum(1), 1 / 6, atol=1e-15)
+    np.testing.assert_allclose(plan.sum(0), 1 / 3, atol=1e-8)
+    # A stronger regulariser gives each pixel to more prompts.
+    denser = zot.mpot(jnp.asarray(s), epsilon=1.0, num_iterations=100, solver="sparse",
+                      dtype=jnp.float64).diagnostics["zeros"]
+    assert zeros > float(denser)
+
+
+def test_partial_moves_the_fraction_within_the_marginals_matches_pot_and_differentiates(x64):
+    s, out = _solve_and_check_gradient("partial", options={"fraction": 0.6})
+    plan = np.asarray(out.plan)
+    expected = pot.partial.entropic_partial_wasserstein(A, B, 1 - s, 0.1, m=0.6, numItermax=2000,
+                                                        stopThr=1e-100)
+    np.testing.assert_allclose(plan, expected, atol=1e-10 / s.size)
+    np.testing.assert_allclose(plan.sum(), 0.6, rtol=1e-14)
+    rows, columns = plan.sum(1), plan.sum(0)
+    assert rows.max() <= 1 / 6 + 1e-15 and columns.max() <= 1 / 3 + 1e-15
+    assert rows.min() < 0.05 / 6  # the worst-matched pixels keep almost nothing
+    # Optimality (KKT): log T + C / eps = alpha_m + beta_n, and a row (column) whose constraint is
+    # slack has the largest alpha (beta): its multiplier is zero.
+    log_plan = np.log(plan) + (1 - s) / 0.1
+    alpha, beta = log_plan.mean(1), log_plan.mean(0) - log_plan.mean()
+    np.testing.assert_allclose(log_plan, alpha[:, None] + beta[None, :], atol=1e-9)
+    slack_rows, slack_columns = rows < 1 / 6 - 1e-9, columns < 1 / 3 - 1e-9
+    assert slack_rows.any() and slack_columns.any() and not slack_rows.all()
+    np.testing.assert_allclose(alpha[slack_rows], alpha.max(), atol=1e-9)
+    np.testing.assert_allclose(beta[slack_columns], beta.max(), atol=1e-9)
+    np.testing.assert_allclose(out.score, 18 * (plan / 0.6 * s).sum(1), rtol=1e-12)
+
+
+def test_simplex_threshold_is_sparsemax():
+    x = jnp.asarray([[0.3, -1.0, 0.25, 2.0], [0.1, 0.1, 0.1, 0.1]])
+    t = zot.variants.simplex_threshold(x, 1.0, axis=1)
+    np.testing.assert_allclose(jnp.maximum(x - t[:, None], 0).sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(t, [1.0, -0.15], rtol=1e-6)
