@@ -26,10 +26,13 @@ def _cmd(workdir, *extra):
     return [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *SMOKE, *extra]
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(extra)
-    return env
+def _env(devices: int = 1, **extra):
+    """The test environment with `devices` simulated CPU devices (other XLA flags kept)."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    if devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return {**os.environ, "XLA_FLAGS": " ".join(flags), **extra}
 
 
 def _run(workdir, *extra, env=None, timeout=300):
@@ -119,11 +122,20 @@ def test_nan_stops_with_the_step_named(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_eight_devices_match_one_device(tmp_path):
-    args = ["--config.train.global_batch_size=8", "--config.train.num_steps=4"]
-    one = _train_losses(tmp_path / "one", *args)
-    eight_env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    eight = _train_losses(tmp_path / "eight", *args, env=eight_env)
+# One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses.
+SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def one_device_losses(tmp_path_factory):
+    """The reference both split runs compare with (trained once per test process)."""
+    return _train_losses(tmp_path_factory.mktemp("one_device"), *SPLIT)
+
+
+def test_eight_devices_match_one_device(tmp_path, one_device_losses):
+    one = one_device_losses
+    eight = _train_losses(tmp_path / "eight", *SPLIT, env=_env(devices=8))
+    assert sorted(eight) == sorted(one) == [1, 2, 3]
     np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
                                rtol=2e-5)
 
@@ -134,9 +146,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    args = ["--config.train.global_batch_size=4", "--config.train.num_steps=3"]
-    one = _train_losses(tmp_path / "one", *args)
+def test_two_processes_match_one_process(tmp_path, one_device_losses):
+    one, args = one_device_losses, SPLIT
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -149,5 +160,6 @@ def test_two_processes_match_one_process(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     two = _losses(tmp_path / "two")
+    assert sorted(two) == sorted(one) == [1, 2, 3]
     np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)],
                                rtol=2e-5)

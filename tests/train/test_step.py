@@ -76,7 +76,8 @@ print("all-gathers:", hlo.count("all-gather"))
 
 
 def test_per_image_loss_stays_on_each_device_under_data_parallel_sharding():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8"}
     done = subprocess.run([sys.executable, "-c", _SHARDED_LOSS], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
