@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zegot_jax import clip as clip_lib
+from zegot_jax import sharding
 from zegot_jax.data import class_names as names_lib
-from zegot_jax.train import optim, sharding
+from zegot_jax.train import optim
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 

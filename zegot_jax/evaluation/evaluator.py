@@ -3,10 +3,11 @@
 Per image: logits from a sliding window (or the whole image), upsampled to the label's full
 resolution, sigmoid, minus `seen_penalty` on seen classes (inductive calibration), argmax over all K;
 the confusion matrix accumulates on device and yields mIoU(S), mIoU(U), hIoU and pixel accuracy.
+Images of equal size are scored in batches sharded over every local device (`evaluate`).
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from zegot_jax import sharding
 from zegot_jax.evaluation import metrics, sliding
 from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
@@ -149,31 +151,96 @@ def reference_features_of(graphdef: Any, params: Any, frozen: Any, config: ml_co
     return model.reference_features(class_names, config.clip.text_context_length)
 
 
+def make_batch_scorer(graphdef: Any, config: ml_collections.ConfigDict, penalty: jax.Array):
+    """Returns `confusion(params, frozen, text, images [B,H',W',3], labels [B,H,W], reference)`.
+
+    Jitted: the `[K, K]` confusion matrix of one batch of equally sized images, each predicted as
+    `make_predictor` predicts it (scores at the label's resolution, minus `penalty [K]`, argmax).
+    Images and labels sharded over the devices of a mesh give a replicated count (XLA sums the
+    devices' counts). Label 255 everywhere (a padding slot) counts nothing.
+    """
+    logits_fn = make_logits_fn(graphdef, config)
+    num_classes = penalty.shape[0]
+
+    @jax.jit
+    def confusion(params, frozen, text_features, images, labels, reference=None):
+        logits = logits_fn(params, frozen, text_features, images, reference, None)
+        scores = score_activation(config, reference)(upsample(logits, labels.shape[1:]))
+        pred = jnp.argmax(scores - penalty[None, :, None, None], axis=1)
+        return metrics.confusion_matrix(pred, labels, num_classes)
+
+    return confusion
+
+
+def equal_shape_batches(examples: Iterable[dict[str, np.ndarray]], batch_size: int
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Groups consecutive valid examples of equal image and label shapes into padded batches.
+
+    Yields `(images [batch_size, H', W', 3], labels [batch_size, H, W], count)`: the first `count`
+    slots are examples in order, the rest zero images with all-ignore (255) labels. A batch ends
+    when it is full or the next example's shapes differ, so no image is padded or resized and
+    each is scored exactly as alone. Examples with `valid=False` (padding of an uneven
+    per-process shard) are skipped.
+    """
+    images, labels = [], []
+
+    def flush():
+        count = len(images)
+        pad = batch_size - count
+        batch = (np.stack(images + [np.zeros_like(images[0])] * pad),
+                 np.stack(labels + [np.full_like(labels[0], 255)] * pad), count)
+        images.clear()
+        labels.clear()
+        return batch
+
+    for ex in examples:
+        if not ex.get("valid", True):
+            continue
+        image, label = np.asarray(ex["image"]), np.asarray(ex["label"], np.int32)
+        if images and (image.shape != images[0].shape or label.shape != labels[0].shape):
+            yield flush()
+        images.append(image)
+        labels.append(label)
+        if len(images) == batch_size:
+            yield flush()
+    if images:
+        yield flush()
+
+
 def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, frozen: Any,
              examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
              unseen: Sequence[int], *, seen_penalty: float) -> dict[str, Any]:
     """Scores `examples` (`{'image': [H',W',3] normalised, 'label': [H,W]}`) over all classes.
 
+    Equally sized consecutive images are scored in batches of `eval.batch_size` rounded up to a
+    multiple of this process's devices, sharded over them (`sharding.local_mesh`); the
+    confusion matrix accumulates on device, and processes (each scoring its own shard of the
+    images) add theirs once at the end. Every image is predicted exactly as alone.
+
     Returns:
       The summary of `metrics.summarize` plus `num_images`.
     """
+    mesh = sharding.local_mesh()
+    devices = mesh.devices.size
+    batch_size = -(-max(int(config.eval.batch_size), 1) // devices) * devices
     text = text_features_of(graphdef, params, frozen, class_names, config.clip.text_context_length)
     reference = reference_features_of(graphdef, params, frozen, config, class_names)
-    predict = make_predictor(graphdef, config)
+    params, frozen, text, reference = sharding.to_local_replicas(
+        (params, frozen, text, reference), mesh)
     k = len(class_names)
     unseen_set = set(unseen)
     penalty = jnp.asarray([0.0 if i in unseen_set else seen_penalty for i in range(k)])
-    conf = jnp.zeros((k, k), jnp.int32)
+    confusion = make_batch_scorer(graphdef, config, penalty)
+    batches = sharding.batch_sharding(mesh)
+    conf = jax.device_put(jnp.zeros((k, k), jnp.int32), sharding.replicated(mesh))
     count = 0
-    for ex in tqdm(examples, desc="eval", unit="img", disable=jax.process_index() != 0):
-        if not ex.get("valid", True):  # padding slot of an uneven per-process shard
-            continue
-        image = jnp.asarray(ex["image"])[None]
-        label = np.asarray(ex["label"])
-        scores = predict(params, frozen, text, image, label.shape, reference)
-        pred = jnp.argmax(scores - penalty[:, None, None], axis=0)
-        conf = conf + metrics.confusion_matrix(pred, jnp.asarray(label), k)
-        count += 1
+    bar = tqdm(desc="eval", unit="img", disable=jax.process_index() != 0)
+    for images, labels, num in equal_shape_batches(examples, batch_size):
+        images, labels = jax.device_put((images, labels), batches)
+        conf = conf + confusion(params, frozen, text, images, labels, reference)
+        count += num
+        bar.update(num)
+    bar.close()
     conf, count = np.asarray(conf), np.asarray(count)
     if jax.process_count() > 1:  # each process scored its own shard
         conf = multihost_utils.process_allgather(conf).sum(0)

@@ -5,10 +5,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from zegot_jax import config_checks, errors, ot
+from zegot_jax import config_checks, errors, ot, sharding
 from zegot_jax.evaluation import evaluator
 from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import inputs, optim, sharding
+from zegot_jax.train import inputs, optim
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
@@ -56,5 +56,6 @@ def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str,
     summary = evaluator.evaluate(config, parts.graphdef, params, jax.device_put(parts.frozen),
                                  data.eval_iterator(), data.class_names, data.unseen,
                                  seen_penalty=data.seen_penalty(config))
-    print(evaluator.write_results(out or checkpoint, summary, config))
+    if jax.process_index() == 0:  # every process holds the same summary
+        print(evaluator.write_results(out or checkpoint, summary, config))
     return summary

@@ -15,9 +15,10 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from zegot_jax import sharding
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import inputs, launch, optim, sharding, workdir_lock
+from zegot_jax.train import inputs, launch, optim, workdir_lock
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter

@@ -2,9 +2,12 @@
 
 Parameters, optimizer state and the frozen CLIP weights are replicated; batches are sharded on the
 leading axis over `DATA`. Each process contributes its own local slice of the global batch.
+Evaluation uses a mesh over this process's devices alone (`local_mesh`): processes score their own
+images, whose shapes differ between processes, and reduce their counts once at the end.
 """
 
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,6 +38,27 @@ def maybe_initialize_distributed() -> None:
 def make_mesh() -> Mesh:
     """A 1-D mesh over all devices of all processes, axis `DATA`."""
     return Mesh(np.asarray(jax.devices()), (DATA,))
+
+
+def local_mesh() -> Mesh:
+    """A 1-D mesh over this process's devices, axis `DATA`."""
+    return Mesh(np.asarray(jax.local_devices()), (DATA,))
+
+
+def to_local_replicas(tree: Any, mesh: Mesh) -> Any:
+    """Copies every array of `tree` onto each device of the process-local `mesh`.
+
+    Arrays replicated over a global mesh (the training state) are read from this process's own
+    copy, so no data crosses processes.
+    """
+    target = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = x.addressable_data(0)
+        return jax.device_put(x, target)
+
+    return jax.tree.map(put, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
