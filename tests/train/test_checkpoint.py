@@ -54,3 +54,30 @@ def test_reading_a_config_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         ckpt_lib.read_config(str(tmp_path / "typo"))
     assert not (tmp_path / "typo").exists()
+
+
+def test_setting_aside_never_goes_through_a_link(damaged):
+    workdir, _, state = damaged
+    outside = Path(workdir).parent / f"{Path(workdir).name}-outside"
+    (outside / "3").mkdir(parents=True)
+    (outside / "3" / "precious").write_text("keep me")
+    (Path(workdir) / "corrupt_checkpoints").symlink_to(outside)
+    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+    with pytest.raises(ValueError, match="corrupt_checkpoints is a link or a file"):
+        ckpt.restore_intact(ckpt_lib.abstract(jax.device_put(state)))
+    ckpt.close()
+    assert (outside / "3" / "precious").read_text() == "keep me"
+    assert sorted(p.name for p in outside.iterdir()) == ["3"]
+    assert (Path(workdir) / "checkpoints" / "3" / "state").is_dir()  # left where it was
+
+
+def test_an_earlier_set_aside_step_is_kept(damaged):
+    workdir, _, state = damaged
+    earlier = Path(workdir) / "corrupt_checkpoints" / "3"
+    earlier.mkdir(parents=True)
+    (earlier / "old").write_text("from an earlier fault")
+    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+    step, _ = ckpt.restore_intact(ckpt_lib.abstract(jax.device_put(state)))
+    ckpt.close()
+    assert step == 2 and (earlier / "old").read_text() == "from an earlier fault"
+    assert (Path(workdir) / "corrupt_checkpoints" / "3-2" / "state").is_dir()

@@ -6,8 +6,8 @@ Saves are asynchronous; `latest_step` and `restore` give automatic resume from a
 
 import json
 import logging
+import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,14 +121,34 @@ class Checkpointer:
             reason for _, reason in failures) + ". Delete the checkpoints/ folder to start over.")
 
     def _set_aside(self, step: int) -> str:
-        """Moves a damaged step out of the way (deletes it on remote storage); says what it did."""
+        """Moves a damaged step out of the way (deletes it on remote storage); says what it did.
+
+        Locally it is renamed into `workdir/corrupt_checkpoints/` (to `N-2`, `N-3`... when an
+        earlier `N` is there): nothing is deleted, and nothing moves through a link.
+
+        Raises:
+          ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
+        """
         if "://" in self.workdir:
             self.manager.delete(step)
             return "deleted it"
-        target = Path(self.workdir) / "corrupt_checkpoints" / str(step)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(Path(_directory(self.workdir)) / str(step)), str(target))
+        aside = Path(self.workdir) / "corrupt_checkpoints"
+        source = Path(_directory(self.workdir)) / str(step)
+        if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+            raise ValueError(f"Checkpoint step {step} is damaged and should be set aside, but "
+                             f"{aside} is a link or a file, not a folder of this run; move it "
+                             f"away, or delete {source} yourself, and start again.")
+        aside.mkdir(exist_ok=True)
+        target, n = aside / str(step), 1
+        while os.path.lexists(target):
+            n += 1
+            target = aside / f"{step}-{n}"
+        try:
+            os.rename(source, target)  # renames a link itself, never what it points to
+        except OSError as e:
+            raise ValueError(f"Checkpoint step {step} is damaged and could not be moved to "
+                             f"{target} ({e.strerror}); delete {source} yourself and start "
+                             "again.") from e
         return f"moved it to {target}"
 
     def wait(self) -> None:
