@@ -1,8 +1,11 @@
 """What `train` refuses before it builds a model or writes a file (in process, no training)."""
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from inference_fixtures import save_run, smoke_config
@@ -75,16 +78,22 @@ def test_resume_may_change_the_listed_fields(saved):
 
 
 def test_a_busy_workdir_names_the_other_process(tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "run").mkdir()
+    lock = tmp_path / "run" / workdir_lock.LOCK_NAME
+    holder = (f"import fcntl, json, os, socket, time\nfd = os.open({str(lock)!r}, os.O_RDWR | "
+              "os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, json.dumps({'pid': "
+              "os.getpid(), 'host': socket.gethostname(), 'started': 'then'}).encode())\n"
+              "print(flush=True)\ntime.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
     try:
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / workdir_lock.LOCK_NAME).write_text(
-            f'{{"pid": {other.pid}, "host": "{os.uname().nodename}", "started": "then"}}')
-        with pytest.raises(ValueError, match=f"in use by another training \\(pid {other.pid} on"):
+        other.stdout.readline()  # it holds the lock
+        with pytest.raises(ValueError, match=f"in use by another training \\(pid {other.pid} on"
+                                             f".*kill {other.pid}"):
             loop.train(smoke_config(), str(tmp_path / "run"))
     finally:
         other.kill()
         other.wait()
+    workdir_lock.release(workdir_lock.acquire(str(tmp_path / "run")))  # free once it is gone
 
 
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
@@ -104,3 +113,62 @@ def test_a_lock_from_another_host_is_refused(tmp_path):
     (tmp_path / workdir_lock.LOCK_NAME).write_text('{"pid": 1, "host": "elsewhere"}')
     with pytest.raises(ValueError, match="host elsewhere.*delete"):
         workdir_lock.acquire(str(tmp_path))
+
+
+def _stale_lock(directory):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (directory / workdir_lock.LOCK_NAME).write_text(
+        f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}')
+
+
+def _race(workdir: str, starts: int) -> list:
+    """`starts` threads call `acquire` at the same moment; returns the locks they got."""
+    barrier, held = threading.Barrier(starts), []
+
+    def attempt():
+        barrier.wait()
+        with contextlib.suppress(ValueError):
+            held.append(workdir_lock.acquire(workdir))
+
+    threads = [threading.Thread(target=attempt) for _ in range(starts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return held
+
+
+def test_racing_starts_on_a_stale_lock_give_one_holder(tmp_path):
+    for _ in range(30):
+        _stale_lock(tmp_path)  # a dead pid on this host: each start used to delete it
+        held = _race(str(tmp_path), 3)
+        assert len(held) == 1
+        workdir_lock.release(held[0])
+
+
+def test_an_empty_or_unwritable_lock_never_blocks(tmp_path, monkeypatch, capsys):
+    (tmp_path / workdir_lock.LOCK_NAME).write_text("")  # a full disk left it empty
+    workdir_lock.release(workdir_lock.acquire(str(tmp_path)))
+
+    def full_disk(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    held = workdir_lock.acquire(str(tmp_path))
+    assert "could not write" in capsys.readouterr().err
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="in use by another training") as info:
+        workdir_lock.acquire(str(tmp_path))
+    assert "None" not in str(info.value) and "fuser" in str(info.value)
+    workdir_lock.release(held)
+    workdir_lock.release(workdir_lock.acquire(str(tmp_path)))
+
+
+def test_a_live_pid_that_does_not_hold_the_lock_does_not_block(tmp_path):
+    # A lock file naming a live process (a pid reused after a reboot) that holds no OS lock.
+    (tmp_path / workdir_lock.LOCK_NAME).write_text(
+        f'{{"pid": 1, "host": "{os.uname().nodename}", "started": "last year"}}')
+    held = workdir_lock.acquire(str(tmp_path))
+    assert f'"pid": {os.getpid()}' in (tmp_path / workdir_lock.LOCK_NAME).read_text()
+    workdir_lock.release(held)
