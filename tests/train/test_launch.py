@@ -77,6 +77,17 @@ def test_resume_may_change_the_listed_fields(saved):
     assert launch.config_changes({"train": {"num_steps": 3}, "gone": 1}, config) == []
 
 
+def test_resume_refuses_fewer_steps_than_saved(saved):
+    config = smoke_config()
+    config.train.num_steps = 2  # the run is saved at step 3
+    with pytest.raises(ValueError, match=r"already trained to step 3.*train.num_steps=2.*"
+                                         r"evaluate.py --checkpoint=") as info:
+        launch.check_resume(config, saved)
+    assert "\n" not in str(info.value)
+    config.train.num_steps = 3  # the same step: nothing to train, evaluates
+    launch.check_resume(config, saved)
+
+
 def test_a_busy_workdir_names_the_other_process(tmp_path):
     (tmp_path / "run").mkdir()
     lock = tmp_path / "run" / workdir_lock.LOCK_NAME

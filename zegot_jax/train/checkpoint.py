@@ -24,13 +24,18 @@ def _directory(workdir: str) -> str:
 
 def has_checkpoint(workdir: str) -> bool:
     """Whether `workdir` holds a checkpoint folder with at least one step (creates nothing)."""
+    return saved_step(workdir) is not None
+
+
+def saved_step(workdir: str) -> int | None:
+    """The newest checkpointed step of `workdir`, or None (creates nothing)."""
     if "://" not in workdir:
         directory = Path(_directory(workdir))
         if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
-            return False
+            return None
     ckpt = Checkpointer(workdir, async_save=False, create=False)
     try:
-        return ckpt.latest_step() is not None
+        return ckpt.latest_step()
     finally:
         ckpt.close()
 

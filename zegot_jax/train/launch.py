@@ -49,8 +49,14 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises ValueError if `workdir` holds a run whose saved config differs where it may not."""
-    if not ckpt_lib.has_checkpoint(workdir):
+    step = ckpt_lib.saved_step(workdir)
+    if step is None:
         return
+    if config.train.num_steps < step:
+        raise ValueError(f"{workdir} is already trained to step {step}, beyond "
+                         f"train.num_steps={config.train.num_steps}: a resume cannot go back. "
+                         f"Score it with evaluate.py --checkpoint={workdir}, or train a new run "
+                         "in another --workdir.")
     changes = config_changes(ckpt_lib.read_config(workdir), config)
     if changes:
         listed = "; ".join(f"{k}: saved {old!r}, now {new!r}" for k, old, new in changes)
