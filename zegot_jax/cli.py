@@ -11,7 +11,6 @@ class list is used. An image that fails is reported and skipped; the exit status
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import errors, inference, viz
+from zegot_jax import errors, inference, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
 
 
@@ -121,7 +120,7 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
     viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
     summary = {"image": str(image), **summarize(result), "outputs": files,
                "seconds": round(time.perf_counter() - start, 3)}
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{stem}.json").write_text(strict_json.dumps(summary, indent=2))
     return summary
 
 

@@ -183,3 +183,17 @@ def test_a_bare_state_dict_needs_its_activation(original, tmp_path):
         '{"model_cfg": {"vision_cfg": {"width": 128, "head_width": 32}, "text_cfg": {"heads": 2}}}')
     spec = clip.load(tmp_path / 'bare.safetensors').spec  # open_clip's config says GELU and heads
     assert (spec.activation, spec.vision_heads, spec.text_heads) == ('gelu', 4, 2)
+
+
+def test_non_finite_or_integer_weights_are_refused(original, tmp_path):
+    _, state = original
+    nan = dict(state, **{'ln_final.weight': np.full(64, np.nan, np.float32)})
+    safetensors.numpy.save_file(nan, tmp_path / 'nan.safetensors')
+    with pytest.raises(ValueError, match=r'non-finite values \(NaN or Inf\) in 1 tensor: '
+                                         r'ln_final\.weight') as info:
+        clip.load(tmp_path / 'nan.safetensors', activation='gelu')
+    assert '\n' not in str(info.value)
+    ints = {k: np.asarray(v * 100, np.int64) for k, v in state.items()}
+    safetensors.numpy.save_file(ints, tmp_path / 'int.safetensors')
+    with pytest.raises(ValueError, match=r'holds int64 tensors where CLIP weights are floats'):
+        clip.load(tmp_path / 'int.safetensors', activation='gelu')

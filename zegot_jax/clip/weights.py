@@ -235,7 +235,7 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
         lambda: CLIP(spec, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     graphdef, abstract_state = nnx.split(abstract)
     targets = dict(nnx.to_flat_state(abstract_state))
-    arrays, seen, unexpected, misshaped = {}, set(), [], []
+    arrays, seen, unexpected, misshaped, not_float, not_finite = {}, set(), [], [], {}, []
     for name, value in state.items():
         if convert.IGNORED_KEYS.search(name):
             continue
@@ -245,6 +245,10 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             continue
         seen.add(path)
         value = convert.to_model_layout(np.asarray(value), layout)
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            not_float[name] = str(value.dtype)
+        elif not np.isfinite(value.astype(np.float32, copy=False)).all():
+            not_finite.append(name)
         if value.size == 1 and math.prod(targets[path].shape) == 1:  # logit_scale: () or (1,)
             value = value.reshape(targets[path].shape)
         if tuple(value.shape) != tuple(targets[path].shape):
@@ -257,9 +261,28 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
         raise ValueError(f'Checkpoint {path_or_hub_id} does not match CLIP {spec}:\n'
                          f'  missing: {missing}\n  unexpected: {unexpected}\n'
                          f'  mis-shaped: {misshaped}')
+    _check_values(path_or_hub_id, not_float, not_finite)
     for path, variable in targets.items():
         variable.set_value(arrays[path])
     return nnx.merge(graphdef, nnx.from_flat_state(targets))
+
+
+def _check_values(source, not_float: dict[str, str], not_finite: list[str]) -> None:
+    """Raises ValueError (one line) for integer or NaN/Inf weights, which load but score nothing."""
+    def names(items) -> str:
+        items = list(items)
+        return ', '.join(items[:5]) + (f' and {len(items) - 5} more' if len(items) > 5 else '')
+
+    if not_float:
+        raise ValueError(f'Checkpoint {source} holds {"/".join(sorted(set(not_float.values())))} '
+                         f'tensors where CLIP weights are floats ({names(not_float)}): it is not '
+                         'a float CLIP checkpoint (quantised or another kind of file); use the '
+                         'float16/bfloat16/float32 weights.')
+    if not_finite:
+        raise ValueError(f'Checkpoint {source} holds non-finite values (NaN or Inf) in '
+                         f'{len(not_finite)} tensor{"s" * (len(not_finite) > 1)}: '
+                         f'{names(not_finite)}; the file is damaged or was saved from a diverged '
+                         'model: use another copy.')
 
 
 def state_dict(model: CLIP) -> dict[str, np.ndarray]:

@@ -5,7 +5,6 @@ resolution, sigmoid, minus `seen_penalty` on seen classes (inductive calibration
 the confusion matrix accumulates on device and yields mIoU(S), mIoU(U), hIoU and pixel accuracy.
 """
 
-import json
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from zegot_jax import strict_json
 from zegot_jax.evaluation import metrics, sliding
 from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
@@ -258,5 +258,5 @@ def write_results(out_dir: str, summary: dict[str, Any], config: ml_collections.
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(summary, config)
     (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.json").write_text(strict_json.dumps(summary, indent=2))
     return text

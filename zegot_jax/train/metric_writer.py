@@ -1,10 +1,11 @@
 """Metrics as JSON lines (`metrics.jsonl`) and TensorBoard event files, from process 0 only."""
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from zegot_jax import strict_json
 
 
 class MetricWriter:
@@ -24,7 +25,7 @@ class MetricWriter:
         """Writes `{'step': step, **row}`; numeric entries also go to TensorBoard."""
         if not self.enabled:
             return
-        self._file.write(json.dumps({"step": int(step), **row}) + "\n")
+        self._file.write(strict_json.dumps({"step": int(step), **row}) + "\n")
         self._file.flush()
         for key, value in row.items():
             if isinstance(value, int | float):
