@@ -65,6 +65,7 @@ def test_segment_writes_outputs_and_reports_failures(loaded, tmp_path, capsys):
         size = summary["size"]
         assert size == [50, 70]
         assert abs(sum(summary["pixel_share"].values()) - 1) < 1e-4
+        assert 0 <= summary["ot_marginal_error"] < 1e-2  # the OT converged
         labels = np.asarray(PIL.Image.open(out / summary["outputs"]["labels"]))
         assert labels.shape == tuple(size) and labels.max() < 3
         shares = np.bincount(labels.ravel(), minlength=3) / labels.size

@@ -60,6 +60,7 @@ def test_segment_shapes_calibration_and_details(segmenter):
     assert result.similarity.shape == result.plan.shape == (num_layers, k, 4, 6, n)
     assert result.layer_logits.shape == (num_layers, k, 4, 6)
     np.testing.assert_allclose(result.plan.sum(-1), 1.0, atol=1e-3)
+    assert 0 <= result.ot_marginal_error < 1e-2 and plain.ot_marginal_error is None
     score = n * (result.plan * result.similarity).sum(-1)  # the refined score, then t and b
     np.testing.assert_allclose(result.layer_logits, segmenter.model.scale_score(score, n),
                                rtol=1e-4, atol=1e-4)

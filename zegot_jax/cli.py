@@ -102,6 +102,8 @@ def summarize(result: inference.SegmentationResult) -> dict:
                        for i, n in enumerate(result.class_names)},
         "max_score": {n: round(float(result.score_max[i]), 6)
                       for i, n in enumerate(result.class_names)},
+        **({} if result.ot_marginal_error is None else
+           {"ot_marginal_error": float(f"{result.ot_marginal_error:.3g}")}),
     }
 
 

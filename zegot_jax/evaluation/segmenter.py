@@ -31,6 +31,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from zegot_jax import ot
 from zegot_jax.config_overrides import override
 from zegot_jax.data import transforms
 from zegot_jax.evaluation import evaluator, sliding
@@ -58,6 +59,8 @@ class SegmentationResult(NamedTuple):
       plan: `[L, K, h, w, N]` transport plans (each pixel's row is its distribution over prompts),
         or None.
       score_mean, score_max: `[K]` mean and max of each class's full-resolution sigmoid score.
+      ot_marginal_error: with details, the largest marginal error of the image's balanced MPOT
+        plans (near 0 when converged; a one-time warning above `ot.MARGINAL_ERROR_WARNING`).
     """
 
     class_names: tuple[str, ...]
@@ -70,6 +73,7 @@ class SegmentationResult(NamedTuple):
     plan: np.ndarray | None = None
     score_mean: np.ndarray | None = None
     score_max: np.ndarray | None = None
+    ot_marginal_error: float | None = None
 
 
 def _rgb(img: PIL.Image.Image) -> np.ndarray:
@@ -238,7 +242,8 @@ class Segmenter:
 
         def details(params, frozen, text, image):
             out = state_lib.merge(graphdef, params, frozen).segment(image, text)
-            return out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0]
+            return (out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0],
+                    out.ot_marginal_error)
 
         self._predict = jax.jit(predict, static_argnames=("out_size", "keep_scores"))
         self._details = jax.jit(details)
@@ -368,10 +373,12 @@ class Segmenter:
             if whole != size:
                 batch = jnp.asarray(transforms.normalize(
                     transforms.resize(pixels, whole, nearest=False)))[None]
-            layer_logits, similarity, plan = jax.device_get(
+            layer_logits, similarity, plan, marginal = jax.device_get(
                 self._details(self.params, self.frozen, text, batch))
             extra = {"layer_logits": layer_logits[:, :k], "similarity": similarity[:, :k],
-                     "plan": plan[:, :k]}
+                     "plan": plan[:, :k],
+                     "ot_marginal_error": None if marginal is None else float(marginal)}
+            ot.warn_if_unconverged(extra["ot_marginal_error"], "segment")
         return SegmentationResult(
             class_names=names, image=pixels, label_map=np.asarray(label_map),
             scores=None if scores is None else np.asarray(scores)[:k], layers=self.model.layers,

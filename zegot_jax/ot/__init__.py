@@ -5,8 +5,9 @@ Newton); `implicit.py` the exact implicit backward; `reference.py` a plain loop 
 oracle and benchmark baseline.
 """
 
-from zegot_jax.ot.mpot import BACKWARDS, MPOTOutput, mpot
+from zegot_jax.ot.mpot import BACKWARDS, MARGINAL_ERROR_WARNING, MPOTOutput, mpot, warn_if_unconverged
 from zegot_jax.ot.reference import sinkhorn_log_reference
 from zegot_jax.ot.solvers import DOMAINS, SOLVERS
 
-__all__ = ["BACKWARDS", "DOMAINS", "MPOTOutput", "SOLVERS", "mpot", "sinkhorn_log_reference"]
+__all__ = ["BACKWARDS", "DOMAINS", "MARGINAL_ERROR_WARNING", "MPOTOutput", "SOLVERS", "mpot",
+           "sinkhorn_log_reference", "warn_if_unconverged"]

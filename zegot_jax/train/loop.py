@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from zegot_jax import ot
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, launch, optim, sharding, workdir_lock
@@ -37,14 +38,22 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None) -> None:
+def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None,
+                  ot_config: ml_collections.ConfigDict) -> None:
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-    if bad:
-        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
-            "no checkpoint was written yet"
-        raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
-                                 f"Inf (checked every train.log_every steps and before each "
-                                 f"checkpoint); {kept}. Lower optim.learning_rate or check the data.")
+    if not bad:
+        return
+    kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
+        "no checkpoint was written yet"
+    fix = "Lower optim.learning_rate or check the data."
+    if ot_config.enabled and ("ot_marginal_error" in bad or (
+            "grad_norm" in bad and "loss" not in bad)):  # the OT failed, or the loss's gradient
+        fix = (f"The OT is the likely cause: at model.ot.epsilon={ot_config.epsilon} its plans "
+               "are nearly hard assignments, whose gradient is not finite; raise "
+               "model.ot.epsilon (OTSeg uses 0.05), or else lower optim.learning_rate.")
+    raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
+                             f"Inf (checked every train.log_every steps and before each "
+                             f"checkpoint); {kept}. {fix}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -113,7 +122,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
             if step % config.train.log_every == 0 or should_save:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host, step, last_saved)
+                _check_finite(host, step, last_saved, config.model.ot)
+                ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
                 now = time.perf_counter()
                 host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / max(
                     now - tick, 1e-9)
