@@ -164,6 +164,18 @@ def test_images_read_as_a_viewer_shows_them(tmp_path):
     assert deep[1, 1].tolist() == [128] * 3  # scaled, not clipped to 255
 
 
+def test_float_images_in_unit_range_are_scaled_and_others_refused(tmp_path):
+    unit = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+    PIL.Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    read = inference.load_image(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(read[..., 0], np.round(unit * 255).astype(np.uint8))
+    assert read[-1, -1].tolist() == [255] * 3  # not an all-black image
+    odd = unit * 1000 - 5
+    PIL.Image.fromarray(odd, mode="F").save(tmp_path / "odd.tif")
+    with pytest.raises(ValueError, match=r"odd.tif.*float values in \[-5, 995\].*8-bit"):
+        inference.load_image(tmp_path / "odd.tif")
+
+
 def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmenter):
     names = ["cat", "dog", "grass", "sky", "car", "tree", "road", "water", "bird"]  # two buckets
     image = random_image(230, 170, seed=3)

@@ -78,8 +78,23 @@ class SegmentationResult(NamedTuple):
 
 def _rgb(img: PIL.Image.Image) -> np.ndarray:
     """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
-    clipped) to 0..255."""
+    clipped) to 0..255, float grey (TIFF) in [0, 1] scaled by 255 (in [0, 255] taken as is).
+
+    Raises:
+      ValueError: a float image with values outside [0, 255] or not finite.
+    """
     img = PIL.ImageOps.exif_transpose(img)
+    if img.mode == "F":
+        grey = np.asarray(img, np.float64)
+        finite = np.isfinite(grey)
+        low, high = (float(grey[finite].min()), float(grey[finite].max())) if finite.any() \
+            else (0.0, 0.0)
+        if not (finite.all() and low >= 0 and high <= 255):
+            nan = "" if finite.all() else " and NaN/Inf"
+            raise ValueError(f"float values in [{low:.4g}, {high:.4g}]{nan}, neither [0, 1] nor "
+                             "[0, 255]; save it as an 8-bit image")
+        grey = grey * 255.0 if high <= 1.0 else grey
+        return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=-1)
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(img).astype(np.float64)
         grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
