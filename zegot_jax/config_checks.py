@@ -101,6 +101,8 @@ RULES: tuple[Rule, ...] = (
     Rule("clip.text_context_length", integer(2), "an integer >= 2"),
     Rule("clip.activation", one_of("", "quick_gelu", "gelu"),
          "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
+    Rule("clip.vision_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
+    Rule("clip.text_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
     Rule("model.prompts", one_of("learned", "templates"), "'learned' or 'templates'"),
     Rule("model.num_prompts", integer(1), POSITIVE),
     Rule("model.context_tokens", integer(1), POSITIVE),

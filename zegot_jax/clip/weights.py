@@ -22,7 +22,7 @@ from flax import nnx
 
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
-from zegot_jax.clip.variants import HUB_IDS, CLIPSpec
+from zegot_jax.clip.variants import HUB_IDS, CLIPSpec, known_heads
 from zegot_jax.errors import MissingDependency
 
 _SAFETENSORS_FORMAT = 'zegot_jax.clip'
@@ -142,17 +142,19 @@ def _pick_file(directory: pathlib.Path) -> pathlib.Path:
                             'or pytorch_model.bin.')
 
 
-def read_checkpoint(path: pathlib.Path,
-                    activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
+def read_checkpoint(path: pathlib.Path, activation: str | None = None, *,
+                    vision_heads: int | None = None,
+                    text_heads: int | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
     """Reads a checkpoint file or directory into an OpenAI-layout dict and its inferred spec.
 
     Shapes give every width and depth but not the activation or the attention heads. Those come
     from our safetensors metadata, a HF `config.json` or an `open_clip_config.json` beside the file,
-    or OpenAI's TorchScript format (QuickGELU, width // 64 heads); `activation` overrides them and,
-    for a bare state dict, is required (heads are then width // 64).
+    or OpenAI's TorchScript format (QuickGELU); `activation`, `vision_heads` and `text_heads`
+    override them and, for a bare state dict, the activation is required. Heads nothing declares
+    are taken from the known variant of that width (`variants.known_heads`).
 
     Raises:
-        ValueError: a bare state dict and no `activation`.
+        ValueError: a bare state dict and no `activation`, or a tower whose heads nothing gives.
     """
     file = _pick_file(path) if path.is_dir() else path
     if file.suffix == '.safetensors':
@@ -173,6 +175,8 @@ def read_checkpoint(path: pathlib.Path,
         config = file.parent / 'config.json'
         if config.is_file():
             heads, declared = _hf_config(config)
+    heads.update({k: int(v) for k, v in (('vision_heads', vision_heads),
+                                          ('text_heads', text_heads)) if v})
     if activation is None and declared is None:
         convert.infer_spec(state)  # a file that is no CLIP at all says so first
         raise ValueError(
@@ -180,7 +184,27 @@ def read_checkpoint(path: pathlib.Path,
             'config.json or open_clip_config.json beside it): put the model\'s config beside it, '
             "or pass activation='quick_gelu' (OpenAI's weights) or 'gelu' (most others; "
             "clip.activation in a config); heads are then width // 64.")
+    _known_heads(file, state, heads)
     return state, convert.infer_spec(state, activation=activation or declared, **heads)
+
+
+def _known_heads(file: pathlib.Path, state: dict[str, np.ndarray], heads: dict[str, int]) -> None:
+    """Fills the heads no config declared from the known variants (in place); raises ValueError
+    for a width no variant explains."""
+    widths = convert.infer_spec(state, vision_heads=1, text_heads=1)  # widths only
+    for tower in ('vision', 'text'):
+        if f'{tower}_heads' in heads:
+            continue
+        width = getattr(widths, f'{tower}_width')
+        known = known_heads(tower, width)
+        if known is None:
+            raise ValueError(
+                f'{file} does not say how many attention heads its {tower} tower of width {width} '
+                f'has, and no known variant has that width (width // 64 = {width // 64} is wrong '
+                "for some: open_clip's ViT-H/14 has 16 heads of 80 at width 1280): pass "
+                f'{tower}_heads= to clip.load (clip.{tower}_heads in a config), or put the '
+                "model's config.json or open_clip_config.json beside it.")
+        heads[f'{tower}_heads'] = known
 
 
 def _open_clip_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
@@ -214,7 +238,8 @@ def _hf_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
 
 
 def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
-         activation: str | None = None) -> CLIP:
+         activation: str | None = None, vision_heads: int | None = None,
+         text_heads: int | None = None) -> CLIP:
     """Builds a `CLIP` from a checkpoint; the variant is read from the weights' shapes.
 
     Args:
@@ -224,13 +249,16 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             unless this says otherwise).
         activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies; required
             for a bare state dict with no config beside it (see `read_checkpoint`).
+        vision_heads, text_heads: attention heads of each tower, overriding what the checkpoint
+            implies; needed for a bare state dict whose widths are not a known variant's.
 
     Raises:
         FileNotFoundError: nothing at the path and not fetchable.
         ValueError: not a CLIP checkpoint, unreadable, or names/shapes that do not match the
             model (all missing, unexpected and mis-shaped names are listed).
     """
-    state, spec = read_checkpoint(_resolve(path_or_hub_id), activation)
+    state, spec = read_checkpoint(_resolve(path_or_hub_id), activation,
+                                  vision_heads=vision_heads, text_heads=text_heads)
     abstract = nnx.eval_shape(
         lambda: CLIP(spec, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     graphdef, abstract_state = nnx.split(abstract)
