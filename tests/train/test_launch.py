@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from inference_fixtures import save_run, smoke_config
@@ -183,3 +184,15 @@ def test_a_live_pid_that_does_not_hold_the_lock_does_not_block(tmp_path):
     held = workdir_lock.acquire(str(tmp_path))
     assert f'"pid": {os.getpid()}' in (tmp_path / workdir_lock.LOCK_NAME).read_text()
     workdir_lock.release(held)
+
+
+def test_init_from_another_model_size_says_the_shapes_differ(saved, tmp_path):
+    config = smoke_config()
+    config.model.num_prompts = 3  # the saved run has 2
+    config.train.init_from = saved
+    with pytest.raises(ValueError, match=r"holds parameters of other shapes than this model's "
+                                         r"\(saved \(2, .*needed \(3, .*model.num_prompts") as info:
+        loop.train(config, str(tmp_path / "run"))
+    assert "Delete" not in str(info.value) and "corrupt" not in str(info.value)
+    assert not (tmp_path / "run").exists()  # no empty checkpoints/ (nor workdir) left behind
+    assert (Path(saved) / "checkpoints" / "3").is_dir()

@@ -5,7 +5,6 @@ Saves are asynchronous; `latest_step` and `restore` give automatic resume from a
 """
 
 import json
-import logging
 import os
 import re
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from zegot_jax.train import orbax_errors
 
 
 def _directory(workdir: str) -> str:
@@ -43,11 +44,10 @@ def saved_step(workdir: str) -> int | None:
 def unreadable(step: int, directory: str, error: Exception) -> str:
     """`step N: <file> is unreadable (<first words of the error>)`, naming the deepest file.
 
-    The other reads of that restore failed too, in futures nobody awaits: asyncio would log each
-    one ("Future exception was never retrieved", a screen of tensorstore specs) when collected,
-    so its logger is kept to critical messages from here on.
+    The other reads of that restore failed too, and would each print a screen of tensorstore
+    specs: `orbax_errors.quiet_after_failure` keeps them off the console from here on.
     """
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    orbax_errors.quiet_after_failure()
     message = str(error)
     files = re.findall(r'local file "([^"]+)"', message)
     where = files[-1] if files else f"{directory}/{step}"
@@ -68,6 +68,8 @@ class Checkpointer:
                                                create=create)
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(_directory(workdir), options=options)
+        self._write_failed = False
+        orbax_errors.quiet_background_errors()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -81,7 +83,14 @@ class Checkpointer:
             data=ocp.args.JsonSave({"state": _jsonable(data_state)}),
             config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         )
-        self.manager.save(step, args=args, force=force)
+        try:
+            self.manager.save(step, args=args, force=force)  # raises an earlier save's failure
+        except Exception as e:
+            raise self._write_error(e) from e
+
+    def _write_error(self, error: Exception) -> Exception:
+        self._write_failed = True
+        return orbax_errors.write_error(error, str(self.manager.directory), self.latest_step())
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, dict]:
         """Restores `(state, data_state, config_dict)` at `step` (default: the latest)."""
@@ -91,6 +100,12 @@ class Checkpointer:
         try:
             return self._read(abstract_state, step)
         except Exception as e:  # tensorstore and JSON errors of a damaged file
+            if shapes := orbax_errors.other_shapes(e):
+                raise ValueError(
+                    f"Checkpoint step {step} of {self.workdir} holds parameters of other shapes "
+                    f"than this model's (saved {shapes[0]}, needed {shapes[1]}): it was trained "
+                    "with another model config (model.num_prompts, model.context_tokens, "
+                    "model.layers, clip.weights, ...). Use a run of the same model.") from e
             raise ValueError(f"Checkpoint {unreadable(step, str(self.manager.directory), e)}. "
                              "Delete that step's folder to use the one before it.") from e
 
@@ -158,11 +173,21 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error(e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending saves and closes (a failure already raised is not raised again)."""
+        reported, failures = self._write_failed, []
+        for finish in (self.wait, self.manager.close):
+            try:
+                finish()
+            except Exception as e:  # close even when the wait failed
+                failures.append(e)
+        if failures and not reported:
+            raise failures[0]
 
 
 def read_config(workdir: str) -> dict:

@@ -5,6 +5,8 @@ replicated once and passed beside the donated train state. Checkpoints hold only
 data iterator state, so a killed run resumes exactly where it stopped.
 """
 
+import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -69,9 +71,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     sharding.maybe_initialize_distributed()
     launch.check(config, workdir, num_devices=jax.device_count())
+    created = "://" not in workdir and not Path(workdir).exists()
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-        return _train(config, workdir)
+    try:
+        with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+            return _train(config, workdir)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves nothing behind
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only if empty; never through a link
+        raise
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -88,15 +97,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     text_inputs = jax.device_put(model.text_inputs(data.train_classes,
                                                    config.clip.text_context_length), replicated)
 
+    start = ckpt_lib.saved_step(workdir)
+    if start is None and config.train.init_from:  # before checkpoints/ is created
+        state = _initialize_from(config.train.init_from, state)
     ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     train_iter = data.train_iterator(local_batch, seed=config.seed)
-    start = ckpt.latest_step()
     try:
         if start is not None:  # the newest intact step (damaged newer ones are set aside)
             start, (state, data_state, _) = ckpt.restore_intact(ckpt_lib.abstract(state))
             train_iter.set_state(data_state)
-        elif config.train.init_from:
-            state = _initialize_from(config.train.init_from, state)
     except BaseException:
         ckpt.close()  # else orbax's event loop prints tracebacks at exit
         raise
