@@ -3,15 +3,17 @@
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from inference_fixtures import save_run, smoke_config
 
-from zegot_jax.train import launch, loop, workdir_lock
+from zegot_jax.train import inputs, launch, loop, workdir_lock
 
 
 def test_bad_values_stop_before_the_workdir_exists(tmp_path):
@@ -196,3 +198,22 @@ def test_init_from_another_model_size_says_the_shapes_differ(saved, tmp_path):
     assert "Delete" not in str(info.value) and "corrupt" not in str(info.value)
     assert not (tmp_path / "run").exists()  # no empty checkpoints/ (nor workdir) left behind
     assert (Path(saved) / "checkpoints" / "3").is_dir()
+
+
+def test_sigterm_during_the_final_evaluation_is_a_preemption(tmp_path, monkeypatch, tiny_clip):
+    # A run saved at its last step: train goes straight to the final evaluation.
+    workdir, config = tmp_path / "run", smoke_config()
+    iterator = inputs.DataSetup.from_config(config).train_iterator(2, seed=config.seed)
+    save_run(str(workdir), config, tiny_clip, data_state=iterator.get_state())
+
+    def evaluate_until_preempted(*_, **__):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(loop, "_evaluate", evaluate_until_preempted)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert loop.train(smoke_config(), str(workdir)) == {"preempted_at": 3}
+    assert signal.getsignal(signal.SIGTERM) == previous
+    assert not (workdir / workdir_lock.LOCK_NAME).exists()
+    workdir_lock.release(workdir_lock.acquire(str(workdir)))  # free

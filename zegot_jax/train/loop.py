@@ -26,8 +26,13 @@ from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
 
 
+class _Preempted(Exception):
+    """SIGTERM during the final evaluation, after the last checkpoint was saved."""
+
+
 class _Preemption:
-    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step."""
+    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step; during the
+    final evaluation (`raise_from_now`), into `_Preempted`."""
 
     def __init__(self):
         self.requested = False
@@ -35,6 +40,15 @@ class _Preemption:
 
     def _handle(self, signum, frame):  # noqa: ARG002
         self.requested = True
+
+    def raise_from_now(self):
+        """A SIGTERM from now on raises `_Preempted` (at once if one came already)."""
+        signal.signal(signal.SIGTERM, self._raise)
+        if self.requested:
+            raise _Preempted
+
+    def _raise(self, signum, frame):  # noqa: ARG002
+        raise _Preempted
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
@@ -122,48 +136,60 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                disable=jax.process_index() != 0)
     tick, tick_step = time.perf_counter(), start
     try:
-        for step in range(start + 1, num_steps + 1):
-            batch = sharding.to_global(next(train_iter), mesh)
-            state, metrics = train_step(state, frozen, batch, text_inputs)
-            bar.update(1)
-            is_last = step == num_steps
-            preempted = preempt.requested  # read once: the signal may land at any moment
-            should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
-            if step % config.train.log_every == 0 or should_save:
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host, step, last_saved, config.model.ot)
-                ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
-                now = time.perf_counter()
-                host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / max(
-                    now - tick, 1e-9)
-                tick, tick_step = now, step
-                writer.write(step, host)
-                bar.set_postfix(loss=f"{host['loss']:.4f}")
-            if should_save:
-                ckpt.save(step, state, train_iter.get_state(), config)
-                last_saved = step
-            if preempted:
-                ckpt.wait()
-                writer.write_text(f"preempted at step {step}; checkpoint saved")
-                return {"preempted_at": step}
-            if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
-                _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
+        try:
+            for step in range(start + 1, num_steps + 1):
+                batch = sharding.to_global(next(train_iter), mesh)
+                state, metrics = train_step(state, frozen, batch, text_inputs)
+                bar.update(1)
+                is_last = step == num_steps
+                preempted = preempt.requested  # read once: the signal may land at any moment
+                should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
+                if step % config.train.log_every == 0 or should_save:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _check_finite(host, step, last_saved, config.model.ot)
+                    ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
+                    now = time.perf_counter()
+                    host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / \
+                        max(now - tick, 1e-9)
+                    tick, tick_step = now, step
+                    writer.write(step, host)
+                    bar.set_postfix(loss=f"{host['loss']:.4f}")
+                if should_save:
+                    ckpt.save(step, state, train_iter.get_state(), config)
+                    last_saved = step
+                if preempted:
+                    ckpt.wait()
+                    writer.write_text(f"preempted at step {step}; checkpoint saved")
+                    return {"preempted_at": step}
+                if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
+                    _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
+        finally:
+            bar.close()
+            ckpt.close()
+        preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
+        return _final_evaluation(config, data, parts.graphdef, state, frozen, writer)
+    except _Preempted:
+        writer.write_text(f"preempted during the final evaluation (step {num_steps} is saved; the "
+                          "same command evaluates it)")
+        return {"preempted_at": num_steps}
     finally:
-        bar.close()
         preempt.restore()
-        ckpt.close()
-    summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps,
+        writer.close()
+
+
+def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str, Any]:
+    """The last evaluation (with the training-free baseline if asked) and `predictions.png`."""
+    summary = _evaluate(config, data, graphdef, state, frozen, writer, config.train.num_steps,
                         baseline=config.eval.training_free_baseline)
     if jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
-            clip = state_lib.merge(parts.graphdef, state["params"], frozen).clip
+            clip = state_lib.merge(graphdef, state["params"], frozen).clip
             baseline = evaluator.training_free_parts(config, clip)
-        figure.write_results_figure(str(Path(workdir) / "predictions.png"), config,
-                                    (parts.graphdef, state["params"], frozen),
+        figure.write_results_figure(str(Path(writer.workdir) / "predictions.png"), config,
+                                    (graphdef, state["params"], frozen),
                                     data.source("eval"), data.class_names, data.unseen,
                                     baseline_parts=baseline)
-    writer.close()
     return summary
 
 
