@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax import ot
+from zegot_jax import config_checks, ot
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, launch, optim, sharding, workdir_lock
@@ -103,6 +103,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     local_batch = sharding.local_batch_size(config.train.global_batch_size, mesh)
 
     model = state_lib.build_model(config)
+    if sizes := config_checks.patch_problems(config, model.clip.spec.patch_size):
+        raise ValueError(f"Invalid config: {'; '.join(sizes)}")  # weights not named by variant
     parts = state_lib.split_model(model)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     replicated = sharding.replicated(mesh)
