@@ -138,3 +138,14 @@ def test_an_unwritable_out_stops_at_once(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = cli.main(["segment", "x.png", "--run", str(tmp_path), "--out", str(tmp_path / "file")])
     assert code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_a_too_long_class_name_stops_at_once(loaded, tmp_path, capsys):
+    workdir, _ = loaded
+    good, _, _ = _images(tmp_path)
+    long_name = "tomato " * 70  # 490 characters
+    code = cli.main(["segment", *map(str, good), "--classes", f"cat,{long_name}", "--run",
+                     workdir, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("needs") == 1 and "clip.text_context_length" in err
+    assert len(err) < 400 and not (tmp_path / "o").exists()

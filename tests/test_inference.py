@@ -176,6 +176,14 @@ def test_float_images_in_unit_range_are_scaled_and_others_refused(tmp_path):
         inference.load_image(tmp_path / "odd.tif")
 
 
+def test_a_string_vocabulary_and_a_directory_image_are_named(segmenter, tmp_path):
+    with pytest.raises(TypeError, match=r"a list of class names, not the string 'tomato'.*"
+                                        r"\['tomato'\]"):
+        segmenter.segment(random_image(8, 8), "tomato")
+    with pytest.raises(FileNotFoundError, match="is a directory, not an image file"):
+        inference.load_image(tmp_path)
+
+
 def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmenter):
     names = ["cat", "dog", "grass", "sky", "car", "tree", "road", "water", "bird"]  # two buckets
     image = random_image(230, 170, seed=3)

@@ -139,6 +139,7 @@ def segment_command(args: argparse.Namespace) -> int:
         if classes is None:
             classes = list(segmenter.run_class_names)
         prompts_lib.check_vocabulary(classes, segmenter.config.model.max_classes)
+        segmenter.text_features(classes)  # a name too long for the text tower fails here, once
         if grid and (missing := set(grid) - set(classes)):
             raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
     except errors.USER_ERRORS as e:

@@ -216,3 +216,17 @@ def test_heads_of_an_unknown_width_must_be_given(tmp_path):
     assert loaded.spec == spec
     images = np.random.default_rng(2).standard_normal((1, 24, 24, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.encode_image(images), model.encode_image(images), rtol=1e-5)
+
+
+@pytest.mark.parametrize('metadata', [
+    {'vision_heads': 'two', 'text_heads': '1', 'activation': 'gelu'},
+    {'vision_heads': '2', 'activation': 'gelu'},
+    {'vision_heads': '2', 'text_heads': '1', 'activation': 'relu'},
+])
+def test_damaged_metadata_is_named(original, tmp_path, metadata):
+    _, state = original
+    safetensors.numpy.save_file(state, tmp_path / 'm.safetensors',
+                                metadata={'format': 'zegot_jax.clip', **metadata})
+    with pytest.raises(ValueError, match=r'm.safetensors: its zegot_jax.clip metadata is damaged'):
+        clip.load(tmp_path / 'm.safetensors')
+    assert clip.load(tmp_path / 'm.safetensors', activation='gelu', **HEADS).spec.text_heads == 1

@@ -22,7 +22,7 @@ from flax import nnx
 
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
-from zegot_jax.clip.variants import HUB_IDS, CLIPSpec, known_heads
+from zegot_jax.clip.variants import ACTIVATIONS, HUB_IDS, CLIPSpec, known_heads
 from zegot_jax.errors import MissingDependency
 
 _SAFETENSORS_FORMAT = 'zegot_jax.clip'
@@ -167,9 +167,9 @@ def read_checkpoint(path: pathlib.Path, activation: str | None = None, *,
     open_clip_config = file.parent / 'open_clip_config.json'
     if open_clip_config.is_file():
         heads, declared = _open_clip_config(open_clip_config)
-    if metadata.get('format') == _SAFETENSORS_FORMAT:
-        heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
-        declared = metadata['activation']
+    if metadata.get('format') == _SAFETENSORS_FORMAT and not (
+            activation and vision_heads and text_heads):  # all given: the metadata is not read
+        heads, declared = _our_metadata(file, metadata)
     if convert.is_hf_layout(state):
         state = convert.hf_to_openai(state)
         config = file.parent / 'config.json'
@@ -205,6 +205,21 @@ def _known_heads(file: pathlib.Path, state: dict[str, np.ndarray], heads: dict[s
                 f'{tower}_heads= to clip.load (clip.{tower}_heads in a config), or put the '
                 "model's config.json or open_clip_config.json beside it.")
         heads[f'{tower}_heads'] = known
+
+
+def _our_metadata(file: pathlib.Path, metadata: dict[str, str]) -> tuple[dict[str, int], str]:
+    """Heads and activation from `save_safetensors`'s metadata; ValueError if they are damaged."""
+    try:
+        heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
+        if metadata['activation'] not in ACTIVATIONS or min(heads.values()) < 1:
+            raise ValueError(metadata['activation'])
+    except (KeyError, ValueError) as e:
+        found = {k: metadata.get(k) for k in ('vision_heads', 'text_heads', 'activation')}
+        raise ValueError(f'{file}: its zegot_jax.clip metadata is damaged ({found}; heads must be '
+                         f'integers >= 1, activation one of {ACTIVATIONS}): re-save it with '
+                         'zegot_jax.clip.save_safetensors, or pass activation=, vision_heads= and '
+                         'text_heads= to clip.load.') from e
+    return heads, metadata['activation']
 
 
 def _open_clip_config(path: pathlib.Path) -> tuple[dict[str, int], str]:

@@ -116,6 +116,9 @@ def load_image(image: ImageLike) -> np.ndarray:
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image)
+        if path.is_dir():
+            raise FileNotFoundError(f"{str(path)!r} is a directory, not an image file: pass the "
+                                    "images in it (e.g. dir/*.jpg).")
         if not path.is_file():
             raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
         try:
