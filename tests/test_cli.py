@@ -149,3 +149,22 @@ def test_a_too_long_class_name_stops_at_once(loaded, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("needs") == 1 and "clip.text_context_length" in err
     assert len(err) < 400 and not (tmp_path / "o").exists()
+
+
+def test_an_image_out_of_memory_fails_alone(loaded, tmp_path, capsys, monkeypatch):
+    workdir, _ = loaded
+    good, _, _ = _images(tmp_path)
+    real = cli.segment_one
+
+    def first_runs_out(segmenter, image, *args):
+        if image == str(good[0]):
+            raise MemoryError()
+        return real(segmenter, image, *args)
+
+    monkeypatch.setattr(cli, "segment_one", first_runs_out)
+    code = cli.main(["segment", *map(str, good), "--classes", "cat,dog", "--run", workdir,
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Segmented 1 of 2" in err
+    assert f"FAILED {good[0]}: MemoryError: out of memory" in err
+    assert (tmp_path / "o" / "street-1.json").exists()

@@ -9,7 +9,7 @@ from inference_fixtures import random_image, save_run, smoke_config
 
 from zegot_jax import inference
 from zegot_jax.data import class_names, transforms
-from zegot_jax.evaluation import evaluator
+from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import segmenter as segmenter_lib
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
@@ -206,6 +206,11 @@ def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmente
 
 
 def test_an_image_too_large_for_memory_is_refused_with_an_estimate(segmenter, monkeypatch):
-    monkeypatch.setattr(segmenter_lib, "_available_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+
+    def no_resize(*_, **__):
+        raise AssertionError("the image was resized before the memory check")
+
+    monkeypatch.setattr(segmenter_lib.transforms, "resize", no_resize)
     with pytest.raises(ValueError, match=r"Segmenting a 70x50 image needs about .* GiB but 0.0 GiB"):
         segmenter.segment(random_image(50, 70), VOCAB)

@@ -155,9 +155,13 @@ def segment_command(args: argparse.Namespace) -> int:
                             unit="img", file=sys.stderr):
         try:
             segment_one(segmenter, image, stem, out, args, classes, grid)
-        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
-            failures.append((image, f"{type(e).__name__}: {e}"))
-            tqdm.write(f"failed: {image}: {e}", file=sys.stderr)
+        except (ValueError, FileNotFoundError, TypeError, OSError, MemoryError,
+                RuntimeError) as e:  # one image failed: report it and go on to the next
+            if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
+                raise  # not XLA's out-of-memory: a bug
+            reason = str(e) or "out of memory"  # a bare MemoryError says nothing
+            failures.append((image, f"{type(e).__name__}: {reason}"))
+            tqdm.write(f"failed: {image}: {reason}", file=sys.stderr)
     done = len(args.images) - len(failures)
     print(f"Segmented {done} of {len(args.images)} images into {out} "
           f"({len(classes)} classes).", file=sys.stderr)

@@ -18,7 +18,6 @@ so any vocabulary in the same bucket and an image of a size already seen cause n
 
 import collections
 import functools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ import PIL.ImageOps
 from zegot_jax import ot
 from zegot_jax.config_overrides import override
 from zegot_jax.data import transforms
-from zegot_jax.evaluation import evaluator, sliding
+from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import run as run_lib
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.zegot import ZegOT
@@ -176,48 +175,6 @@ def check_run(workdir: str | os.PathLike) -> None:
     if not (Path(workdir) / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it the --workdir of "
                                 "a train.py run?")
-
-
-def estimate_bytes(config: ml_collections.ConfigDict, model: ZegOT, scored: tuple[int, int],
-                   out: tuple[int, int], num_classes: int, *, full_scores: bool) -> int:
-    """A rough peak of one `segment` call: the per-prompt similarity, cost and plan tensors of every
-    window (`[L, windows, K, M, N]`, float32, about 4 live at once), the scored-size logits, and
-    the full-resolution maps (`[K, H, W]` when the scores are kept, else a few `[H, W]`)."""
-    ev, patch = config.eval, model.clip.spec.patch_size
-    if ev.mode == "slide":
-        windows = (len(sliding.window_starts(scored[0], ev.crop, ev.stride))
-                   * len(sliding.window_starts(scored[1], ev.crop, ev.stride)))
-        tokens = (ev.crop // patch) ** 2
-    else:
-        windows, tokens = 1, (scored[0] // patch) * (scored[1] // patch)
-    prompts = config.model.num_prompts if config.model.prompts == "learned" else len(
-        config.model.templates)
-    ot = 4 * len(model.layers) * windows * num_classes * tokens * prompts
-    maps = num_classes * scored[0] * scored[1] + (num_classes if full_scores else 4) * math.prod(out)
-    return 4 * (ot + 2 * maps)
-
-
-def _available_bytes() -> int | None:
-    """Free memory of the default device (its allocator's limit), else the host's MemAvailable."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(needed: int, what: str) -> None:
-    """Raises ValueError, with the estimate, when `needed` bytes exceed what is available."""
-    available = _available_bytes()
-    if available is not None and needed > available:
-        raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} "
-                         "GiB are free: lower eval.crop or data.eval_short_side, use fewer classes, "
-                         "or skip the full score maps (full_scores=False).")
 
 
 class Segmenter:
@@ -377,10 +334,11 @@ class Segmenter:
         short = self.config.data.eval_short_side
         size = processed_size(height, width, short_side=short, patch=self.patch,
                               whole=self.config.eval.mode == "whole")
-        batch = jnp.asarray(transforms.normalize(
+        memory.check_memory(memory.estimate_bytes(
+            self.config, len(self.model.layers), self.patch, size, (height, width), text.shape[0],
+            full_scores=full_scores, figures=details), f"Segmenting a {width}x{height} image")
+        batch = jnp.asarray(transforms.normalize(  # after the check: this is the first copy
             transforms.resize(pixels, size, nearest=False)))[None]
-        check_memory(estimate_bytes(self.config, self.model, size, (height, width), text.shape[0],
-                                    full_scores=full_scores), f"Segmenting a {width}x{height} image")
         label_map, mean, top, scores = self._predict(
             self.params, self.frozen, text, reference, jnp.asarray(penalty),
             jnp.asarray(k, jnp.int32), batch,
