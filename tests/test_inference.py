@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 from inference_fixtures import random_image, save_run, smoke_config
 
-from zegot_jax import inference
+from zegot_jax import clip, inference
 from zegot_jax.data import class_names, transforms
 from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import segmenter as segmenter_lib
@@ -214,3 +214,27 @@ def test_an_image_too_large_for_memory_is_refused_with_an_estimate(segmenter, mo
     monkeypatch.setattr(segmenter_lib.transforms, "resize", no_resize)
     with pytest.raises(ValueError, match=r"Segmenting a 70x50 image needs about .* GiB but 0.0 GiB"):
         segmenter.segment(random_image(50, 70), VOCAB)
+
+
+def test_a_saved_hub_id_is_not_fetched_when_a_run_is_loaded(tmp_path, tiny_clip, monkeypatch):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    clip.save_safetensors(tiny_clip, hub / "model.safetensors")
+    calls = []
+
+    def snapshot_download(repo_id, *, allow_patterns, local_files_only=False):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise OSError(f"{repo_id} is not in the cache")
+        return str(hub)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    config = smoke_config()
+    config.clip.weights = "someone/clip-model"
+    save_run(str(tmp_path / "run"), config, tiny_clip)
+    with pytest.raises(FileNotFoundError, match=r"'someone/clip-model' are not in the local "
+                                                r"Hugging Face cache.*--clip-weights"):
+        inference.Segmenter.from_run(tmp_path / "run")
+    assert calls == [True]  # the cache only
+    loaded = inference.Segmenter.from_run(tmp_path / "run", clip_weights="someone/clip-model")
+    assert calls[-1] is False and loaded.model.clip.spec == tiny_clip.spec

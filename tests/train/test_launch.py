@@ -2,6 +2,8 @@
 
 import contextlib
 import errno
+import importlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from inference_fixtures import save_run, smoke_config
 
 from zegot_jax.train import inputs, launch, loop, workdir_lock
+from zegot_jax.train.metric_writer import MetricWriter
 
 
 def test_bad_values_stop_before_the_workdir_exists(tmp_path):
@@ -78,6 +81,9 @@ def test_resume_may_change_the_listed_fields(saved):
     config.model.text_remat = not config.model.text_remat
     launch.check_resume(config, saved)
     assert launch.config_changes({"train": {"num_steps": 3}, "gone": 1}, config) == []
+    synthetic = importlib.import_module("configs.synthetic").get_config("smoke")
+    synthetic.synthetic.eval_images = 4  # only the evaluation set's size
+    assert launch.config_changes({"synthetic": {"eval_images": 8}}, synthetic) == []
 
 
 def test_resume_refuses_fewer_steps_than_saved(saved):
@@ -217,3 +223,26 @@ def test_sigterm_during_the_final_evaluation_is_a_preemption(tmp_path, monkeypat
     assert signal.getsignal(signal.SIGTERM) == previous
     assert not (workdir / workdir_lock.LOCK_NAME).exists()
     workdir_lock.release(workdir_lock.acquire(str(workdir)))  # free
+
+
+def test_more_steps_on_resume_note_the_new_learning_rate(saved, capsys):
+    config = smoke_config()
+    config.train.num_steps = 50  # saved at step 3 of 3
+    launch.check_resume(config, saved)
+    err = capsys.readouterr().err
+    assert err.startswith("note: train.num_steps changes from 3 to 50: the learning-rate schedule")
+    assert "step 3 resumes at" in err and len(err.strip().splitlines()) == 1
+    config.train.num_steps = 3
+    launch.check_resume(config, saved)
+    assert capsys.readouterr().err == ""
+
+
+def test_metrics_after_the_restored_step_are_dropped(tmp_path):
+    rows = [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4, 5)]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')  # cut by a kill
+    writer = MetricWriter(str(tmp_path), restored_step=3)
+    writer.write(4, {"loss": 40.0})
+    writer.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [*rows[:3], {"step": 4, "loss": 40.0}]

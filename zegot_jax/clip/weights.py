@@ -110,8 +110,9 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _resolve(path_or_hub_id: str | os.PathLike) -> pathlib.Path:
-    """A local file or directory; variant names and hub ids are fetched through huggingface_hub."""
+def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathlib.Path:
+    """A local file or directory; variant names and hub ids are fetched through huggingface_hub
+    (with `offline`, taken from its cache only)."""
     path = pathlib.Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -124,11 +125,18 @@ def _resolve(path_or_hub_id: str | os.PathLike) -> pathlib.Path:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_HUB_FILES)))
+        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_HUB_FILES),
+                                                local_files_only=offline))
         if not any((folder / name).is_file() for name in _WEIGHT_FILES):  # PyTorch files only
-            folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_WEIGHT_FILES)))
+            folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_WEIGHT_FILES),
+                                                    local_files_only=offline))
         return folder
     except Exception as e:
+        if offline:
+            raise FileNotFoundError(
+                f'CLIP weights {name!r} are not in the local Hugging Face cache, and offline '
+                'loading fetches nothing: pass the weights (a path, or the hub id to fetch it '
+                'from the hub) explicitly.') from e
         raise FileNotFoundError(f'No local file or directory {name!r}, and fetching {repo_id!r} '
                                 'from the Hugging Face hub failed (offline and not cached, or no '
                                 f'such repository?): {e}') from e
@@ -254,7 +262,7 @@ def _hf_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
 
 def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
          activation: str | None = None, vision_heads: int | None = None,
-         text_heads: int | None = None) -> CLIP:
+         text_heads: int | None = None, offline: bool = False) -> CLIP:
     """Builds a `CLIP` from a checkpoint; the variant is read from the weights' shapes.
 
     Args:
@@ -266,13 +274,15 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             for a bare state dict with no config beside it (see `read_checkpoint`).
         vision_heads, text_heads: attention heads of each tower, overriding what the checkpoint
             implies; needed for a bare state dict whose widths are not a known variant's.
+        offline: a hub id or variant name is read from the Hugging Face cache only (no
+            download; FileNotFoundError if it is not there).
 
     Raises:
         FileNotFoundError: nothing at the path and not fetchable.
         ValueError: not a CLIP checkpoint, unreadable, or names/shapes that do not match the
             model (all missing, unexpected and mis-shaped names are listed).
     """
-    state, spec = read_checkpoint(_resolve(path_or_hub_id), activation,
+    state, spec = read_checkpoint(_resolve(path_or_hub_id, offline), activation,
                                   vision_heads=vision_heads, text_heads=text_heads)
     abstract = nnx.eval_shape(
         lambda: CLIP(spec, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))

@@ -230,7 +230,9 @@ class Segmenter:
 
         Args:
           workdir: the run's directory; its saved config and latest trainable parameters are used.
-          clip_weights: CLIP weights to load instead of the config's `clip.weights`.
+          clip_weights: CLIP weights to load instead of the config's `clip.weights`. Without
+            them, a hub id saved in the config is read from the local Hugging Face cache only:
+            loading a run fetches nothing (pass the hub id here to allow the download).
           overrides: dotted-key config changes for inference, e.g. `{'model.ot.epsilon': 0.2}`
             or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
           **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
@@ -239,7 +241,14 @@ class Segmenter:
         config = override(saved_config(str(workdir)), overrides)
         if clip_weights is not None:
             config.clip.weights = str(clip_weights)
-        parts, params = run_lib.load_trained(config, str(workdir))
+        try:
+            parts, params = run_lib.load_trained(config, str(workdir),
+                                                 offline=clip_weights is None)
+        except FileNotFoundError as e:
+            if clip_weights is not None or "offline loading" not in str(e):
+                raise
+            raise FileNotFoundError(f"{e} (`segment --clip-weights`, or "
+                                    "Segmenter.from_run(clip_weights=...))") from e
         return cls(config, params, parts.graphdef, parts.frozen, **kwargs)
 
     @classmethod

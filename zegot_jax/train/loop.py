@@ -131,7 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         step_lib.make_train_step(parts.graphdef, tx, schedule, config,
                                  pseudo_label_ids=data.pseudo_label_ids),
         donate_argnums=(0,))
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, restored_step=start)
     preempt = _Preemption()
     num_steps, last_saved = config.train.num_steps, start or None
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
