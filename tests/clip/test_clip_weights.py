@@ -213,9 +213,7 @@ def test_heads_of_an_unknown_width_must_be_given(tmp_path):
     assert '\n' not in str(info.value)
     loaded = clip.load(tmp_path / 'h.safetensors', activation='quick_gelu', vision_heads=2,
                        text_heads=1)
-    assert loaded.spec == spec
-    images = np.random.default_rng(2).standard_normal((1, 24, 24, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded.encode_image(images), model.encode_image(images), rtol=1e-5)
+    assert loaded.spec == spec  # the heads given, not 192 // 64 = 3
 
 
 @pytest.mark.parametrize('metadata', [
