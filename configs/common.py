@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.clip.dtype = "float32"  # compute dtype of the frozen towers; OT and losses stay float32
     c.clip.text_context_length = 77  # may be shortened for speed (positional table truncated)
     c.clip.activation = ""  # '' = as the checkpoint says; 'quick_gelu'/'gelu' for bare state dicts
+    # Attention heads per tower: 0 = as the checkpoint's config says, else the known variant of
+    # that width; a bare state dict of another width (open_clip's ViT-H/14: 16) needs them here.
+    c.clip.vision_heads = 0
+    c.clip.text_heads = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.prompts = "learned"  # 'learned' (N contexts) or 'templates' (hand-crafted, no training)

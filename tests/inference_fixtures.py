@@ -1,5 +1,7 @@
 """A tiny saved training run for the inference, viz and CLI tests (no training: saved params)."""
 
+from typing import Any
+
 import jax
 import ml_collections
 import numpy as np
@@ -21,16 +23,18 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def save_run(workdir: str, config: ml_collections.ConfigDict, clip: clip_lib.CLIP,
-             shift: float = 0.5) -> state_lib.SplitModel:
+             shift: float = 0.5, data_state: Any = None) -> state_lib.SplitModel:
     """Saves a checkpoint as the loop would, with params moved by `shift` away from their init.
 
+    `data_state` (the train iterator's) is needed only by a test that resumes training.
     Returns the split model whose `params` are the saved ones.
     """
     parts = state_lib.split_model(state_lib.build_model(config, clip))
     params = jax.tree.map(lambda x: x + shift, parts.params)
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
     ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
-    ckpt.save(config.train.num_steps, step_lib.init_state(params, tx, config.seed), {}, config)
+    ckpt.save(config.train.num_steps, step_lib.init_state(params, tx, config.seed),
+              {} if data_state is None else data_state, config)
     ckpt.close()
     return parts._replace(params=params)
 

@@ -65,6 +65,7 @@ def test_segment_writes_outputs_and_reports_failures(loaded, tmp_path, capsys):
         size = summary["size"]
         assert size == [50, 70]
         assert abs(sum(summary["pixel_share"].values()) - 1) < 1e-4
+        assert 0 <= summary["ot_marginal_error"] < 1e-2  # the OT converged
         labels = np.asarray(PIL.Image.open(out / summary["outputs"]["labels"]))
         assert labels.shape == tuple(size) and labels.max() < 3
         shares = np.bincount(labels.ravel(), minlength=3) / labels.size
@@ -137,3 +138,33 @@ def test_an_unwritable_out_stops_at_once(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = cli.main(["segment", "x.png", "--run", str(tmp_path), "--out", str(tmp_path / "file")])
     assert code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_a_too_long_class_name_stops_at_once(loaded, tmp_path, capsys):
+    workdir, _ = loaded
+    good, _, _ = _images(tmp_path)
+    long_name = "tomato " * 70  # 490 characters
+    code = cli.main(["segment", *map(str, good), "--classes", f"cat,{long_name}", "--run",
+                     workdir, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("needs") == 1 and "clip.text_context_length" in err
+    assert len(err) < 400 and not (tmp_path / "o").exists()
+
+
+def test_an_image_out_of_memory_fails_alone(loaded, tmp_path, capsys, monkeypatch):
+    workdir, _ = loaded
+    good, _, _ = _images(tmp_path)
+    real = cli.segment_one
+
+    def first_runs_out(segmenter, image, *args):
+        if image == str(good[0]):
+            raise MemoryError()
+        return real(segmenter, image, *args)
+
+    monkeypatch.setattr(cli, "segment_one", first_runs_out)
+    code = cli.main(["segment", *map(str, good), "--classes", "cat,dog", "--run", workdir,
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Segmented 1 of 2" in err
+    assert f"FAILED {good[0]}: MemoryError: out of memory" in err
+    assert (tmp_path / "o" / "street-1.json").exists()

@@ -143,3 +143,25 @@ def test_transport_options_can_be_overridden_from_the_command_line():
         parse("--config.model.ot.options.rhoo=0.25")
     with pytest.raises(ValueError, match="Unknown OT solver 'nope'"):
         importlib.import_module("configs.voc").get_config("solver=nope")
+
+@pytest.mark.parametrize("changes, words", [
+    ({"data.crop_size": 30}, "data.crop_size=30 is not a multiple of the CLIP patch size 8 "
+                             "(clip.weights='random:tiny'); use e.g. 24 or 32."),
+    ({"eval.crop": 30, "eval.stride": 20}, "eval.crop=30 is not a multiple of the CLIP patch"),
+    ({"eval.mode": "whole", "data.eval_short_side": 30}, "data.eval_short_side=30 is not a"),
+    ({"clip.weights": "openai/clip-vit-base-patch16", "data.crop_size": 40},
+     "data.crop_size=40 is not a multiple of the CLIP patch size 16"),
+])
+def test_sizes_must_be_whole_patches(smoke_config, changes, words):
+    # Each of these failed only at step 1 ("image height and width ... must be multiples").
+    for key, value in changes.items():
+        section, field = key.split(".")
+        smoke_config[section][field] = value
+    assert any(words in p for p in config_checks.problems(smoke_config))
+
+
+def test_patch_size_from_the_weights_name(smoke_config):
+    for weights, patch in (("random:tiny", 8), ("ViT-L/14", 14), ("openai/clip-vit-base-patch32",
+                           32), ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", 14), ("w.pt", None)):
+        smoke_config.clip.weights = weights
+        assert config_checks.patch_size(smoke_config) == patch, weights

@@ -28,3 +28,26 @@ def test_an_unwritable_parent(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))  # root writes all
     with pytest.raises(ValueError, match=f"--out .* is not writable \\({tmp_path} does not"):
         errors.check_writable_dir(str(tmp_path / "out"), "--out")
+
+
+@pytest.mark.parametrize("body, where", [
+    ("def get_config(:\n    pass\n", "line 1: SyntaxError: invalid syntax"),
+    ("import ml_collections\n\n\ndef get_config(arg=None):\n    return 1 / 0\n",
+     "line 5: ZeroDivisionError: division by zero"),
+    ("raise RuntimeError('boom')\n", "line 1: RuntimeError: boom"),
+    ("import ml_collections\n\n\ndef get_config(arg=None):\n    return ml_collections.ConfigDict("
+     ").missing\n", "line 5: AttributeError"),
+])
+def test_a_failing_config_file_is_one_line_with_its_line(tmp_path, capsys, body, where):
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+    (tmp_path / "cfg.py").write_text(body)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.parse_flags(["train.py", f"--config={tmp_path / 'cfg.py'}"], values)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot load {tmp_path / 'cfg.py'}, {where}")
+    assert len(err.strip().splitlines()) == 1

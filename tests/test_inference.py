@@ -7,9 +7,9 @@ import PIL.Image
 import pytest
 from inference_fixtures import random_image, save_run, smoke_config
 
-from zegot_jax import inference
+from zegot_jax import clip, inference
 from zegot_jax.data import class_names, transforms
-from zegot_jax.evaluation import evaluator
+from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import segmenter as segmenter_lib
 from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
@@ -60,6 +60,7 @@ def test_segment_shapes_calibration_and_details(segmenter):
     assert result.similarity.shape == result.plan.shape == (num_layers, k, 4, 6, n)
     assert result.layer_logits.shape == (num_layers, k, 4, 6)
     np.testing.assert_allclose(result.plan.sum(-1), 1.0, atol=1e-3)
+    assert 0 <= result.ot_marginal_error < 1e-2 and plain.ot_marginal_error is None
     score = n * (result.plan * result.similarity).sum(-1)  # the refined score, then t and b
     np.testing.assert_allclose(result.layer_logits, segmenter.model.scale_score(score, n),
                                rtol=1e-4, atol=1e-4)
@@ -163,6 +164,26 @@ def test_images_read_as_a_viewer_shows_them(tmp_path):
     assert deep[1, 1].tolist() == [128] * 3  # scaled, not clipped to 255
 
 
+def test_float_images_in_unit_range_are_scaled_and_others_refused(tmp_path):
+    unit = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+    PIL.Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    read = inference.load_image(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(read[..., 0], np.round(unit * 255).astype(np.uint8))
+    assert read[-1, -1].tolist() == [255] * 3  # not an all-black image
+    odd = unit * 1000 - 5
+    PIL.Image.fromarray(odd, mode="F").save(tmp_path / "odd.tif")
+    with pytest.raises(ValueError, match=r"odd.tif.*float values in \[-5, 995\].*8-bit"):
+        inference.load_image(tmp_path / "odd.tif")
+
+
+def test_a_string_vocabulary_and_a_directory_image_are_named(segmenter, tmp_path):
+    with pytest.raises(TypeError, match=r"a list of class names, not the string 'tomato'.*"
+                                        r"\['tomato'\]"):
+        segmenter.segment(random_image(8, 8), "tomato")
+    with pytest.raises(FileNotFoundError, match="is a directory, not an image file"):
+        inference.load_image(tmp_path)
+
+
 def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmenter):
     names = ["cat", "dog", "grass", "sky", "car", "tree", "road", "water", "bird"]  # two buckets
     image = random_image(230, 170, seed=3)
@@ -185,6 +206,35 @@ def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmente
 
 
 def test_an_image_too_large_for_memory_is_refused_with_an_estimate(segmenter, monkeypatch):
-    monkeypatch.setattr(segmenter_lib, "_available_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+
+    def no_resize(*_, **__):
+        raise AssertionError("the image was resized before the memory check")
+
+    monkeypatch.setattr(segmenter_lib.transforms, "resize", no_resize)
     with pytest.raises(ValueError, match=r"Segmenting a 70x50 image needs about .* GiB but 0.0 GiB"):
         segmenter.segment(random_image(50, 70), VOCAB)
+
+
+def test_a_saved_hub_id_is_not_fetched_when_a_run_is_loaded(tmp_path, tiny_clip, monkeypatch):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    clip.save_safetensors(tiny_clip, hub / "model.safetensors")
+    calls = []
+
+    def snapshot_download(repo_id, *, allow_patterns, local_files_only=False):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise OSError(f"{repo_id} is not in the cache")
+        return str(hub)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    config = smoke_config()
+    config.clip.weights = "someone/clip-model"
+    save_run(str(tmp_path / "run"), config, tiny_clip)
+    with pytest.raises(FileNotFoundError, match=r"'someone/clip-model' are not in the local "
+                                                r"Hugging Face cache.*--clip-weights"):
+        inference.Segmenter.from_run(tmp_path / "run")
+    assert calls == [True]  # the cache only
+    loaded = inference.Segmenter.from_run(tmp_path / "run", clip_weights="someone/clip-model")
+    assert calls[-1] is False and loaded.model.clip.spec == tiny_clip.spec

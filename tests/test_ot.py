@@ -1,5 +1,6 @@
 """Tests for zegot_jax.ot: MPOT against POT, finite differences and a plain JAX loop."""
 
+import importlib
 import warnings
 
 import jax
@@ -9,6 +10,9 @@ import ot as pot
 import pytest
 
 import zegot_jax.ot as zot
+from zegot_jax.ot import solvers
+
+mpot_lib = importlib.import_module("zegot_jax.ot.mpot")  # the module (`zot.mpot` is the function)
 
 
 @pytest.fixture
@@ -201,13 +205,31 @@ def test_faster_forward_gives_the_100_iteration_log_plan(options):
     assert float(jnp.abs(three_iterations - reference).max()) * 1024 * 4 > 1e-4
 
 
-def test_auto_domain_falls_back_to_log_without_float32_headroom():
+def test_kernel_and_auto_domains_fall_back_to_log_without_float32_headroom(monkeypatch, capsys):
+    monkeypatch.setattr(mpot_lib, "_warned", set())
     s = jnp.asarray(_similarity(14, (2, 64, 4)), jnp.float32)
-    kernel = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="kernel").plan
-    auto = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="auto").plan
-    log = zot.mpot(s, epsilon=0.01, num_iterations=100, domain="log").plan
-    assert float(jnp.abs(kernel - log).max()) * 64 * 4 > 0.1  # the kernel form really fails here
-    np.testing.assert_array_equal(auto, log)
+    options = dict(epsilon=0.01, num_iterations=30)
+    raw = jax.vmap(lambda c: solvers.sinkhorn_plan(c, jnp.ones(()), tau=1.0, threshold=0.0,
+                                                   **options)[0])
+    log = zot.mpot(s, domain="log", **options).plan
+    assert float(jnp.abs(raw(1.0 - s) - log).max()) * 64 * 4 > 0.1  # kernel iterations fail here
+    for domain in ("auto", "kernel"):
+        np.testing.assert_array_equal(zot.mpot(s, domain=domain, **options).plan, log)
+    jax.effects_barrier()
+    assert capsys.readouterr().err.count("domain='kernel' ran log-domain iterations instead") == 1
+
+
+def test_unconverged_plans_are_reported_once(monkeypatch, capsys):
+    monkeypatch.setattr(mpot_lib, "_warned", set())
+    s = jnp.asarray(_similarity(16, (2, 256, 4), scale=50.0), jnp.float32)  # far beyond [-1, 1]
+    error = float(zot.mpot(s, epsilon=0.05, num_iterations=5).marginal_error.max())
+    assert error > zot.MARGINAL_ERROR_WARNING
+    zot.warn_if_unconverged(1e-6, "step 1")  # converged: silent
+    assert capsys.readouterr().err == ""
+    for where in ("step 2", "step 3"):
+        zot.warn_if_unconverged(error, where)
+    err = capsys.readouterr().err
+    assert err.count("MPOT did not converge") == 1 and "step 2" in err and "epsilon" in err
 
 
 def test_threshold_stops_early_and_needs_the_implicit_backward():

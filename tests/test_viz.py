@@ -84,3 +84,16 @@ def test_prompt_grid_errors():
         viz.prompt_grid(_result(), kinds=("logits",))
     with pytest.raises(ValueError, match="layer=2"):
         viz.prompt_grid(_result(), layer=2)
+
+
+def test_a_huge_image_is_drawn_at_display_size():
+    label_map = np.zeros((4100, 300), np.int32)
+    label_map[2000:] = 1
+    result = SegmentationResult(class_names=("cat", "dog"),
+                                image=np.zeros((4100, 300, 3), np.uint8), label_map=label_map,
+                                scores=None, layers=(11,))
+    fig = viz.overlay_figure(result)
+    shapes = [ax.images[0].get_array().shape[:2] for ax in fig.axes]
+    assert shapes == [(1367, 100)] * 2  # every 3rd pixel: at most DISPLAY_MAX_SIDE per side
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["dog (51%)", "cat (49%)"]  # shares from the full-resolution label map

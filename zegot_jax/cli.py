@@ -14,7 +14,6 @@ vocabulary, missing run, unregistered transport). ZEGOT_DEBUG=1 shows tracebacks
 
 import argparse
 import importlib
-import json
 import os
 import runpy
 import sys
@@ -27,7 +26,7 @@ import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import errors, inference, viz
+from zegot_jax import errors, inference, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
 
 
@@ -111,6 +110,8 @@ def summarize(result: inference.SegmentationResult) -> dict:
                        for i, n in enumerate(result.class_names)},
         "max_score": {n: round(float(result.score_max[i]), 6)
                       for i, n in enumerate(result.class_names)},
+        **({} if result.ot_marginal_error is None else
+           {"ot_marginal_error": float(f"{result.ot_marginal_error:.3g}")}),
     }
 
 
@@ -129,7 +130,7 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
     viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
     summary = {"image": str(image), **summarize(result), "outputs": files,
                "seconds": round(time.perf_counter() - start, 3)}
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{stem}.json").write_text(strict_json.dumps(summary, indent=2))
     return summary
 
 
@@ -167,6 +168,7 @@ def segment_command(args: argparse.Namespace) -> int:
         if classes is None:
             classes = list(segmenter.run_class_names)
         prompts_lib.check_vocabulary(classes, segmenter.config.model.max_classes)
+        segmenter.text_features(classes)  # a name too long for the text tower fails here, once
         if grid and (missing := set(grid) - set(classes)):
             raise ValueError(f"--grid-classes {sorted(missing)} are not in the vocabulary.")
     except errors.USER_ERRORS as e:
@@ -182,9 +184,13 @@ def segment_command(args: argparse.Namespace) -> int:
                             unit="img", file=sys.stderr):
         try:
             segment_one(segmenter, image, stem, out, args, classes, grid)
-        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
-            failures.append((image, f"{type(e).__name__}: {e}"))
-            tqdm.write(f"failed: {image}: {e}", file=sys.stderr)
+        except (ValueError, FileNotFoundError, TypeError, OSError, MemoryError,
+                RuntimeError) as e:  # one image failed: report it and go on to the next
+            if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
+                raise  # not XLA's out-of-memory: a bug
+            reason = str(e) or "out of memory"  # a bare MemoryError says nothing
+            failures.append((image, f"{type(e).__name__}: {reason}"))
+            tqdm.write(f"failed: {image}: {reason}", file=sys.stderr)
     done = len(args.images) - len(failures)
     print(f"Segmented {done} of {len(args.images)} images into {out} "
           f"({len(classes)} classes).", file=sys.stderr)

@@ -9,12 +9,14 @@ fields (sizes that must divide, crops the data allows); one whose fields are abs
 """
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
 
 from zegot_jax import ot
+from zegot_jax.clip.variants import HUB_IDS, VARIANTS
 
 _ABSENT = object()
 
@@ -116,6 +118,8 @@ RULES: tuple[Rule, ...] = (
     Rule("clip.text_context_length", integer(2), "an integer >= 2"),
     Rule("clip.activation", one_of("", "quick_gelu", "gelu"),
          "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
+    Rule("clip.vision_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
+    Rule("clip.text_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
     Rule("model.prompts", one_of("learned", "templates"), "'learned' or 'templates'"),
     Rule("model.num_prompts", integer(1), POSITIVE),
     Rule("model.context_tokens", integer(1), POSITIVE),
@@ -244,6 +248,45 @@ def _stride(c) -> str | None:
     return None
 
 
+def patch_size(c) -> int | None:
+    """The CLIP patch size `clip.weights` names ('random:<variant>', 'synthetic', a variant or a
+    hub id with `patchNN` / `ViT-X-NN` in it), else None (known once the weights are read)."""
+    weights = str(get(c, "clip.weights"))
+    if weights.startswith("random:") and weights[7:] in VARIANTS:
+        return VARIANTS[weights[7:]].patch_size
+    if weights == "synthetic":
+        patch = get(c, "synthetic.pretrain.model.patch_size")
+        return None if patch is _ABSENT else patch
+    name = {v: k for k, v in HUB_IDS.items()}.get(weights, weights)
+    if name in VARIANTS:
+        return VARIANTS[name].patch_size
+    found = re.search(r"patch(\d+)|ViT-[A-Za-z]+-(\d+)", name)
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def patch_problems(c, patch: int) -> list[str]:
+    """The sizes that are not multiples of the CLIP patch size `patch` (the towers need whole
+    patches): the training crop, the sliding-window crop, the whole-image short side."""
+    fields = ("data.crop_size", "eval.crop" if get(c, "eval.mode") == "slide" else
+              "data.eval_short_side")
+    out = []
+    for field in fields:
+        value = get(c, field)
+        sides = value if isinstance(value, tuple) else (value,)
+        if any(side % patch for side in sides):
+            near = sorted({max(patch, side // patch * patch) for side in sides}
+                          | {-(-side // patch) * patch for side in sides})
+            out.append(f"{field}={value!r} is not a multiple of the CLIP patch size {patch} "
+                       f"(clip.weights={get(c, 'clip.weights')!r}); use e.g. "
+                       f"{' or '.join(map(str, near))}.")
+    return out
+
+
+def _patch_fits(c) -> str | None:
+    patch = patch_size(c)
+    return ("; ".join(patch_problems(c, patch)) or None) if patch else None
+
+
 def _min_rate(c) -> str | None:
     lo, hi = get(c, "optim.min_learning_rate"), get(c, "optim.learning_rate")
     if lo > hi:
@@ -295,6 +338,8 @@ RELATIONS: tuple[Relation, ...] = (
     Relation(("data.source", "train.global_batch_size", "synthetic.train_images"),
              _synthetic_batch),
     Relation(("eval.mode", "eval.stride", "eval.crop"), _stride),
+    Relation(("clip.weights", "data.crop_size", "eval.mode", "eval.crop", "data.eval_short_side"),
+             _patch_fits),
     Relation(("optim.min_learning_rate", "optim.learning_rate"), _min_rate),
     Relation(("model.prompts", "model.context_tokens", "clip.text_context_length"),
              _prompt_length),

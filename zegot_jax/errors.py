@@ -9,6 +9,7 @@ see the traceback instead.
 import contextlib
 import os
 import sys
+import traceback
 
 
 class MissingDependency(ImportError):
@@ -57,18 +58,39 @@ def check_writable_dir(path: str, what: str) -> None:
                          "another directory or fix its permissions.")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def _in_config_file(error: BaseException, argv: list[str]) -> str | None:
+    """`file, line N: Type: message` when the `--config=` file failed (a syntax error, or an
+    exception raised while its code ran), else None (an override, a missing file)."""
+    files = [a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")]
+    if not files:
+        return None
+    path = os.path.abspath(files[0])
+    if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
+            error.filename) == path:
+        return f"{files[0]}, line {error.lineno}: SyntaxError: {error.msg}"
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(f.filename) == path]
+    if lines:
+        message = " ".join(str(error).split())
+        return f"{files[0]}, line {lines[-1]}: {type(error).__name__}: {message}"
+    return None
+
+
+def parse_flags(argv: list[str], flag_values=None) -> list[str]:
     """absl's flag parsing, with config mistakes as one line and exit status 1.
 
     For `app.run(main, flags_parser=parse_flags)`: a mistyped `--config.a.b` keeps ml_collections'
-    "did you mean", a missing config file names the file; absl's own flag errors are unchanged.
+    "did you mean", a missing config file names the file, a config file that fails (a syntax
+    error, an exception) names its file and line; absl's own flag errors are unchanged.
+    `flag_values`: absl's global `FLAGS` unless given (tests).
     """
     from absl import flags  # noqa: PLC0415 (only entry points parse flags)
 
+    values = flags.FLAGS if flag_values is None else flag_values
     try:
-        parsed = flags.FLAGS(argv)
-        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
-            _ = flags.FLAGS["config"].value.keys  # a config file that failed to load raises here
+        parsed = values(argv)
+        if "config" in values and values["config"].value is not None:
+            _ = values["config"].value.keys  # a config file that failed to load raises here
         return parsed
     except flags.Error as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
@@ -77,8 +99,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull to "
               "see help on flags.", file=sys.stderr)
         sys.exit(1)
-    except (AttributeError, KeyError, OSError, ValueError, TypeError) as e:
+    except Exception as e:  # the config file and the overrides run user code
         if os.environ.get("ZEGOT_DEBUG"):
+            raise
+        if where := _in_config_file(e, argv):
+            print(f"error: cannot load {where}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        if not isinstance(e, AttributeError | KeyError | OSError | ValueError | TypeError):
             raise
         inner = e
         while isinstance(inner, AttributeError | KeyError) and inner.args and isinstance(

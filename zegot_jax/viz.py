@@ -60,17 +60,24 @@ def new_figure(width: float, height: float, layout: str | None = None) -> Figure
     return fig
 
 
+# Images are drawn at most this many pixels on a side (every n-th pixel): a figure 8 inches wide
+# shows no more, and a 12000 x 12000 photo blended at full size needs about 6 GiB.
+DISPLAY_MAX_SIDE = 2000
+
+
 def overlay_figure(result: SegmentationResult, *, alpha: float = 0.5, present_only: bool = True,
                    title: str | None = None) -> Figure:
     """The image, and the image with the colour-coded label map and a legend (pixel shares)."""
     colours = palette(len(result.class_names))
     height, width = result.label_map.shape
     counts = np.bincount(result.label_map.ravel(), minlength=len(result.class_names))
+    every = -(-max(height, width) // DISPLAY_MAX_SIDE)
+    image, label_map = result.image[::every, ::every], result.label_map[::every, ::every]
     fig = new_figure(8.0, 4.0 * height / width + 0.6)
     left, right = fig.subplots(1, 2)
-    left.imshow(result.image)
+    left.imshow(image)
     left.set_title("image")
-    right.imshow(blend(result.image, result.label_map, colours, alpha))
+    right.imshow(blend(image, label_map, colours, alpha))
     right.set_title(title or "segmentation")
     for ax in (left, right):
         ax.set_axis_off()

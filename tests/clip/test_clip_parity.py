@@ -40,12 +40,14 @@ def reference(request, tmp_path_factory):
 
 
 def load_layout(root, layout, act):
-    """Loads one layout; layouts without a config assume QuickGELU unless told otherwise."""
+    """Loads one layout; layouts without a config are told the activation and the heads (their
+    widths are no known variant's)."""
     path = {'hf_dir': root / 'hf', 'hf_file_alone': root / 'alone' / 'model.safetensors',
             'openai_pt': root / 'openai.pt',
             'openai_safetensors': root / 'openai.safetensors'}[layout]
-    has_config = layout == 'hf_dir'
-    return clip.load(path, activation=None if has_config else act)
+    if layout == 'hf_dir':
+        return clip.load(path)
+    return clip.load(path, activation=act, vision_heads=2, text_heads=1)
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)

@@ -132,6 +132,7 @@ def test_clip_is_frozen_by_construction(smoke_config, tiny_clip):
     new_state, metrics = step(state, parts.frozen, {"image": _images(tiny_clip), "label": labels},
                               text)
     assert np.isfinite(float(metrics["loss"]))
+    assert 0 <= float(metrics["ot_marginal_error"]) < 1e-2  # logged with every step's metrics
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, parts.frozen))
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                            parts.params, new_state["params"])

@@ -1,6 +1,7 @@
 """The training loop as users run it: resume after SIGKILL, SIGTERM, NaN, devices and processes.
 
-Every run here is `train.py` in a subprocess at the ':smoke' size (tiny random CLIP, random data).
+Every run here is `train.py` in a subprocess at the ':smoke' size (tiny random CLIP, random data),
+except the in-process check of the divergence message.
 """
 
 import json
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inference_fixtures import smoke_config
 
 from zegot_jax.errors import PREEMPTED_EXIT_STATUS
+from zegot_jax.train import loop
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["--config=configs/voc.py:smoke", "--config.data.eval_max_images=1"]
@@ -120,6 +123,20 @@ def test_nan_stops_with_the_step_named(tmp_path):
     assert "diverged at step 1" in result.stderr
     assert "param_norm" in result.stderr and "no checkpoint was written yet" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_nan_gradient_of_a_finite_loss_names_epsilon():
+    # What epsilon=1e-4 gives at the smoke size (seen in a run): the loss is finite, its gradient
+    # is not (the plans are hard assignments), and the update makes the parameters NaN.
+    config = smoke_config()
+    config.model.ot.epsilon = 1e-4
+    metrics = {"loss": 1.2, "grad_norm": np.nan, "param_norm": np.nan, "ot_marginal_error": 0.0}
+    with pytest.raises(FloatingPointError, match=r"diverged at step 1: grad_norm, param_norm .*"
+                                                 r"model.ot.epsilon=0.0001.*raise model.ot.epsilon"):
+        loop._check_finite(metrics, 1, None, config.model.ot)
+    with pytest.raises(FloatingPointError, match="Lower optim.learning_rate or check the data"):
+        loop._check_finite({"loss": 1.2, "grad_norm": 3.0, "param_norm": np.inf}, 1, None,
+                           config.model.ot)  # a huge learning rate, not the OT
 
 
 # One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses.

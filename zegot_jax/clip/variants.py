@@ -80,6 +80,18 @@ VARIANTS: dict[str, CLIPSpec] = {
     ),
 }
 
+def known_heads(tower: str, width: int) -> int | None:
+    """The heads of a `tower` ('vision' or 'text') of this `width` in `VARIANTS`, else None.
+
+    A bare state dict gives widths but not heads; width // 64 is wrong for some models (open_clip's
+    ViT-H/14 has 16 heads of 80 at width 1280), so only widths of a known variant are trusted.
+    """
+    for spec in VARIANTS.values():
+        if getattr(spec, f'{tower}_width') == width:
+            return getattr(spec, f'{tower}_heads')
+    return None
+
+
 # Hugging Face hub ids of OpenAI's released weights, so `load('ViT-B/16')` works like OpenAI's.
 HUB_IDS: dict[str, str] = {
     'ViT-B/32': 'openai/clip-vit-base-patch32',

@@ -22,7 +22,7 @@ from flax import nnx
 
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
-from zegot_jax.clip.variants import HUB_IDS, CLIPSpec
+from zegot_jax.clip.variants import ACTIVATIONS, HUB_IDS, CLIPSpec, known_heads
 from zegot_jax.errors import MissingDependency
 
 _SAFETENSORS_FORMAT = 'zegot_jax.clip'
@@ -110,8 +110,9 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _resolve(path_or_hub_id: str | os.PathLike) -> pathlib.Path:
-    """A local file or directory; variant names and hub ids are fetched through huggingface_hub."""
+def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathlib.Path:
+    """A local file or directory; variant names and hub ids are fetched through huggingface_hub
+    (with `offline`, taken from its cache only)."""
     path = pathlib.Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -124,11 +125,18 @@ def _resolve(path_or_hub_id: str | os.PathLike) -> pathlib.Path:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_HUB_FILES)))
+        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_HUB_FILES),
+                                                local_files_only=offline))
         if not any((folder / name).is_file() for name in _WEIGHT_FILES):  # PyTorch files only
-            folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_WEIGHT_FILES)))
+            folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=list(_WEIGHT_FILES),
+                                                    local_files_only=offline))
         return folder
     except Exception as e:
+        if offline:
+            raise FileNotFoundError(
+                f'CLIP weights {name!r} are not in the local Hugging Face cache, and offline '
+                'loading fetches nothing: pass the weights (a path, or the hub id to fetch it '
+                'from the hub) explicitly.') from e
         raise FileNotFoundError(f'No local file or directory {name!r}, and fetching {repo_id!r} '
                                 'from the Hugging Face hub failed (offline and not cached, or no '
                                 f'such repository?): {e}') from e
@@ -142,17 +150,19 @@ def _pick_file(directory: pathlib.Path) -> pathlib.Path:
                             'or pytorch_model.bin.')
 
 
-def read_checkpoint(path: pathlib.Path,
-                    activation: str | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
+def read_checkpoint(path: pathlib.Path, activation: str | None = None, *,
+                    vision_heads: int | None = None,
+                    text_heads: int | None = None) -> tuple[dict[str, np.ndarray], CLIPSpec]:
     """Reads a checkpoint file or directory into an OpenAI-layout dict and its inferred spec.
 
     Shapes give every width and depth but not the activation or the attention heads. Those come
     from our safetensors metadata, a HF `config.json` or an `open_clip_config.json` beside the file,
-    or OpenAI's TorchScript format (QuickGELU, width // 64 heads); `activation` overrides them and,
-    for a bare state dict, is required (heads are then width // 64).
+    or OpenAI's TorchScript format (QuickGELU); `activation`, `vision_heads` and `text_heads`
+    override them and, for a bare state dict, the activation is required. Heads nothing declares
+    are taken from the known variant of that width (`variants.known_heads`).
 
     Raises:
-        ValueError: a bare state dict and no `activation`.
+        ValueError: a bare state dict and no `activation`, or a tower whose heads nothing gives.
     """
     file = _pick_file(path) if path.is_dir() else path
     if file.suffix == '.safetensors':
@@ -165,14 +175,16 @@ def read_checkpoint(path: pathlib.Path,
     open_clip_config = file.parent / 'open_clip_config.json'
     if open_clip_config.is_file():
         heads, declared = _open_clip_config(open_clip_config)
-    if metadata.get('format') == _SAFETENSORS_FORMAT:
-        heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
-        declared = metadata['activation']
+    if metadata.get('format') == _SAFETENSORS_FORMAT and not (
+            activation and vision_heads and text_heads):  # all given: the metadata is not read
+        heads, declared = _our_metadata(file, metadata)
     if convert.is_hf_layout(state):
         state = convert.hf_to_openai(state)
         config = file.parent / 'config.json'
         if config.is_file():
             heads, declared = _hf_config(config)
+    heads.update({k: int(v) for k, v in (('vision_heads', vision_heads),
+                                          ('text_heads', text_heads)) if v})
     if activation is None and declared is None:
         convert.infer_spec(state)  # a file that is no CLIP at all says so first
         raise ValueError(
@@ -180,7 +192,42 @@ def read_checkpoint(path: pathlib.Path,
             'config.json or open_clip_config.json beside it): put the model\'s config beside it, '
             "or pass activation='quick_gelu' (OpenAI's weights) or 'gelu' (most others; "
             "clip.activation in a config); heads are then width // 64.")
+    _known_heads(file, state, heads)
     return state, convert.infer_spec(state, activation=activation or declared, **heads)
+
+
+def _known_heads(file: pathlib.Path, state: dict[str, np.ndarray], heads: dict[str, int]) -> None:
+    """Fills the heads no config declared from the known variants (in place); raises ValueError
+    for a width no variant explains."""
+    widths = convert.infer_spec(state, vision_heads=1, text_heads=1)  # widths only
+    for tower in ('vision', 'text'):
+        if f'{tower}_heads' in heads:
+            continue
+        width = getattr(widths, f'{tower}_width')
+        known = known_heads(tower, width)
+        if known is None:
+            raise ValueError(
+                f'{file} does not say how many attention heads its {tower} tower of width {width} '
+                f'has, and no known variant has that width (width // 64 = {width // 64} is wrong '
+                "for some: open_clip's ViT-H/14 has 16 heads of 80 at width 1280): pass "
+                f'{tower}_heads= to clip.load (clip.{tower}_heads in a config), or put the '
+                "model's config.json or open_clip_config.json beside it.")
+        heads[f'{tower}_heads'] = known
+
+
+def _our_metadata(file: pathlib.Path, metadata: dict[str, str]) -> tuple[dict[str, int], str]:
+    """Heads and activation from `save_safetensors`'s metadata; ValueError if they are damaged."""
+    try:
+        heads = {k: int(metadata[k]) for k in ('vision_heads', 'text_heads')}
+        if metadata['activation'] not in ACTIVATIONS or min(heads.values()) < 1:
+            raise ValueError(metadata['activation'])
+    except (KeyError, ValueError) as e:
+        found = {k: metadata.get(k) for k in ('vision_heads', 'text_heads', 'activation')}
+        raise ValueError(f'{file}: its zegot_jax.clip metadata is damaged ({found}; heads must be '
+                         f'integers >= 1, activation one of {ACTIVATIONS}): re-save it with '
+                         'zegot_jax.clip.save_safetensors, or pass activation=, vision_heads= and '
+                         'text_heads= to clip.load.') from e
+    return heads, metadata['activation']
 
 
 def _open_clip_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
@@ -214,7 +261,8 @@ def _hf_config(path: pathlib.Path) -> tuple[dict[str, int], str]:
 
 
 def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
-         activation: str | None = None) -> CLIP:
+         activation: str | None = None, vision_heads: int | None = None,
+         text_heads: int | None = None, offline: bool = False) -> CLIP:
     """Builds a `CLIP` from a checkpoint; the variant is read from the weights' shapes.
 
     Args:
@@ -224,18 +272,23 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             unless this says otherwise).
         activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies; required
             for a bare state dict with no config beside it (see `read_checkpoint`).
+        vision_heads, text_heads: attention heads of each tower, overriding what the checkpoint
+            implies; needed for a bare state dict whose widths are not a known variant's.
+        offline: a hub id or variant name is read from the Hugging Face cache only (no
+            download; FileNotFoundError if it is not there).
 
     Raises:
         FileNotFoundError: nothing at the path and not fetchable.
         ValueError: not a CLIP checkpoint, unreadable, or names/shapes that do not match the
             model (all missing, unexpected and mis-shaped names are listed).
     """
-    state, spec = read_checkpoint(_resolve(path_or_hub_id), activation)
+    state, spec = read_checkpoint(_resolve(path_or_hub_id, offline), activation,
+                                  vision_heads=vision_heads, text_heads=text_heads)
     abstract = nnx.eval_shape(
         lambda: CLIP(spec, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     graphdef, abstract_state = nnx.split(abstract)
     targets = dict(nnx.to_flat_state(abstract_state))
-    arrays, seen, unexpected, misshaped = {}, set(), [], []
+    arrays, seen, unexpected, misshaped, not_float, not_finite = {}, set(), [], [], {}, []
     for name, value in state.items():
         if convert.IGNORED_KEYS.search(name):
             continue
@@ -245,6 +298,10 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             continue
         seen.add(path)
         value = convert.to_model_layout(np.asarray(value), layout)
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            not_float[name] = str(value.dtype)
+        elif not np.isfinite(value.astype(np.float32, copy=False)).all():
+            not_finite.append(name)
         if value.size == 1 and math.prod(targets[path].shape) == 1:  # logit_scale: () or (1,)
             value = value.reshape(targets[path].shape)
         if tuple(value.shape) != tuple(targets[path].shape):
@@ -257,9 +314,28 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
         raise ValueError(f'Checkpoint {path_or_hub_id} does not match CLIP {spec}:\n'
                          f'  missing: {missing}\n  unexpected: {unexpected}\n'
                          f'  mis-shaped: {misshaped}')
+    _check_values(path_or_hub_id, not_float, not_finite)
     for path, variable in targets.items():
         variable.set_value(arrays[path])
     return nnx.merge(graphdef, nnx.from_flat_state(targets))
+
+
+def _check_values(source, not_float: dict[str, str], not_finite: list[str]) -> None:
+    """Raises ValueError (one line) for integer or NaN/Inf weights, which load but score nothing."""
+    def names(items) -> str:
+        items = list(items)
+        return ', '.join(items[:5]) + (f' and {len(items) - 5} more' if len(items) > 5 else '')
+
+    if not_float:
+        raise ValueError(f'Checkpoint {source} holds {"/".join(sorted(set(not_float.values())))} '
+                         f'tensors where CLIP weights are floats ({names(not_float)}): it is not '
+                         'a float CLIP checkpoint (quantised or another kind of file); use the '
+                         'float16/bfloat16/float32 weights.')
+    if not_finite:
+        raise ValueError(f'Checkpoint {source} holds non-finite values (NaN or Inf) in '
+                         f'{len(not_finite)} tensor{"s" * (len(not_finite) > 1)}: '
+                         f'{names(not_finite)}; the file is damaged or was saved from a diverged '
+                         'model: use another copy.')
 
 
 def state_dict(model: CLIP) -> dict[str, np.ndarray]:

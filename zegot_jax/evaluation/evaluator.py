@@ -6,7 +6,6 @@ the confusion matrix accumulates on device and yields mIoU(S), mIoU(U), hIoU and
 Images of equal size are scored in batches sharded over every local device (`evaluate`).
 """
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from zegot_jax import sharding
+from zegot_jax import sharding, strict_json
 from zegot_jax.evaluation import metrics, sliding
 from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
@@ -325,5 +324,5 @@ def write_results(out_dir: str, summary: dict[str, Any], config: ml_collections.
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(summary, config)
     (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.json").write_text(strict_json.dumps(summary, indent=2))
     return text

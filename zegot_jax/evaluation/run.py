@@ -29,10 +29,12 @@ def run_config(eval_config: ml_collections.ConfigDict, checkpoint: str) -> ml_co
     return config
 
 
-def load_trained(config: ml_collections.ConfigDict, checkpoint: str
+def load_trained(config: ml_collections.ConfigDict, checkpoint: str, *, offline: bool = False
                  ) -> tuple[state_lib.SplitModel, Any]:
-    """The model of `config` with the trainable parameters of `checkpoint`'s latest step."""
-    parts = state_lib.split_model(state_lib.build_model(config))
+    """The model of `config` with the trainable parameters of `checkpoint`'s latest step (with
+    `offline`, a hub id in `clip.weights` is read from the local cache only)."""
+    clip = state_lib.load_clip(config, offline=offline)
+    parts = state_lib.split_model(state_lib.build_model(config, clip))
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
     template = step_lib.init_state(parts.params, tx, config.seed)
     ckpt = ckpt_lib.Checkpointer(checkpoint, async_save=False, create=False)

@@ -18,7 +18,6 @@ so any vocabulary in the same bucket and an image of a size already seen cause n
 
 import collections
 import functools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ import PIL.ImageOps
 from zegot_jax import ot
 from zegot_jax.config_overrides import override
 from zegot_jax.data import transforms
-from zegot_jax.evaluation import evaluator, sliding
+from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import run as run_lib
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.zegot import ZegOT
@@ -59,6 +58,8 @@ class SegmentationResult(NamedTuple):
       plan: `[L, K, h, w, N]` transport plans (each pixel's row is its distribution over prompts),
         or None.
       score_mean, score_max: `[K]` mean and max of each class's full-resolution sigmoid score.
+      ot_marginal_error: with details, the largest marginal error of the image's balanced MPOT
+        plans (near 0 when converged; a one-time warning above `ot.MARGINAL_ERROR_WARNING`).
     """
 
     class_names: tuple[str, ...]
@@ -71,12 +72,28 @@ class SegmentationResult(NamedTuple):
     plan: np.ndarray | None = None
     score_mean: np.ndarray | None = None
     score_max: np.ndarray | None = None
+    ot_marginal_error: float | None = None
 
 
 def _rgb(img: PIL.Image.Image) -> np.ndarray:
     """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
-    clipped) to 0..255."""
+    clipped) to 0..255, float grey (TIFF) in [0, 1] scaled by 255 (in [0, 255] taken as is).
+
+    Raises:
+      ValueError: a float image with values outside [0, 255] or not finite.
+    """
     img = PIL.ImageOps.exif_transpose(img)
+    if img.mode == "F":
+        grey = np.asarray(img, np.float64)
+        finite = np.isfinite(grey)
+        low, high = (float(grey[finite].min()), float(grey[finite].max())) if finite.any() \
+            else (0.0, 0.0)
+        if not (finite.all() and low >= 0 and high <= 255):
+            nan = "" if finite.all() else " and NaN/Inf"
+            raise ValueError(f"float values in [{low:.4g}, {high:.4g}]{nan}, neither [0, 1] nor "
+                             "[0, 255]; save it as an 8-bit image")
+        grey = grey * 255.0 if high <= 1.0 else grey
+        return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=-1)
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(img).astype(np.float64)
         grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
@@ -98,6 +115,9 @@ def load_image(image: ImageLike) -> np.ndarray:
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image)
+        if path.is_dir():
+            raise FileNotFoundError(f"{str(path)!r} is a directory, not an image file: pass the "
+                                    "images in it (e.g. dir/*.jpg).")
         if not path.is_file():
             raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
         try:
@@ -157,48 +177,6 @@ def check_run(workdir: str | os.PathLike) -> None:
                                 "a train.py run?")
 
 
-def estimate_bytes(config: ml_collections.ConfigDict, model: ZegOT, scored: tuple[int, int],
-                   out: tuple[int, int], num_classes: int, *, full_scores: bool) -> int:
-    """A rough peak of one `segment` call: the per-prompt similarity, cost and plan tensors of every
-    window (`[L, windows, K, M, N]`, float32, about 4 live at once), the scored-size logits, and
-    the full-resolution maps (`[K, H, W]` when the scores are kept, else a few `[H, W]`)."""
-    ev, patch = config.eval, model.clip.spec.patch_size
-    if ev.mode == "slide":
-        windows = (len(sliding.window_starts(scored[0], ev.crop, ev.stride))
-                   * len(sliding.window_starts(scored[1], ev.crop, ev.stride)))
-        tokens = (ev.crop // patch) ** 2
-    else:
-        windows, tokens = 1, (scored[0] // patch) * (scored[1] // patch)
-    prompts = config.model.num_prompts if config.model.prompts == "learned" else len(
-        config.model.templates)
-    ot = 4 * len(model.layers) * windows * num_classes * tokens * prompts
-    maps = num_classes * scored[0] * scored[1] + (num_classes if full_scores else 4) * math.prod(out)
-    return 4 * (ot + 2 * maps)
-
-
-def _available_bytes() -> int | None:
-    """Free memory of the default device (its allocator's limit), else the host's MemAvailable."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(needed: int, what: str) -> None:
-    """Raises ValueError, with the estimate, when `needed` bytes exceed what is available."""
-    available = _available_bytes()
-    if available is not None and needed > available:
-        raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} "
-                         "GiB are free: lower eval.crop or data.eval_short_side, use fewer classes, "
-                         "or skip the full score maps (full_scores=False).")
-
-
 class Segmenter:
     """A trained ZegOT model ready for open-vocabulary inference (text features cached)."""
 
@@ -239,7 +217,8 @@ class Segmenter:
 
         def details(params, frozen, text, image):
             out = state_lib.merge(graphdef, params, frozen).segment(image, text)
-            return out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0]
+            return (out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0],
+                    out.ot_marginal_error)
 
         self._predict = jax.jit(predict, static_argnames=("out_size", "keep_scores"))
         self._details = jax.jit(details)
@@ -251,7 +230,9 @@ class Segmenter:
 
         Args:
           workdir: the run's directory; its saved config and latest trainable parameters are used.
-          clip_weights: CLIP weights to load instead of the config's `clip.weights`.
+          clip_weights: CLIP weights to load instead of the config's `clip.weights`. Without
+            them, a hub id saved in the config is read from the local Hugging Face cache only:
+            loading a run fetches nothing (pass the hub id here to allow the download).
           overrides: dotted-key config changes for inference, e.g. `{'model.ot.epsilon': 0.2}`
             or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
           **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
@@ -263,7 +244,14 @@ class Segmenter:
         config = override(config, overrides)
         if clip_weights is not None:
             config.clip.weights = str(clip_weights)
-        parts, params = run_lib.load_trained(config, str(workdir))
+        try:
+            parts, params = run_lib.load_trained(config, str(workdir),
+                                                 offline=clip_weights is None)
+        except FileNotFoundError as e:
+            if clip_weights is not None or "offline loading" not in str(e):
+                raise
+            raise FileNotFoundError(f"{e} (`segment --clip-weights`, or "
+                                    "Segmenter.from_run(clip_weights=...))") from e
         return cls(config, params, parts.graphdef, parts.frozen, **kwargs)
 
     @classmethod
@@ -358,10 +346,11 @@ class Segmenter:
         short = self.config.data.eval_short_side
         size = processed_size(height, width, short_side=short, patch=self.patch,
                               whole=self.config.eval.mode == "whole")
-        batch = jnp.asarray(transforms.normalize(
+        memory.check_memory(memory.estimate_bytes(
+            self.config, len(self.model.layers), self.patch, size, (height, width), text.shape[0],
+            full_scores=full_scores, figures=details), f"Segmenting a {width}x{height} image")
+        batch = jnp.asarray(transforms.normalize(  # after the check: this is the first copy
             transforms.resize(pixels, size, nearest=False)))[None]
-        check_memory(estimate_bytes(self.config, self.model, size, (height, width), text.shape[0],
-                                    full_scores=full_scores), f"Segmenting a {width}x{height} image")
         label_map, mean, top, scores = self._predict(
             self.params, self.frozen, text, reference, jnp.asarray(penalty),
             jnp.asarray(k, jnp.int32), batch,
@@ -372,10 +361,12 @@ class Segmenter:
             if whole != size:
                 batch = jnp.asarray(transforms.normalize(
                     transforms.resize(pixels, whole, nearest=False)))[None]
-            layer_logits, similarity, plan = jax.device_get(
+            layer_logits, similarity, plan, marginal = jax.device_get(
                 self._details(self.params, self.frozen, text, batch))
             extra = {"layer_logits": layer_logits[:, :k], "similarity": similarity[:, :k],
-                     "plan": plan[:, :k]}
+                     "plan": plan[:, :k],
+                     "ot_marginal_error": None if marginal is None else float(marginal)}
+            ot.warn_if_unconverged(extra["ot_marginal_error"], "segment")
         return SegmentationResult(
             class_names=names, image=pixels, label_map=np.asarray(label_map),
             scores=None if scores is None else np.asarray(scores)[:k], layers=self.model.layers,

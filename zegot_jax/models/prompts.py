@@ -26,6 +26,10 @@ class Trainable(nnx.Param):
 
 def check_vocabulary(class_names: Sequence[str], max_classes: int) -> tuple[str, ...]:
     """Validates a vocabulary: non-empty, unique, non-blank names, at most `max_classes`."""
+    if isinstance(class_names, str):
+        raise TypeError(f"The vocabulary must be a list of class names, not the string "
+                        f"{_short(class_names)!r}: write [{_short(class_names)!r}], or split a "
+                        "comma-separated string.")
     names = tuple(class_names)
     if not names:
         raise ValueError("The class vocabulary is empty: give at least one class name.")
@@ -45,6 +49,11 @@ def check_vocabulary(class_names: Sequence[str], max_classes: int) -> tuple[str,
             f"{len(names)} classes exceed model.max_classes={max_classes}; raise it in the config "
             "(the similarity tensor grows linearly with the vocabulary).")
     return names
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A name for a message: at most `limit` characters."""
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
 
 
 def prompt_token_table(class_names: Sequence[str], *, num_context: int,
@@ -68,7 +77,7 @@ def prompt_token_table(class_names: Sequence[str], *, num_context: int,
                clip_lib.EOT]
         if len(ids) > context_length:
             raise ValueError(
-                f"The prompt for class {name!r} needs {len(ids)} tokens but the text context "
+                f"The prompt for class {_short(name)!r} needs {len(ids)} tokens but the text context "
                 f"length is {context_length}; raise clip.text_context_length or shorten the name.")
         eot.append(len(ids) - 1)
         rows.append(ids)

@@ -109,6 +109,8 @@ class ZegOTOutput(NamedTuple):
       over the N prompts (sums to 1 for the balanced problem).
     free_logits: `[B, K, h, w]` training-free template logits (`training_free_logits`) when
       `segment` was given reference features, else None.
+    ot_marginal_error: `[]`, the largest marginal error of any balanced MPOT plan (near 0 when
+      the solver converged; see `ot.warn_if_unconverged`), None without OT or when unbalanced.
     """
 
     logits: jax.Array
@@ -116,6 +118,7 @@ class ZegOTOutput(NamedTuple):
     similarity: jax.Array
     plan: jax.Array
     free_logits: jax.Array | None = None
+    ot_marginal_error: jax.Array | None = None
 
 
 class ZegOT(nnx.Module):
@@ -256,6 +259,8 @@ class ZegOT(nnx.Module):
             similarity=sim.reshape(num_layers, b, k, h, w, n),
             plan=(result.plan * (h * w)).reshape(num_layers, b, k, h, w, n),
             free_logits=free,
+            ot_marginal_error=result.marginal_error.max() if self.config.ot.enabled
+            and self.config.ot.tau >= 1.0 else None,
         )
 
     def scale_score(self, score: jax.Array, num_prompts: int) -> jax.Array:

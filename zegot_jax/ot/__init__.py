@@ -51,7 +51,13 @@ Contract (`fn(problem, settings) -> plan`):
 """
 
 from zegot_jax.ot import variants  # noqa: F401 (registers the literature variants)
-from zegot_jax.ot.mpot import BACKWARDS, MPOTOutput, mpot
+from zegot_jax.ot.mpot import (
+    BACKWARDS,
+    MARGINAL_ERROR_WARNING,
+    MPOTOutput,
+    mpot,
+    warn_if_unconverged,
+)
 from zegot_jax.ot.reference import sinkhorn_log_reference
 from zegot_jax.ot.registry import (
     Problem,
@@ -65,7 +71,7 @@ from zegot_jax.ot.registry import (
 )
 from zegot_jax.ot.solvers import DOMAINS, SOLVERS
 
-__all__ = ["BACKWARDS", "DOMAINS", "MPOTOutput", "Problem", "SOLVERS", "Settings",
-           "default_options", "get_transport", "mpot", "register_transport",
+__all__ = ["BACKWARDS", "DOMAINS", "MARGINAL_ERROR_WARNING", "MPOTOutput", "Problem", "SOLVERS",
+           "Settings", "default_options", "get_transport", "mpot", "register_transport",
            "registered_transports", "require_registered", "sinkhorn_log_reference",
-           "unregister_transport"]
+           "unregister_transport", "warn_if_unconverged"]

@@ -18,8 +18,11 @@ are declared balanced-entropic, so `backward='implicit'` differentiates them exa
   only products with the plan).
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
@@ -48,14 +51,17 @@ DOMAINS = ("log", "kernel", "auto")
 def use_kernel_domain(cost: jax.Array, epsilon: float, domain: str, tau: float) -> jax.Array:
     """A float scalar (1 or 0): run kernel-domain iterations for all problems in `cost [..., M, N]`.
 
+    'log': never; 'auto' and 'kernel': when the cost range over epsilon is at most
+    `KERNEL_MAX_RANGE`.
+
     One decision for the whole batch, taken outside the vmap, so it stays a real branch (a
     per-problem choice under vmap would run both solvers). Balanced problems are solved on the
     cost minus its minimum (see `sinkhorn_plan`), unbalanced ones on the cost as given.
     """
     if domain == "log":
         return jnp.zeros((), jnp.float32)
-    if domain == "kernel":
-        return jnp.ones((), jnp.float32)
+    # 'kernel' too: kernel-domain iterations outside this range under- or overflow float32
+    # (a plan of total mass 7e20 and NaN gradients at epsilon 1e-3); `mpot` notes the fallback.
     low = jnp.min(cost, axis=(-2, -1)) if tau >= 1.0 else jnp.zeros(cost.shape[:-2], cost.dtype)
     spread = jnp.max(jnp.abs(cost - low[..., None, None]), axis=(-2, -1))
     return (jnp.max(spread) / epsilon <= KERNEL_MAX_RANGE).astype(jnp.float32)
@@ -156,7 +162,24 @@ def _sinkhorn(problem: registry.Problem, settings: registry.Settings):
 
 def _kernel_flag(similarity: jax.Array, settings: registry.Settings) -> jax.Array:
     """'sinkhorn''s `prepare`: one kernel/log decision for the batch `[..., M, N]`."""
-    return use_kernel_domain(1.0 - similarity, settings.epsilon, settings.domain, settings.tau)
+    flag = use_kernel_domain(1.0 - similarity, settings.epsilon, settings.domain, settings.tau)
+    if settings.domain == "kernel":
+        jax.debug.callback(_note_kernel_fallback, flag, settings.epsilon)
+    return flag
+
+
+_noted: set[str] = set()  # one-time notes already shown by this process
+
+
+def _note_kernel_fallback(kernel, epsilon: float) -> None:
+    """Host callback: says once that domain='kernel' ran log-domain iterations instead."""
+    if np.all(np.asarray(kernel) > 0) or "kernel" in _noted:
+        return
+    _noted.add("kernel")
+    print(f"note: model.ot.domain='kernel' ran log-domain iterations instead: the cost range "
+          f"over epsilon={epsilon} exceeds {KERNEL_MAX_RANGE}, where kernel-domain iterations "
+          "overflow float32. Use domain='auto' (the same choice, silently) or a larger epsilon. "
+          "Shown once.", file=sys.stderr, flush=True)
 
 
 def _newton(problem: registry.Problem, settings: registry.Settings):

@@ -5,9 +5,8 @@ Saves are asynchronous; `latest_step` and `restore` give automatic resume from a
 """
 
 import json
-import logging
+import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from zegot_jax.train import orbax_errors
 
 
 def _directory(workdir: str) -> str:
@@ -24,13 +25,18 @@ def _directory(workdir: str) -> str:
 
 def has_checkpoint(workdir: str) -> bool:
     """Whether `workdir` holds a checkpoint folder with at least one step (creates nothing)."""
+    return saved_step(workdir) is not None
+
+
+def saved_step(workdir: str) -> int | None:
+    """The newest checkpointed step of `workdir`, or None (creates nothing)."""
     if "://" not in workdir:
         directory = Path(_directory(workdir))
         if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
-            return False
+            return None
     ckpt = Checkpointer(workdir, async_save=False, create=False)
     try:
-        return ckpt.latest_step() is not None
+        return ckpt.latest_step()
     finally:
         ckpt.close()
 
@@ -38,11 +44,10 @@ def has_checkpoint(workdir: str) -> bool:
 def unreadable(step: int, directory: str, error: Exception) -> str:
     """`step N: <file> is unreadable (<first words of the error>)`, naming the deepest file.
 
-    The other reads of that restore failed too, in futures nobody awaits: asyncio would log each
-    one ("Future exception was never retrieved", a screen of tensorstore specs) when collected,
-    so its logger is kept to critical messages from here on.
+    The other reads of that restore failed too, and would each print a screen of tensorstore
+    specs: `orbax_errors.quiet_after_failure` keeps them off the console from here on.
     """
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    orbax_errors.quiet_after_failure()
     message = str(error)
     files = re.findall(r'local file "([^"]+)"', message)
     where = files[-1] if files else f"{directory}/{step}"
@@ -63,6 +68,8 @@ class Checkpointer:
                                                create=create)
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(_directory(workdir), options=options)
+        self._write_failed = False
+        orbax_errors.quiet_background_errors()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -76,7 +83,14 @@ class Checkpointer:
             data=ocp.args.JsonSave({"state": _jsonable(data_state)}),
             config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         )
-        self.manager.save(step, args=args, force=force)
+        try:
+            self.manager.save(step, args=args, force=force)  # raises an earlier save's failure
+        except Exception as e:
+            raise self._write_error(e) from e
+
+    def _write_error(self, error: Exception) -> Exception:
+        self._write_failed = True
+        return orbax_errors.write_error(error, str(self.manager.directory), self.latest_step())
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, dict]:
         """Restores `(state, data_state, config_dict)` at `step` (default: the latest)."""
@@ -86,6 +100,12 @@ class Checkpointer:
         try:
             return self._read(abstract_state, step)
         except Exception as e:  # tensorstore and JSON errors of a damaged file
+            if shapes := orbax_errors.other_shapes(e):
+                raise ValueError(
+                    f"Checkpoint step {step} of {self.workdir} holds parameters of other shapes "
+                    f"than this model's (saved {shapes[0]}, needed {shapes[1]}): it was trained "
+                    "with another model config (model.num_prompts, model.context_tokens, "
+                    "model.layers, clip.weights, ...). Use a run of the same model.") from e
             raise ValueError(f"Checkpoint {unreadable(step, str(self.manager.directory), e)}. "
                              "Delete that step's folder to use the one before it.") from e
 
@@ -121,23 +141,53 @@ class Checkpointer:
             reason for _, reason in failures) + ". Delete the checkpoints/ folder to start over.")
 
     def _set_aside(self, step: int) -> str:
-        """Moves a damaged step out of the way (deletes it on remote storage); says what it did."""
+        """Moves a damaged step out of the way (deletes it on remote storage); says what it did.
+
+        Locally it is renamed into `workdir/corrupt_checkpoints/` (to `N-2`, `N-3`... when an
+        earlier `N` is there): nothing is deleted, and nothing moves through a link.
+
+        Raises:
+          ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
+        """
         if "://" in self.workdir:
             self.manager.delete(step)
             return "deleted it"
-        target = Path(self.workdir) / "corrupt_checkpoints" / str(step)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(Path(_directory(self.workdir)) / str(step)), str(target))
+        aside = Path(self.workdir) / "corrupt_checkpoints"
+        source = Path(_directory(self.workdir)) / str(step)
+        if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+            raise ValueError(f"Checkpoint step {step} is damaged and should be set aside, but "
+                             f"{aside} is a link or a file, not a folder of this run; move it "
+                             f"away, or delete {source} yourself, and start again.")
+        aside.mkdir(exist_ok=True)
+        target, n = aside / str(step), 1
+        while os.path.lexists(target):
+            n += 1
+            target = aside / f"{step}-{n}"
+        try:
+            os.rename(source, target)  # renames a link itself, never what it points to
+        except OSError as e:
+            raise ValueError(f"Checkpoint step {step} is damaged and could not be moved to "
+                             f"{target} ({e.strerror}); delete {source} yourself and start "
+                             "again.") from e
         return f"moved it to {target}"
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error(e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending saves and closes (a failure already raised is not raised again)."""
+        reported, failures = self._write_failed, []
+        for finish in (self.wait, self.manager.close):
+            try:
+                finish()
+            except Exception as e:  # close even when the wait failed
+                failures.append(e)
+        if failures and not reported:
+            raise failures[0]
 
 
 def read_config(workdir: str) -> dict:

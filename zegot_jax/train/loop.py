@@ -5,6 +5,8 @@ replicated once and passed beside the donated train state. Checkpoints hold only
 data iterator state, so a killed run resumes exactly where it stopped.
 """
 
+import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax import sharding
+from zegot_jax import config_checks, ot, sharding
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.train import checkpoint as ckpt_lib
 from zegot_jax.train import inputs, launch, optim, workdir_lock
@@ -24,8 +26,13 @@ from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
 
 
+class _Preempted(Exception):
+    """SIGTERM during the final evaluation, after the last checkpoint was saved."""
+
+
 class _Preemption:
-    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step."""
+    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step; during the
+    final evaluation (`raise_from_now`), into `_Preempted`."""
 
     def __init__(self):
         self.requested = False
@@ -34,18 +41,35 @@ class _Preemption:
     def _handle(self, signum, frame):  # noqa: ARG002
         self.requested = True
 
+    def raise_from_now(self):
+        """A SIGTERM from now on raises `_Preempted` (at once if one came already)."""
+        signal.signal(signal.SIGTERM, self._raise)
+        if self.requested:
+            raise _Preempted
+
+    def _raise(self, signum, frame):  # noqa: ARG002
+        raise _Preempted
+
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None) -> None:
+def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None,
+                  ot_config: ml_collections.ConfigDict) -> None:
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-    if bad:
-        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
-            "no checkpoint was written yet"
-        raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
-                                 f"Inf (checked every train.log_every steps and before each "
-                                 f"checkpoint); {kept}. Lower optim.learning_rate or check the data.")
+    if not bad:
+        return
+    kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
+        "no checkpoint was written yet"
+    fix = "Lower optim.learning_rate or check the data."
+    if ot_config.enabled and ("ot_marginal_error" in bad or (
+            "grad_norm" in bad and "loss" not in bad)):  # the OT failed, or the loss's gradient
+        fix = (f"The OT is the likely cause: at model.ot.epsilon={ot_config.epsilon} its plans "
+               "are nearly hard assignments, whose gradient is not finite; raise "
+               "model.ot.epsilon (OTSeg uses 0.05), or else lower optim.learning_rate.")
+    raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
+                             f"Inf (checked every train.log_every steps and before each "
+                             f"checkpoint); {kept}. {fix}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -61,9 +85,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     sharding.maybe_initialize_distributed()
     launch.check(config, workdir, num_devices=jax.device_count())
+    created = "://" not in workdir and not Path(workdir).exists()
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-        return _train(config, workdir)
+    try:
+        with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+            return _train(config, workdir)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves nothing behind
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only if empty; never through a link
+        raise
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -72,6 +103,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     local_batch = sharding.local_batch_size(config.train.global_batch_size, mesh)
 
     model = state_lib.build_model(config)
+    if sizes := config_checks.patch_problems(config, model.clip.spec.patch_size):
+        raise ValueError(f"Invalid config: {'; '.join(sizes)}")  # weights not named by variant
     parts = state_lib.split_model(model)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     replicated = sharding.replicated(mesh)
@@ -80,15 +113,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     text_inputs = jax.device_put(model.text_inputs(data.train_classes,
                                                    config.clip.text_context_length), replicated)
 
+    start = ckpt_lib.saved_step(workdir)
+    if start is None and config.train.init_from:  # before checkpoints/ is created
+        state = _initialize_from(config.train.init_from, state)
     ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     train_iter = data.train_iterator(local_batch, seed=config.seed)
-    start = ckpt.latest_step()
     try:
         if start is not None:  # the newest intact step (damaged newer ones are set aside)
             start, (state, data_state, _) = ckpt.restore_intact(ckpt_lib.abstract(state))
             train_iter.set_state(data_state)
-        elif config.train.init_from:
-            state = _initialize_from(config.train.init_from, state)
     except BaseException:
         ckpt.close()  # else orbax's event loop prints tracebacks at exit
         raise
@@ -98,54 +131,67 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         step_lib.make_train_step(parts.graphdef, tx, schedule, config,
                                  pseudo_label_ids=data.pseudo_label_ids),
         donate_argnums=(0,))
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, restored_step=start)
     preempt = _Preemption()
     num_steps, last_saved = config.train.num_steps, start or None
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     tick, tick_step = time.perf_counter(), start
     try:
-        for step in range(start + 1, num_steps + 1):
-            batch = sharding.to_global(next(train_iter), mesh)
-            state, metrics = train_step(state, frozen, batch, text_inputs)
-            bar.update(1)
-            is_last = step == num_steps
-            preempted = preempt.requested  # read once: the signal may land at any moment
-            should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
-            if step % config.train.log_every == 0 or should_save:
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host, step, last_saved)
-                now = time.perf_counter()
-                host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / max(
-                    now - tick, 1e-9)
-                tick, tick_step = now, step
-                writer.write(step, host)
-                bar.set_postfix(loss=f"{host['loss']:.4f}")
-            if should_save:
-                ckpt.save(step, state, train_iter.get_state(), config)
-                last_saved = step
-            if preempted:
-                ckpt.wait()
-                writer.write_text(f"preempted at step {step}; checkpoint saved")
-                return {"preempted_at": step}
-            if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
-                _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
+        try:
+            for step in range(start + 1, num_steps + 1):
+                batch = sharding.to_global(next(train_iter), mesh)
+                state, metrics = train_step(state, frozen, batch, text_inputs)
+                bar.update(1)
+                is_last = step == num_steps
+                preempted = preempt.requested  # read once: the signal may land at any moment
+                should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
+                if step % config.train.log_every == 0 or should_save:
+                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _check_finite(host, step, last_saved, config.model.ot)
+                    ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
+                    now = time.perf_counter()
+                    host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / \
+                        max(now - tick, 1e-9)
+                    tick, tick_step = now, step
+                    writer.write(step, host)
+                    bar.set_postfix(loss=f"{host['loss']:.4f}")
+                if should_save:
+                    ckpt.save(step, state, train_iter.get_state(), config)
+                    last_saved = step
+                if preempted:
+                    ckpt.wait()
+                    writer.write_text(f"preempted at step {step}; checkpoint saved")
+                    return {"preempted_at": step}
+                if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
+                    _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
+        finally:
+            bar.close()
+            ckpt.close()
+        preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
+        return _final_evaluation(config, data, parts.graphdef, state, frozen, writer)
+    except _Preempted:
+        writer.write_text(f"preempted during the final evaluation (step {num_steps} is saved; the "
+                          "same command evaluates it)")
+        return {"preempted_at": num_steps}
     finally:
-        bar.close()
         preempt.restore()
-        ckpt.close()
-    summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps,
+        writer.close()
+
+
+def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str, Any]:
+    """The last evaluation (with the training-free baseline if asked) and `predictions.png`."""
+    summary = _evaluate(config, data, graphdef, state, frozen, writer, config.train.num_steps,
                         baseline=config.eval.training_free_baseline)
     if jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
-            clip = state_lib.merge(parts.graphdef, state["params"], frozen).clip
+            clip = state_lib.merge(graphdef, state["params"], frozen).clip
             baseline = evaluator.training_free_parts(config, clip)
-        figure.write_results_figure(str(Path(workdir) / "predictions.png"), config,
-                                    (parts.graphdef, state["params"], frozen),
+        figure.write_results_figure(str(Path(writer.workdir) / "predictions.png"), config,
+                                    (graphdef, state["params"], frozen),
                                     data.source("eval"), data.class_names, data.unseen,
                                     baseline_parts=baseline)
-    writer.close()
     return summary
 
 

@@ -26,8 +26,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     return DTYPES[config.clip.dtype]
 
 
-def load_clip(config: ml_collections.ConfigDict) -> clip_lib.CLIP:
-    """The frozen backbone named by `clip.weights`.
+def load_clip(config: ml_collections.ConfigDict, *, offline: bool = False) -> clip_lib.CLIP:
+    """The frozen backbone named by `clip.weights` (with `offline`, a hub id comes from the local
+    cache only: a run loaded for inference fetches nothing).
 
     'random:<variant>' builds a randomly initialised CLIP (tests, smoke runs); 'synthetic' is the
     synthetic world's small CLIP (pretrained and cached on first use); anything else is a path or a
@@ -41,7 +42,9 @@ def load_clip(config: ml_collections.ConfigDict) -> clip_lib.CLIP:
         from zegot_jax.synthetic import pretrain  # noqa: PLC0415 (only the synthetic world needs it)
 
         return pretrain.pretrained_clip(config.synthetic.pretrain, dtype=dtype)
-    return clip_lib.load(weights, dtype=dtype, activation=config.clip.get("activation") or None)
+    return clip_lib.load(weights, dtype=dtype, activation=config.clip.get("activation") or None,
+                         vision_heads=config.clip.get("vision_heads") or None,
+                         text_heads=config.clip.get("text_heads") or None, offline=offline)
 
 
 def build_model(config: ml_collections.ConfigDict, clip: clip_lib.CLIP | None = None) -> ZegOT:

@@ -103,6 +103,8 @@ def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
         if pseudo:
             labels = pseudo_label(upsample(out.logits, labels.shape[1:]), labels, pseudo)
         loss, aux = loss_of(out.logits, labels)
+        if out.ot_marginal_error is not None:  # a convergence diagnostic, logged
+            aux["ot_marginal_error"] = out.ot_marginal_error
         if loss_cfg.layer_weight > 0:
             for layer_logits in out.layer_logits:
                 loss = loss + loss_cfg.layer_weight * loss_of(layer_logits, labels)[0]
@@ -136,7 +138,7 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
             "loss": loss,
             "focal": aux["focal"],
             "dice": aux["dice"],
-            **({"text_consistency": aux["text_consistency"]} if "text_consistency" in aux else {}),
+            **{k: aux[k] for k in ("text_consistency", "ot_marginal_error") if k in aux},
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state["step"]),
