@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from gradcheck import central_differences
 
 import zegot_jax.ot as zot
 from zegot_jax.ot import solvers
@@ -98,16 +99,12 @@ def _loss_stop_gradient(s, w):
                                 backward="unrolled", plan_gradient=False).score)
 
 
-def test_unrolled_gradient_matches_central_differences(x64):
+def test_unrolled_gradient_matchescentral_differences(x64):
     # Also guards ott 0.6.0's fixed-scan backward, which is wrong with more than one outer step.
     s = jnp.asarray(_similarity(5, (6, 3)))
     w = jnp.asarray(_similarity(6, (6,)))
     grad = np.asarray(jax.grad(_loss)(s, w))
-    h = 1e-6
-    fd = np.zeros(s.shape)
-    for idx in np.ndindex(*s.shape):
-        e = jnp.zeros(s.shape).at[idx].set(h)
-        fd[idx] = (_loss(s + e, w) - _loss(s - e, w)) / (2 * h)
+    fd = central_differences(lambda x: _loss(x, w), s)
     np.testing.assert_allclose(grad, fd, atol=1e-7 * np.abs(fd).max())
     ref_grad = jax.grad(lambda x: jnp.sum(w * 18 * jnp.sum(
         zot.sinkhorn_log_reference(1 - x, epsilon=0.1, num_iterations=60) * x, -1)))(s)
@@ -123,14 +120,6 @@ def test_stop_gradient_plan_matches_analytic_formula(x64):
     assert np.abs(grad - jax.grad(_loss)(s, w)).max() > 1e-3  # the two choices really differ
 
 
-def _central_differences(fn, s: jax.Array, h: float = 1e-6) -> np.ndarray:
-    fd = np.zeros(s.shape)
-    for idx in np.ndindex(*s.shape):
-        e = jnp.zeros(s.shape).at[idx].set(h)
-        fd[idx] = (fn(s + e) - fn(s - e)) / (2 * h)
-    return fd
-
-
 @pytest.mark.parametrize("solver,tau,iterations", [("sinkhorn", 1.0, 3000), ("sinkhorn", 0.8, 3000),
                                                    ("newton", 1.0, 30)])
 def test_implicit_gradient_matches_central_differences_of_converged_solve(x64, solver, tau,
@@ -143,7 +132,7 @@ def test_implicit_gradient_matches_central_differences_of_converged_solve(x64, s
         return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=iterations, tau=tau,
                                     solver=solver, backward="implicit", dtype=jnp.float64).score)
 
-    grad, fd = np.asarray(jax.grad(loss)(s)), _central_differences(loss, s)
+    grad, fd = np.asarray(jax.grad(loss)(s)), central_differences(loss, s)
     np.testing.assert_allclose(grad, fd, atol=1e-6 * np.abs(fd).max())
 
 
