@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,7 @@ def _rows(output: str, columns: int) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_smoke_mode_prints_memory_times_and_agreement():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_in_domain_and_cross_dataset(tmp_path):
     run = tmp_path / "run"
     _python("train.py", "--config=configs/voc.py:smoke", f"--workdir={run}")

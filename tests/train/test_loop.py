@@ -82,6 +82,7 @@ def _wait_for_checkpoint(proc, workdir, at_least, timeout=240):
 LONG = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     reference = _train_losses(tmp_path / "ref", *LONG)
     work = tmp_path / "killed"
@@ -99,6 +100,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
                                [reference[s] for s in range(1, 61)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_with_the_preempted_status(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, "--config.train.num_steps=100000",
                                  "--config.train.checkpoint_every=5"),
@@ -114,6 +116,7 @@ def test_sigterm_saves_and_exits_with_the_preempted_status(tmp_path):
     assert _checkpoint_steps(tmp_path)[-1] == last
 
 
+@pytest.mark.slow
 def test_nan_stops_with_the_step_named(tmp_path):
     result = subprocess.run(_cmd(tmp_path, "--config.optim.learning_rate=1e30",
                                  "--config.train.num_steps=6"),
@@ -149,6 +152,7 @@ def one_device_losses(tmp_path_factory):
     return _train_losses(tmp_path_factory.mktemp("one_device"), *SPLIT)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path, one_device_losses):
     one = one_device_losses
     eight = _train_losses(tmp_path / "eight", *SPLIT, env=_env(devices=8))
@@ -163,6 +167,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, one_device_losses):
     one, args = one_device_losses, SPLIT
     port = _free_port()
