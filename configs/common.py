@@ -90,6 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.ignore_as_negative = True  # OTSeg quirk: ignore pixels are focal negatives
     c.loss.layer_weight = 0.0  # deep supervision: weight of each per-layer auxiliary loss
     c.loss.per_image = True  # upsample + loss one image at a time (same value, 1/B of the memory)
+    # Point-sampled loss (PointRend / Mask2Former): > 0 reads this many points per image instead
+    # of every label pixel (not yet measured against the full loss: off by default).
+    c.loss.num_points = 0
+    c.loss.point_oversample = 3.0  # uniform candidates per point
+    c.loss.point_importance = 0.75  # share of points taken where the logits are most uncertain
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-4

@@ -82,3 +82,45 @@ def test_per_image_loss_stays_on_each_device_under_data_parallel_sharding():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "all-gathers: 0" in done.stdout, done.stdout  # a map over the global batch gathers
+
+
+def _loss_config(num_points=0):
+    return ml_collections.ConfigDict(dict(
+        focal_weight=100.0, dice_weight=1.0, focal_alpha=0.25, focal_gamma=2.0,
+        ignore_as_negative=True, per_image=False, num_points=num_points, point_oversample=3.0,
+        point_importance=0.75))
+
+
+def _logits_and_labels():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(2, 4, 3, 5)), jnp.float32)
+    labels = rng.integers(0, 4, (2, 12, 10))
+    labels[1, :3] = 255
+    return logits, jnp.asarray(labels, jnp.int32)
+
+
+def test_point_loss_with_every_pixel_centre_is_the_full_loss_and_gradient():
+    logits, labels = _logits_and_labels()
+    full = step.make_upsampled_loss(_loss_config())
+    points = step.make_upsampled_loss(_loss_config(num_points=120))  # = 12 x 10 label pixels
+    (value_f, _), grad_f = jax.value_and_grad(full, has_aux=True)(logits, labels)
+    (value_p, _), grad_p = jax.value_and_grad(points, has_aux=True)(logits, labels)
+    np.testing.assert_allclose(value_p, value_f, rtol=1e-6)
+    np.testing.assert_allclose(grad_p, grad_f, rtol=1e-5, atol=1e-7 * float(jnp.abs(grad_f).max()))
+
+
+def test_fewer_points_sample_where_the_logits_are_uncertain():
+    logits, labels = _logits_and_labels()
+    loss = step.make_upsampled_loss(_loss_config(num_points=40))
+    with pytest.raises(ValueError, match="random key"):
+        loss(logits, labels)
+    a, b = (float(loss(logits, labels, jax.random.key(s))[0]) for s in (0, 1))
+    assert np.isfinite(a) and a != b  # the key picks the points
+    # Importance 1: every point is among the most uncertain of 3x as many candidates.
+    from zegot_jax.models import losses  # noqa: PLC0415
+
+    points = losses.importance_points(jax.random.key(2), logits[0], 20, 3.0, 1.0)
+    values = np.abs(np.asarray(losses.point_sample(logits[0], points))).min(0)
+    candidates = jax.random.uniform(jax.random.split(jax.random.key(2))[0], (60, 2))
+    others = np.abs(np.asarray(losses.point_sample(logits[0], candidates))).min(0)
+    assert values.max() <= np.sort(others)[19] + 1e-6

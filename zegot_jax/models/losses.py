@@ -146,3 +146,64 @@ def text_consistency_loss(text: jax.Array, reference: jax.Array) -> jax.Array:
     ref = ref / jnp.maximum(jnp.linalg.norm(ref, axis=-1, keepdims=True), 1e-12)
     cos = jnp.einsum("knd,kd->kn", text.astype(jnp.float32), ref.astype(jnp.float32))
     return jnp.mean(1.0 - cos)
+
+
+def point_sample(logits: jax.Array, points: jax.Array) -> jax.Array:
+    """Bilinear values of maps `[K, h, w]` at points `[P, 2]` `(y, x)` in `[0, 1]`: `[K, P]`.
+
+    The same interpolation as `functional.upsample` (half-pixel centres, edges clamped): at the
+    centre `((i + 0.5) / H, (j + 0.5) / W)` of pixel `(i, j)` of an `H x W` grid it gives the
+    upsampled map's value there, without building the `[K, H, W]` maps.
+    """
+    _, h, w = logits.shape
+
+    def corners(coord, size):
+        u = jnp.clip(coord * size - 0.5, 0.0, size - 1.0)
+        low = jnp.floor(u).astype(jnp.int32)
+        return low, jnp.minimum(low + 1, size - 1), u - low
+
+    y0, y1, wy = corners(points[:, 0], h)
+    x0, x1, wx = corners(points[:, 1], w)
+    top = logits[:, y0, x0] * (1 - wx) + logits[:, y0, x1] * wx
+    bottom = logits[:, y1, x0] * (1 - wx) + logits[:, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def pixel_centres(height: int, width: int) -> jax.Array:
+    """Every pixel centre of an `H x W` grid as points `[H * W, 2]` in `[0, 1]`, row-major."""
+    ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
+    xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
+    return jnp.stack(jnp.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+
+
+def importance_points(key: jax.Array, logits: jax.Array, num_points: int, oversample: float,
+                      importance: float) -> jax.Array:
+    """PointRend's training points for one image: `[num_points, 2]` in `[0, 1]`.
+
+    Kirillov et al., "PointRend" (CVPR 2020), as Mask2Former trains its masks (Cheng et al.,
+    CVPR 2022: 12,544 points, oversampling 3, importance 0.75): `oversample * num_points` uniform
+    candidates, the `importance * num_points` most uncertain of them, the rest uniform. Here the
+    points are shared by the K class maps of the image (so focal and dice read one label per
+    point); a point's uncertainty is `-min_k |x_k|`, the class logit closest to its boundary.
+    """
+    num_important = int(importance * num_points)
+    candidates_key, uniform_key = jax.random.split(key)
+    candidates = jax.random.uniform(candidates_key, (max(int(oversample * num_points),
+                                                         num_important), 2))
+    values = jax.lax.stop_gradient(point_sample(logits, candidates))
+    uncertainty = -jnp.min(jnp.abs(values), axis=0)
+    _, chosen = jax.lax.top_k(uncertainty, num_important)
+    uniform = jax.random.uniform(uniform_key, (num_points - num_important, 2))
+    return jnp.concatenate([candidates[chosen], uniform])
+
+
+def point_loss_sums(logits: jax.Array, labels: jax.Array, points: jax.Array, **options
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`segmentation_loss_sums` of one image read at `points [P, 2]` (logits `[K, h, w]`, bilinear;
+    labels `[H, W]`, nearest), never building the `[K, H, W]` maps."""
+    height, width = labels.shape
+    rows = jnp.clip(jnp.floor(points[:, 0] * height).astype(jnp.int32), 0, height - 1)
+    cols = jnp.clip(jnp.floor(points[:, 1] * width).astype(jnp.int32), 0, width - 1)
+    values = point_sample(logits, points)  # [K, P]
+    return segmentation_loss_sums(values[None, :, :, None], labels[rows, cols][None, :, None],
+                                  **options)

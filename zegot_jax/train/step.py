@@ -17,6 +17,9 @@ import optax
 from zegot_jax.models.functional import merge, upsample  # noqa: F401 (upsample: re-exported)
 from zegot_jax.models.losses import (
     combine_loss_sums,
+    importance_points,
+    pixel_centres,
+    point_loss_sums,
     segmentation_loss,
     segmentation_loss_sums,
     text_consistency_loss,
@@ -48,19 +51,27 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> dict
 
 
 def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
-    """`loss(logits [B, K, h, w], labels [B, H, W]) -> (loss, aux)`: upsampling, then focal + dice.
+    """`loss(logits [B, K, h, w], labels [B, H, W], key=None) -> (loss, aux)`: focal + dice at
+    the labels' resolution.
 
-    With `loss.per_image` the upsampled `[K, H, W]` logits exist for one image at a time: a
-    `lax.map` over the batch of a rematerialised (upsample + loss sums) per image, the sums added
-    and divided once (`combine_loss_sums`), so the value equals the batched loss. At batch 16,
-    K=156, 512x512 the batched form needs about 9.8 GiB of temp (BENCHMARKS.md, memory table).
+    With `loss.num_points > 0` the loss reads `num_points` points per image (`key` picks them;
+    PointRend's importance sampling, see `losses.importance_points`): the logits bilinearly at
+    the points, the labels at the nearest pixel; no `[K, H, W]` map is built. With at least as
+    many points as label pixels the points are the pixel centres, and the loss is the full one.
+    Else the logits are upsampled; with `loss.per_image` the upsampled `[K, H, W]` logits exist
+    for one image at a time: a `lax.map` over the batch of a rematerialised (upsample + loss
+    sums) per image, the sums added and divided once (`combine_loss_sums`), so the value equals
+    the batched loss. At batch 16, K=156, 512x512 the batched form needs about 9.8 GiB of temp
+    (BENCHMARKS.md, memory table).
     """
     options = dict(focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
                    alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
                    ignore_as_negative=loss_cfg.ignore_as_negative)
+    if loss_cfg.get("num_points", 0) > 0:
+        return _point_sampled_loss(loss_cfg, options)
     if not loss_cfg.get("per_image", False):
-        return lambda logits, labels: segmentation_loss(upsample(logits, labels.shape[1:]),
-                                                        labels, **options)
+        return lambda logits, labels, key=None: segmentation_loss(
+            upsample(logits, labels.shape[1:]), labels, **options)
 
     @jax.checkpoint
     def sums_of_one(logits, labels):  # [K, h, w], [H, W]
@@ -71,7 +82,8 @@ def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
         return tuple(s.sum() for s in jax.lax.map(lambda pair: sums_of_one(*pair),
                                                   (logits, labels)))
 
-    def loss_of(logits, labels):
+    def loss_of(logits, labels, key=None):
+        del key  # every pixel counts
         # The batch is split over every device (`sharding.make_mesh`): a map over the whole
         # batch would gather it onto each device, so each device maps over its own block.
         b = logits.shape[0]
@@ -86,6 +98,31 @@ def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
     return loss_of
 
 
+def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> Callable:
+    """The `loss.num_points > 0` case of `make_upsampled_loss`."""
+    num_points = int(loss_cfg.num_points)
+
+    def sums_of_one(logits, labels, key):  # [K, h, w], [H, W]
+        height, width = labels.shape
+        if num_points >= height * width:
+            points = pixel_centres(height, width)
+        else:
+            points = importance_points(key, logits, num_points, loss_cfg.point_oversample,
+                                       loss_cfg.point_importance)
+        return point_loss_sums(logits, labels, points, **options)
+
+    def loss_of(logits, labels, key=None):
+        if key is None:
+            if num_points < labels.shape[1] * labels.shape[2]:
+                raise ValueError("loss.num_points > 0 samples points: pass a random key.")
+            key = jax.random.key(0)  # unused: every pixel centre is a point
+        keys = jax.random.split(key, logits.shape[0])
+        sums = jax.vmap(sums_of_one)(logits, labels, keys)
+        return combine_loss_sums(tuple(s.sum() for s in sums), **options)
+
+    return loss_of
+
+
 def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
                  pseudo_label_ids: Sequence[int] = ()) -> Callable:
     """Returns `loss_fn(params, frozen, batch, text_inputs) -> (loss, aux)`, what the step
@@ -95,19 +132,19 @@ def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
     pseudo = tuple(int(i) for i in pseudo_label_ids)
     loss_of = make_upsampled_loss(loss_cfg)
 
-    def loss_fn(params, frozen, batch, text_inputs):
+    def loss_fn(params, frozen, batch, text_inputs, key=None):
         model = merge(graphdef, params, frozen)
         text = model.text_features(text_inputs)
         out = model.segment(batch["image"], text)
         labels = batch["label"]
         if pseudo:
             labels = pseudo_label(upsample(out.logits, labels.shape[1:]), labels, pseudo)
-        loss, aux = loss_of(out.logits, labels)
+        loss, aux = loss_of(out.logits, labels, key)
         if out.ot_marginal_error is not None:  # a convergence diagnostic, logged
             aux["ot_marginal_error"] = out.ot_marginal_error
         if loss_cfg.layer_weight > 0:
             for layer_logits in out.layer_logits:
-                loss = loss + loss_cfg.layer_weight * loss_of(layer_logits, labels)[0]
+                loss = loss + loss_cfg.layer_weight * loss_of(layer_logits, labels, key)[0]
         if consistency > 0 and isinstance(text_inputs, dict):  # learned prompts only
             aux["text_consistency"] = text_consistency_loss(text, text_inputs["reference"])
             loss = loss + consistency * aux["text_consistency"]
@@ -130,8 +167,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
     loss_fn = make_loss_fn(graphdef, config, pseudo_label_ids=pseudo_label_ids)
 
     def step(state, frozen, batch, text_inputs):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], frozen, batch, text_inputs)
+            state["params"], frozen, batch, text_inputs, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {
