@@ -48,6 +48,12 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Runs the `slow` end-to-end tests first, so that xdist's workers do not end on one of them
+    while the other idles (the order is the same in every worker, as xdist requires)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     run_dir = getattr(config, "_zegot_run_dir", None)
     if run_dir:
