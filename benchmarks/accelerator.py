@@ -121,7 +121,8 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
     setup = get_setup(cache, "tiny", "float32", True, args.overrides)
     inputs = (setup.params, setup.frozen, random_batch(TINY["batch"], TINY["size"], TINY["classes"]),
               setup.model.text_inputs(seen_classes(TINY["classes"]),
-                                      setup.config.clip.text_context_length))
+                                      setup.config.clip.text_context_length),
+              jax.random.key(0))  # the point-sampled loss (loss.num_points > 0) draws points
     grad_fn = jax.jit(jax.value_and_grad(step_lib.make_loss_fn(setup.graphdef, setup.config),
                                          has_aux=True))
 

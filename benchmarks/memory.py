@@ -74,7 +74,7 @@ def training_parts(setup: Setup, batch: int, size: int) -> dict[str, tuple[int |
         return lambda s: jax.grad(lambda s: jnp.sum(transport(s, ot_config).score))(s)
 
     def loss_fn(logits, y):
-        return jax.grad(lambda x: loss_of(x, y)[0])(logits)
+        return jax.grad(lambda x: loss_of(x, y, jax.random.key(0))[0])(logits)
 
     unrolled = override(config, {"model.ot.solver": "sinkhorn", "model.ot.domain": "log",
                                  "model.ot.backward": "unrolled"}).model.ot
