@@ -78,31 +78,38 @@ def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
         return segmentation_loss_sums(upsample(logits[None], labels.shape), labels[None],
                                       **options)
 
-    def sums_of_group(logits, labels):  # [B / G, ...]: one device's images, in sequence
-        return tuple(s.sum() for s in jax.lax.map(lambda pair: sums_of_one(*pair),
-                                                  (logits, labels)))
-
     def loss_of(logits, labels, key=None):
         del key  # every pixel counts
-        # The batch is split over every device (`sharding.make_mesh`): a map over the whole
-        # batch would gather it onto each device, so each device maps over its own block.
-        b = logits.shape[0]
-        groups = math.gcd(b, jax.device_count())
-
-        def split(x):
-            return x.reshape(groups, b // groups, *x.shape[1:])
-
-        sums = jax.vmap(sums_of_group)(split(logits), split(labels))
-        return combine_loss_sums(tuple(s.sum() for s in sums), **options)
+        return combine_loss_sums(_sums_image_by_image(sums_of_one, logits, labels), **options)
 
     return loss_of
+
+
+def _sums_image_by_image(sums_of_one: Callable, *batch: jax.Array) -> tuple[jax.Array, ...]:
+    """`sums_of_one(*image)` added over the batch, one image at a time on each device.
+
+    The batch is split over every device (`sharding.make_mesh`): a map over the whole batch would
+    gather it onto each device, so each device maps over its own block (`lax.map`: one image's
+    intermediates at a time).
+    """
+    b = batch[0].shape[0]
+    groups = math.gcd(b, jax.device_count())
+
+    def sums_of_group(*block):  # [B / G, ...]: one device's images, in sequence
+        return tuple(s.sum() for s in jax.lax.map(lambda image: sums_of_one(*image), block))
+
+    def split(x):
+        return x.reshape(groups, b // groups, *x.shape[1:])
+
+    sums = jax.vmap(sums_of_group)(*(split(x) for x in batch))
+    return tuple(s.sum() for s in sums)
 
 
 def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> Callable:
     """The `loss.num_points > 0` case of `make_upsampled_loss`."""
     num_points = int(loss_cfg.num_points)
 
-    def sums_of_one(logits, labels, key):  # [K, h, w], [H, W]
+    def sums_of_one(logits, labels, key):  # [K, h, w], [H, W], a key
         height, width = labels.shape
         if num_points >= height * width:
             points = pixel_centres(height, width)
@@ -117,8 +124,8 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
                 raise ValueError("loss.num_points > 0 samples points: pass a random key.")
             key = jax.random.key(0)  # unused: every pixel centre is a point
         keys = jax.random.split(key, logits.shape[0])
-        sums = jax.vmap(sums_of_one)(logits, labels, keys)
-        return combine_loss_sums(tuple(s.sum() for s in sums), **options)
+        return combine_loss_sums(_sums_image_by_image(sums_of_one, logits, labels, keys),
+                                 **options)
 
     return loss_of
 
