@@ -109,6 +109,7 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
     """The `loss.num_points > 0` case of `make_upsampled_loss`."""
     num_points = int(loss_cfg.num_points)
 
+    @jax.checkpoint  # the map would keep every image's [K, P] residuals for the backward
     def sums_of_one(logits, labels, key):  # [K, h, w], [H, W], a key
         height, width = labels.shape
         if num_points >= height * width:
