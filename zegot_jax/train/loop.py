@@ -135,7 +135,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ckpt.close()
     summary = _evaluate(config, data, parts.graphdef, state, frozen, writer, num_steps,
                         baseline=config.eval.training_free_baseline)
-    if jax.process_index() == 0 and jax.process_count() == 1:
+    if config.eval.get("figure", True) and jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
             clip = state_lib.merge(parts.graphdef, state["params"], frozen).clip
