@@ -10,9 +10,9 @@ say) fails here.
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -50,11 +50,13 @@ def wheel_python(tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
          "--no-index", wheel)
-    # The dependencies installed here, as a plain path: its .pth files (the editable install's
-    # finder among them) are not run, so `zegot_jax` can only come from the wheel.
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "zegot_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The dependencies installed for this interpreter, as plain paths after the venv's own: their
+    # .pth files (the editable install's finder among them) are not run, and the wheel comes first.
+    dependencies = [p for p in (*site.getsitepackages(), site.getusersitepackages())
+                    if Path(p).is_dir()]
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "zegot_test_dependencies.pth").write_text("\n".join(dependencies) + "\n")
     return python
 
 
