@@ -4,11 +4,13 @@ empty directory, on the project installed from its wheel (as in Colab), at test 
 The wheel is built from this checkout's files and installed (`--no-deps`) into a fresh virtual
 environment that sees the already installed dependencies through a `.pth` line but not this
 checkout nor its editable install, so a notebook importing anything the wheel lacks (`configs/`,
-say) fails here.
+say) fails here. The notebooks' first cell, which installs the project where it is missing, is run
+alone in another such venv with the wheel as its source.
 """
 
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -32,9 +34,25 @@ def _run(*args: str | Path) -> None:
     assert done.returncode == 0, f"{' '.join(map(str, args))}:\n{done.stdout}\n{done.stderr}"
 
 
+def _fresh_venv(venv: Path) -> Path:
+    """A venv without zegot_jax that sees this interpreter's installed packages; its python.
+
+    The site directories are plain paths after the venv's own: their .pth files (the editable
+    install's finder among them) are not run, so this checkout is not importable from it.
+    """
+    _run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    dependencies = [p for p in (*site.getsitepackages(), site.getusersitepackages())
+                    if Path(p).is_dir()]
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "zegot_test_dependencies.pth").write_text("\n".join(dependencies) + "\n")
+    return python
+
+
 @pytest.fixture(scope="module")
-def wheel_python(tmp_path_factory) -> Path:
-    """The python of a fresh venv whose only zegot_jax is this checkout's wheel."""
+def wheel(tmp_path_factory) -> Path:
+    """This checkout's wheel."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"  # a copy: the build writes build/ and *.egg-info beside the sources
     source.mkdir()
@@ -44,19 +62,16 @@ def wheel_python(tmp_path_factory) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", root / "dist", source)
-    (wheel,) = (root / "dist").glob("zegot_jax-*.whl")
-    venv = root / "venv"
-    _run(sys.executable, "-m", "venv", "--without-pip", venv)
-    python = venv / "bin" / "python"
+    (built,) = (root / "dist").glob("zegot_jax-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_python(wheel, tmp_path_factory) -> Path:
+    """The python of a fresh venv whose only zegot_jax is this checkout's wheel."""
+    python = _fresh_venv(tmp_path_factory.mktemp("venv") / "venv")
     _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
          "--no-index", wheel)
-    # The dependencies installed for this interpreter, as plain paths after the venv's own: their
-    # .pth files (the editable install's finder among them) are not run, and the wheel comes first.
-    dependencies = [p for p in (*site.getsitepackages(), site.getusersitepackages())
-                    if Path(p).is_dir()]
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    Path(purelib, "zegot_test_dependencies.pth").write_text("\n".join(dependencies) + "\n")
     return python
 
 
@@ -87,6 +102,20 @@ def test_stored_without_outputs(name):
     assert code, "a notebook without code"
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert "find_spec(\"zegot_jax\")" in code[0].source, "the first cell installs the project"
+
+
+def test_the_first_cell_installs_the_project_when_it_is_missing(wheel, tmp_path, monkeypatch):
+    cells = [nbformat.read(NOTEBOOKS / f"{n}.ipynb", as_version=4).cells[1].source for n in NAMES]
+    assert len(set(cells)) == 1, "the notebooks install the project the same way"
+    python = _fresh_venv(tmp_path / "venv")
+    cell, count = re.subn(r'^ZEGOT_JAX_SOURCE = ".*"$', f"ZEGOT_JAX_SOURCE = {str(wheel)!r}",
+                          cells[0], flags=re.MULTILINE)
+    assert count == 1
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # the dependencies are installed: nothing to download
+    done = subprocess.run([python, "-c", cell], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"zegot_jax from {tmp_path / 'venv'}" in done.stdout, done.stdout
 
 
 @pytest.mark.slow
