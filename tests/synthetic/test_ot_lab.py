@@ -99,9 +99,11 @@ def test_ranking_table_pairs_by_seed_and_puts_the_best_gain_first():
             for n, v in scores.items() for i, s in enumerate((0, 1))]
     lines = ot_lab.ranking_table(rows, list(scores), (0, 1)).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| ref", "| better", "| worse"]
-    assert lines[2] == "| ref | 45.0 | 5.0 |  |  |"
-    assert lines[3] == "| better | 48.5 | 3.5 | +3.5 ± 1.5 | 2 / 2 |"  # gains 5 and 2
-    assert lines[4] == "| worse | 37.5 | 7.5 | -7.5 ± 2.5 | 0 / 2 |"  # gains -10 and -5
+    assert lines[2] == "| ref | 45.0 | 7.1 |  |  |"  # sample stds
+    assert lines[3] == "| better | 48.5 | 4.9 | +3.5 ± 2.1 | 2 / 2 |"  # gains 5 and 2
+    assert lines[4] == "| worse | 37.5 | 10.6 | -7.5 ± 3.5 | 0 / 2 |"  # gains -10 and -5
+    one_seed = ot_lab.ranking_table(rows[::2], list(scores), (0,)).splitlines()
+    assert one_seed[3] == "| better | 45.0 | 0.0 | +5.0 ± 0.0 | 1 / 1 |"
     with pytest.raises(ValueError, match="no row for"):
         ot_lab.ranking_table(rows, ["ref", "missing"], (0, 1))
 

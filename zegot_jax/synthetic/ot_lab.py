@@ -57,8 +57,8 @@ def ranking_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], seeds
       metric: the column to rank by ('hiou', 'miou_unseen', ...).
 
     Returns:
-      A Markdown table in percent, best mean gain first after the reference; the gain's std is
-      over seeds (with 2-3 seeds, read only large gains).
+      A Markdown table in percent, best mean gain first after the reference; stds are sample
+      stds over seeds (0 for one seed; with 2-3 seeds, read only large gains).
     """
     by_name = {r["variant"]: float(r[metric]) for r in rows}
     missing = [f"{n} / seed {s}" for n in names for s in seeds if f"{n} / seed {s}" not in by_name]
@@ -67,14 +67,15 @@ def ranking_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], seeds
                          "seeded(variants, seeds).")
     scores = {n: 100 * np.array([by_name[f"{n} / seed {s}"] for s in seeds]) for n in names}
     reference = scores[names[0]]
+    ddof = 1 if len(seeds) > 1 else 0
     ranked = [names[0], *sorted(names[1:], key=lambda n: -(scores[n] - reference).mean())]
     lines = [f"| variant | {metric} mean | std | gain over {names[0]} (paired) | seeds better |",
              "|---|---|---|---|---|"]
     for n in ranked:
         gain = scores[n] - reference
-        paired = "" if n == names[0] else f"{gain.mean():+.1f} ± {gain.std():.1f}"
+        paired = "" if n == names[0] else f"{gain.mean():+.1f} ± {gain.std(ddof=ddof):.1f}"
         better = "" if n == names[0] else f"{int((gain > 0).sum())} / {len(seeds)}"
-        lines.append(f"| {n} | {scores[n].mean():.1f} | {scores[n].std():.1f} | {paired} | "
+        lines.append(f"| {n} | {scores[n].mean():.1f} | {scores[n].std(ddof=ddof):.1f} | {paired} | "
                      f"{better} |")
     return "\n".join(lines)
 
