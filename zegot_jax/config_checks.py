@@ -195,6 +195,7 @@ RULES: tuple[Rule, ...] = (
     Rule("eval.seen_penalty", real(), "a finite number"),
     Rule("eval.batch_size", integer(1), POSITIVE),
     Rule("eval.training_free_baseline", boolean, "True or False"),
+    Rule("eval.figure", boolean, "True or False"),
     Rule("synthetic.world_seed", integer(0), "an integer >= 0"),
     Rule("synthetic.image_size", integer(1), POSITIVE),
     Rule("synthetic.train_images", integer(1), POSITIVE),

@@ -22,8 +22,9 @@ RESUMABLE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.init_from", "data.num_workers", "data.data_dir",
     "data.eval_short_side", "data.eval_max_images", "eval.mode", "eval.crop", "eval.stride",
-    "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "model.ensemble_weight",
-    "model.prefix_shared", "model.text_remat", "loss.per_image", "synthetic.eval_images",
+    "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "eval.figure",
+    "model.ensemble_weight", "model.prefix_shared", "model.text_remat", "loss.per_image",
+    "synthetic.eval_images",
 )
 
 

@@ -183,7 +183,7 @@ def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str
     """The last evaluation (with the training-free baseline if asked) and `predictions.png`."""
     summary = _evaluate(config, data, graphdef, state, frozen, writer, config.train.num_steps,
                         baseline=config.eval.training_free_baseline)
-    if jax.process_index() == 0 and jax.process_count() == 1:
+    if config.eval.get("figure", True) and jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
             clip = state_lib.merge(graphdef, state["params"], frozen).clip
