@@ -8,9 +8,11 @@ fresh directories, removed when the run ends, so no test depends on an earlier r
   step) is read back by the next process that compiles the same program, which then only traces.
 
 Test programs are tiny and compiled once each, so compiling is most of the suite's time: XLA's CPU
-backend compiles them at LLVM optimisation level 0 (`TEST_XLA_FLAGS`; about 30% less time for a
-':smoke' training run from nothing). That changes the machine code's speed, not the program (XLA's
-own HLO passes, fusion included, still run); the tests' tolerances cover rounding differences.
+backend compiles them without LLVM optimisation and with its older loop emitters instead of the
+fusion emitters (`TEST_XLA_FLAGS`, inherited by subprocesses and notebook kernels; a ':smoke'
+training run from nothing took 27.7 s, 19.3 s with the first flag, 14.3 s with both: single runs
+on the shared box at load 3-9). Both change how fast the machine code runs, not the program (XLA's
+HLO passes, fusion included, still run); the tests' tolerances cover rounding differences.
 Benchmarks and users compile at the default level.
 """
 
@@ -26,7 +28,7 @@ from configs import common
 from zegot_jax import clip as clip_lib
 
 _RUN_DIR = "ZEGOT_TEST_RUN_DIR"
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 # JAX reads these at import, so subprocesses (train.py, notebooks, benchmarks) inherit the cache.
 _JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -9,7 +9,6 @@ alone in another such venv with the wheel as its source.
 """
 
 import json
-import os
 import re
 import shutil
 import site
@@ -75,23 +74,8 @@ def wheel_python(wheel, tmp_path_factory) -> Path:
     return python
 
 
-@pytest.fixture(scope="module")
-def xla_flags(wheel_python) -> str:
-    """XLA_FLAGS for the kernels: compile for speed, not for fast code.
-
-    Smoke-size numbers are meaningless and the notebooks' time is almost all compilation: without
-    LLVM optimisation and with XLA's older CPU fusion emitters a ZegOT train step compiles in
-    about a third of the time. XLA aborts on a flag it does not know, so they are tried first.
-    """
-    flags = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-                      "--xla_cpu_use_fusion_emitters=false"]).strip()
-    probe = subprocess.run([wheel_python, "-c", "import jax; jax.jit(lambda x: x + 1)(1.0)"],
-                           env={**os.environ, "XLA_FLAGS": flags}, capture_output=True)
-    return flags if probe.returncode == 0 else os.environ.get("XLA_FLAGS", "")
-
-
 @pytest.fixture
-def kernel(wheel_python, xla_flags, tmp_path, monkeypatch):
+def kernel(wheel_python, tmp_path, monkeypatch):
     """A kernel spec for the wheel's venv, in an environment that does not see this checkout."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
@@ -103,7 +87,6 @@ def kernel(wheel_python, xla_flags, tmp_path, monkeypatch):
     monkeypatch.setenv("ZEGOT_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("ZEGOT_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("XLA_FLAGS", xla_flags)
     return KERNEL
 
 
