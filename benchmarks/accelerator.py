@@ -23,6 +23,10 @@ Tables (Markdown):
    far, so rows run smallest first and a row during which it did not rise reads '<= X'; where the
    device reports none (CPU), the compiled temp size. Out of memory is a row, not a crash.
 
+4. Evaluation: `evaluator.make_batch_scorer` (what `evaluate` runs per batch: sliding window,
+   upsampling to the label size, arg-max, confusion matrix) on `--eval-batch` images of 512x683
+   with all K=171 COCO-Stuff classes, float32: images/s.
+
 `--smoke` also sets XLA's backend optimisation level to 0 (half the compile time on a CPU; timings
 at that size mean nothing). Budget: each part is estimated from the parts measured before it (a
 guess for the first) and skipped, with the estimate printed, when it would end past `--budget-s`.
@@ -206,6 +210,39 @@ def step_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[lis
     return rows
 
 
+EVAL_HEADER = ["clip.dtype", "K", "image size", "batch", "compile (s)", "batch time (ms)",
+               "images/s", "runs"]
+
+
+def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[list]:
+    """Batched evaluation (`evaluator.make_batch_scorer`, sliding window, all K classes) of
+    `--eval-batch` images of 512x683 (COCO-Stuff's usual shape at short side 512) per call, one
+    device, float32: the time per call, hence images/s."""
+    from zegot_jax.data import class_names as names_lib  # noqa: PLC0415
+    from zegot_jax.evaluation import evaluator  # noqa: PLC0415
+
+    k = len(names_lib.DATASETS["coco_stuff"][0]) if not args.smoke else SMOKE["classes"][-1]
+    size = (args.size, args.size * 4 // 3)
+    estimate = budget.compile_s + (args.rounds + 1) * budget.step_s
+    if estimate > budget.left():
+        return [["float32", k, f"{size[0]}x{size[1]}", args.eval_batch,
+                 f"skipped: estimated {estimate:.0f} s > {max(budget.left(), 0):.0f} s left"]
+                + [""] * 3]
+    setup = get_setup(cache, args.variant, "float32", args.smoke, args.overrides)
+    config = setup.config
+    names = names_lib.DATASETS["coco_stuff"][0][:k]
+    text = evaluator.text_features_of(setup.graphdef, setup.params, setup.frozen, names,
+                                      config.clip.text_context_length)
+    confusion = evaluator.make_batch_scorer(setup.graphdef, config, jnp.zeros((k,)))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((args.eval_batch, *size, 3), np.float32))
+    labels = jnp.asarray(rng.integers(0, k, (args.eval_batch, *size)), jnp.int32)
+    m = harness.measure(confusion, lambda: (setup.params, setup.frozen, text, images, labels),
+                        rounds=args.rounds, budget_s=max(budget.left() / 2, 1.0))
+    return [["float32", k, f"{size[0]}x{size[1]}", args.eval_batch, f"{m.compile_s:.1f}",
+             f"{1e3 * m.run_s:,.1f}", f"{args.eval_batch / m.run_s:,.2f}", m.runs]]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random CLIP, K=3/5 (tests)")
@@ -217,6 +254,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16"])
     parser.add_argument("--rounds", type=int, default=5, help="most timed runs per row")
+    parser.add_argument("--eval-batch", type=int, default=8,
+                        help="images per evaluation call (the evaluation row)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every row, e.g. model.ot.backward=unrolled")
     args = parser.parse_args(argv)
@@ -243,6 +282,9 @@ def main(argv=None) -> None:
           f"{args.batch} on one device; overrides: {' '.join(args.set) or 'none'}; "
           f"{max(budget.left(), 0):.0f} s of the {args.budget_s:.0f} s budget left\n\n"
           + harness.markdown(STEP_HEADER, steps))
+    evaluation = evaluation_rows(args, budget, cache)
+    print(f"\n## Evaluation: random {args.variant}, sliding window (crop {args.size}), every "
+          f"class, one device\n\n" + harness.markdown(EVAL_HEADER, evaluation))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def bench(monkeypatch):
 def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
     done = run_script("accelerator.py", "--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
-    device, agreement, steps = tables(done.stdout)
+    device, agreement, steps, evaluation = tables(done.stdout)
     fields = {row["field"]: row["value"] for row in device}
     assert fields["platform"] == "cpu" and fields["device count"] == str(len(jax.devices("cpu")))
     assert fields["jax / jaxlib"].startswith(jax.__version__)
@@ -41,15 +41,20 @@ def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
         assert float(row["GFLOP / step (XLA)"].replace(",", "")) > 0
         assert row["MFU"] == "n/a" and row["peak memory (GiB)"].endswith("(compiled temp)")
         assert int(row["runs"]) >= 1
+    (row,) = evaluation
+    assert (row["K"], row["image size"], row["batch"]) == ("5", "32x42", "8")
+    assert float(row["images/s"].replace(",", "")) == pytest.approx(
+        8e3 / float(row["batch time (ms)"].replace(",", "")), rel=0.01)
 
 
 def test_a_budget_too_small_skips_everything_with_the_estimate():
     done = run_script("accelerator.py", "--smoke", "--budget-s", "1")
     assert done.returncode == 0, done.stderr[-3000:]
-    _, agreement, steps = tables(done.stdout)
+    _, agreement, steps, evaluation = tables(done.stdout)
     assert agreement[0]["matmul precision"] == "skipped"
     assert len(steps) == 4
     assert all(r["compile (s)"].startswith("skipped: estimated") and r["loss"] == "" for r in steps)
+    assert evaluation[0]["compile (s)"].startswith("skipped: estimated")
 
 
 def _fake_setup():
