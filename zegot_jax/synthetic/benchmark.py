@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from zegot_jax.config_overrides import override
 from zegot_jax.synthetic.report import interval, paired_table, report, scores_table  # noqa: F401
@@ -50,6 +51,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
         current = str(Path(directory or Path(root) / "jax_compilation").expanduser())
         Path(current).mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", current)
+        compilation_cache.reset_cache()  # a process that compiled before: read the new setting
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return current
