@@ -51,7 +51,7 @@ class _FakeRuns:
     """What `train_seeds` returns, with a 'score' per seed in place of parameters."""
 
     def __init__(self, config, seeds):
-        self.seeds, self.compile_s = tuple(seeds), 0.0
+        self.seeds, self.compile_s, self.train_s = tuple(seeds), 0.0, 0.0
         self.params = [config.model.ot.epsilon + s for s in seeds]
 
     def _replace(self, **changes):

@@ -117,7 +117,8 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     Returns:
       name -> one row per seed: `{'seed', 'miou_seen', 'miou_unseen', 'hiou', 'miou',
       'pixel_acc', 'per_class_iou', 'prompt_diversity', 'plan_entropy', 'final_loss',
-      'seconds' (the variant's wall time over its seeds), 'compile_s'}` (scores in [0, 1]).
+      'seconds' (the variant's wall time / its seeds), 'compile_s' (its train step's), 'train_s'
+      (its training after compiling), 'eval_s' (scoring all its seeds)}` (scores in [0, 1]).
 
     Raises:
       KeyError: an override names a field the config does not have (before any training).
@@ -145,11 +146,12 @@ def rank_variants(base_config: ml_collections.ConfigDict,
             if runs is None or not set(todo) <= set(runs.seeds):
                 runs = train_seeds.train_seeds(configs[source], todo)
                 trained[source] = runs
-            runs = _select(runs, todo)
+            runs, scoring = _select(runs, todo), time.perf_counter()
             scored = score_seeds(config, runs, statistics=statistics)
-            seconds = (time.perf_counter() - start) / len(todo)
+            seconds, scoring = time.perf_counter() - start, time.perf_counter() - scoring
             for row in scored:
-                row.update(seconds=seconds, compile_s=runs.compile_s)
+                row.update(seconds=seconds / len(todo), compile_s=runs.compile_s,
+                           train_s=runs.train_s, eval_s=scoring)
                 rows[row["seed"]] = row
                 if workdir:
                     path = Path(workdir) / run_dir(name, row["seed"])
