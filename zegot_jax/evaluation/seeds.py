@@ -54,7 +54,7 @@ def text_features_seeds(graphdef: Any, params: Any, frozen: Any, class_names: Se
 def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any, frozen: Any,
                    examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
                    unseen: Sequence[int], *, seen_penalty: float, num_seeds: int,
-                   chunk: int = 50) -> list[dict[str, Any]]:
+                   chunk: int = 50, text: jax.Array | None = None) -> list[dict[str, Any]]:
     """Scores `examples` with each of S seeds' parameters (leaves `[S, ...]`).
 
     Args:
@@ -62,12 +62,14 @@ def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any
         `DataSetup.eval_iterator()` gives for the synthetic world.
       chunk: images per call of the compiled program (the last chunk may be smaller: one more
         compile).
+      text: the seeds' text features `[S, K, N, D]` if already computed (`text_features_seeds`).
 
     Returns:
       One `metrics.summarize` summary per seed, plus `num_images` and `seen_penalty`.
     """
-    text = text_features_seeds(graphdef, params, frozen, class_names,
-                               config.clip.text_context_length, num_seeds)
+    if text is None:
+        text = text_features_seeds(graphdef, params, frozen, class_names,
+                                   config.clip.text_context_length, num_seeds)
     first = jax.tree.map(lambda leaf: leaf[0], params)
     reference = evaluator.reference_features_of(graphdef, first, frozen, config, class_names)
     logits_fn = evaluator.make_logits_fn(graphdef, config)

@@ -71,15 +71,14 @@ def score_seeds(config: ml_collections.ConfigDict, runs: Any, *, statistics: boo
     from zegot_jax.train import inputs  # noqa: PLC0415
 
     data, count = inputs.DataSetup.from_config(config), len(runs.seeds)
+    text = eval_seeds.text_features_seeds(runs.graphdef, runs.params, runs.frozen,
+                                          data.class_names, config.clip.text_context_length, count)
     summaries = eval_seeds.evaluate_seeds(
         config, runs.graphdef, runs.params, runs.frozen, data.eval_iterator(), data.class_names,
-        data.unseen, seen_penalty=data.seen_penalty(config), num_seeds=count)
+        data.unseen, seen_penalty=data.seen_penalty(config), num_seeds=count, text=text)
     rows = [{"seed": s, **{k: summary[k] for k in COLUMNS}, "per_class_iou":
              summary["per_class_iou"]} for s, summary in zip(runs.seeds, summaries, strict=True)]
     if statistics:
-        text = eval_seeds.text_features_seeds(runs.graphdef, runs.params, runs.frozen,
-                                              data.class_names, config.clip.text_context_length,
-                                              count)
         first = jax.tree.map(lambda leaf: leaf[0], runs.params)
         patch = merge(runs.graphdef, first, runs.frozen).clip.spec.patch_size
         stats = eval_seeds.prompt_statistics_seeds(runs.graphdef, runs.params, runs.frozen, text,
