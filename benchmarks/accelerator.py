@@ -26,6 +26,12 @@ Tables (Markdown):
 4. Evaluation: `evaluator.make_batch_scorer` (what `evaluate` runs per batch: sliding window,
    upsampling to the label size, arg-max, confusion matrix) on `--eval-batch` images of 512x683
    with all K=171 COCO-Stuff classes, float32: images/s.
+5. Ranking: the synthetic world's 5-seed ranking of one variant (`--rank-set`, default the
+   uniform plan `model.ot.enabled=False`) against the default, as
+   `benchmarks/synthetic_results.py --variant` runs it on the CPU (`rank_variants`: each
+   variant's seeds trained in one vmapped program and scored in one), including the one-time
+   pretraining of the small CLIP when it is not cached. Wall time, per-variant compile time,
+   scores and the paired hIoU difference. `--smoke`: the ':smoke' world, 2 seeds, 2 steps.
 
 `--smoke` also sets XLA's backend optimisation level to 0 (half the compile time on a CPU; timings
 at that size mean nothing). Budget: each part is estimated from the parts measured before it (a
@@ -52,7 +58,10 @@ from zegot_jax.train import step as step_lib
 
 SMOKE = {"variant": "tiny", "size": 32, "classes": [3, 5]}  # and `harness.apply_smoke`
 TINY = {"classes": 5, "size": 32, "batch": 2}  # the agreement check, on the ':smoke' model
-GUESS = {"build_s": 30.0, "compile_s": 90.0, "step_s": 2.0, "agreement_s": 60.0}  # before measuring
+GUESS = {"build_s": 30.0, "compile_s": 90.0, "step_s": 2.0, "agreement_s": 60.0,  # before
+         "rank_s": 90.0, "pretrain_s": 120.0}  # measuring (ranking: 2 variants x 5 seeds)
+RANK_HEADER = ["variant", "seeds", "steps", "mIoU(S)", "mIoU(U)", "hIoU", "hIoU - default [95%]",
+               "compile (s)", "variant wall / seeds (s)"]
 STEP_HEADER = ["clip.dtype", "K", "compile (s)", "step (ms)", "images/s", "GFLOP / step (XLA)",
                "TFLOP/s", "MFU", "MFU vs TF32 peak", "peak memory (GiB)", "loss", "runs"]
 
@@ -243,6 +252,45 @@ def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> li
              f"{1e3 * m.run_s:,.1f}", f"{args.eval_batch / m.run_s:,.2f}", m.runs]]
 
 
+def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], str]:
+    """The synthetic ranking (see the docstring): table rows and a line of wall times."""
+    from zegot_jax.synthetic import benchmark, pretrain, report  # noqa: PLC0415
+
+    config = harness.synthetic_config("smoke" if args.smoke else None)
+    seeds = range(2 if args.smoke else 5)
+    if args.smoke:
+        config.train.num_steps = 2
+    cached = pretrain.cache_path(config.synthetic.pretrain).exists()
+    estimate = GUESS["rank_s"] + (0.0 if cached else GUESS["pretrain_s"])
+    if estimate > budget.left():
+        return [], f"skipped: estimated {estimate:.0f} s > {max(budget.left(), 0):.0f} s left"
+    start = time.perf_counter()
+    pretrain.pretrained_clip(config.synthetic.pretrain, progress=False)
+    pretrain_s, start = time.perf_counter() - start, time.perf_counter()
+    name = " ".join(args.rank_set)
+    rows = benchmark.rank_variants(config, {"default": {}, name: args.rank_overrides}, seeds,
+                                   statistics=False, log=None)
+    rank_s = time.perf_counter() - start
+
+    def cell(results, key):
+        mean, std, _ = report.interval([100 * r[key] for r in results])
+        return f"{mean:.1f} ± {std:.1f}"
+
+    table = []
+    for variant, results in rows.items():
+        diff = ""
+        if variant != "default":
+            by_seed = {r["seed"]: r["hiou"] for r in rows["default"]}
+            mean, _, half = report.interval([100 * (r["hiou"] - by_seed[r["seed"]])
+                                             for r in results])
+            diff = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+        table.append([variant, len(results), config.train.num_steps, cell(results, "miou_seen"),
+                      cell(results, "miou_unseen"), cell(results, "hiou"), diff,
+                      f"{results[0]['compile_s']:.1f}", f"{results[0]['seconds']:.1f}"])
+    where = "cached" if cached else f"pretrained here in {pretrain_s:.0f} s"
+    return table, f"ranking {rank_s:.1f} s wall (small CLIP {where})"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random CLIP, K=3/5 (tests)")
@@ -258,7 +306,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images per evaluation call (the evaluation row)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every row, e.g. model.ot.backward=unrolled")
+    parser.add_argument("--rank-set", nargs="+", default=["model.ot.enabled=False"],
+                        metavar="KEY=VALUE", help="the variant ranked against the default")
+    parser.add_argument("--no-ranking", action="store_true", help="skip the ranking table")
     args = parser.parse_args(argv)
+    args.rank_overrides = harness.parse_overrides(args.rank_set)
     full = {"variant": "ViT-B/16", "size": 512, "classes": [15, 156]}
     for key, value in (full | ({k: SMOKE[k] for k in full} if args.smoke else {})).items():
         if getattr(args, key) is None:
@@ -281,10 +333,14 @@ def main(argv=None) -> None:
     print(f"\n## Train step: random {args.variant} at {args.size}x{args.size}, global batch "
           f"{args.batch} on one device; overrides: {' '.join(args.set) or 'none'}; "
           f"{max(budget.left(), 0):.0f} s of the {args.budget_s:.0f} s budget left\n\n"
-          + harness.markdown(STEP_HEADER, steps))
+          + harness.markdown(STEP_HEADER, steps), flush=True)
     evaluation = evaluation_rows(args, budget, cache)
     print(f"\n## Evaluation: random {args.variant}, sliding window (crop {args.size}), every "
-          f"class, one device\n\n" + harness.markdown(EVAL_HEADER, evaluation))
+          f"class, one device\n\n" + harness.markdown(EVAL_HEADER, evaluation), flush=True)
+    if not args.no_ranking:
+        ranking, times = ranking_rows(args, budget)
+        print(f"\n## Ranking on the synthetic world: {' '.join(args.rank_set)} against the "
+              f"default, seeds vmapped; {times}\n\n" + harness.markdown(RANK_HEADER, ranking))
 
 
 if __name__ == "__main__":

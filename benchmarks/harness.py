@@ -54,12 +54,12 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def synthetic_config() -> ml_collections.ConfigDict:
-    """`configs/synthetic.py`'s config (the synthetic world's defaults)."""
+def synthetic_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`configs/synthetic.py`'s config (the synthetic world's defaults; `arg` e.g. 'smoke')."""
     _repository_on_path()
     from configs import synthetic  # noqa: PLC0415
 
-    return synthetic.get_config()
+    return synthetic.get_config(arg)
 
 
 def _repository_on_path() -> None:

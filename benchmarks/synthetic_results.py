@@ -1,35 +1,34 @@
-"""RESULTS.md: ZegOT, its guards and its ablations on the synthetic world, over seeds.
+"""Rank variants on the synthetic world over seeds: RESULTS.md's rows, or your own.
 
-  python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --workdir runs/results
-  python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --only "ZegOT" "no OT"  # a subset
+  python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --workdir runs/results   # RESULTS.md
+  python benchmarks/synthetic_results.py --only "ZegOT (defaults)" "no OT"           # a subset
+  python benchmarks/synthetic_results.py --workdir "" \\
+      --variant default --variant "eps 0.1" model.ot.epsilon=0.1     # your own, vs the first
 
 Each row is the embedded default (`configs/synthetic.py`) with a few dotted-key overrides; a seed
 sets the prompt/projection initialisation and the data order, while the CLIP, the world and the
-evaluation images are the same for every run. For every row the script prints mean, standard
-deviation and a 95% Student-t interval of the mean over seeds, then the paired (same-seed)
-differences the benchmark exists to measure. Each finished run leaves `row.json` in its workdir and
-is not trained again, so several invocations (e.g. two in parallel with different `--only`) share
-one table. Prints Markdown and JSON lines; asserts nothing.
+evaluation images are the same for every run. The seeds of a row train together in one compiled
+program and are scored together (`zegot_jax.synthetic.benchmark.rank_variants`); JAX's persistent
+compilation cache (under `$ZEGOT_CACHE` or `~/.cache/zegot_jax`) serves repeated runs. For every
+row the script prints mean, standard deviation and a 95% Student-t interval of the mean over seeds,
+then the paired (same-seed) differences: RESULTS.md's contrasts, or with `--variant` every variant
+against the first. Each finished (row, seed) leaves `row.json` in `--workdir` and is not trained
+again ('' keeps nothing). Prints Markdown and JSON lines; asserts nothing.
 """
 
 import argparse
-import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import synthetic  # noqa: E402
-from zegot_jax.evaluation import evaluator, prompt_stats  # noqa: E402
-from zegot_jax.evaluation import run as run_lib  # noqa: E402
-from zegot_jax.inference import override  # noqa: E402
+from zegot_jax.config_overrides import override  # noqa: E402
 from zegot_jax.models.zegot import TRAINING_FREE, training_free_config  # noqa: E402
-from zegot_jax.train import inputs, loop  # noqa: E402
-from zegot_jax.train import state as state_lib  # noqa: E402
+from zegot_jax.synthetic import benchmark, report  # noqa: E402
 
 ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
                   "model.text_consistency_weight": 0.0, "model.learn_temperature": False}
@@ -38,8 +37,9 @@ ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": Fal
 # carry the term explicitly ("KgCoOp 8"): they reproduce exactly what was run.
 W8 = {"model.text_consistency_weight": 8.0}
 ZEGOT, ZEGOT_W8 = "ZegOT (defaults)", "ZegOT + text-consistency term (KgCoOp weight 8)"
+FREE = "training-free templates"
 VARIANTS = {
-    "training-free templates": {**{f"model.{k}": v for k, v in TRAINING_FREE.items()},
+    FREE: {**{f"model.{k}": v for k, v in TRAINING_FREE.items()},
                                 "model.layers": training_free_config(
                                     synthetic.get_config().model).layers,
                                 "train.num_steps": 0, "eval.seen_penalty": 0.0},
@@ -58,8 +58,7 @@ VARIANTS = {
 }
 # Rows that only change inference reuse another row's trained parameters.
 EVAL_ONLY = {"KgCoOp 8 + ensemble with training-free scores (w 0.5)": ZEGOT_W8}
-DETERMINISTIC = ("training-free templates",)  # no randomness: one run stands for every seed
-SCORES = ("miou_seen", "miou_unseen", "hiou", "prompt_diversity", "plan_entropy")
+DETERMINISTIC = (FREE,)  # no randomness: one run stands for every seed
 # Paired differences (same seeds): (row A, row B, what the difference measures).
 CONTRASTS = (
     (ZEGOT, "training-free templates", "ZegOT - training-free"),
@@ -74,145 +73,81 @@ CONTRASTS = (
     (ZEGOT, "all guards off (the earlier ZegOT)", "all guards (default vs none)"),
     (ZEGOT_W8, "KgCoOp 8, without DLFA", "DLFA"),
 )
-
-
-def slug(name: str) -> str:
-    keep = "".join(c if c.isalnum() else "_" for c in name.lower())
-    return "_".join(w for w in keep.split("_") if w)[:60]
-
-
-def run_one(config, workdir: str, trained_from: str | None = None) -> dict:
-    """Trains (or resumes) one run, or re-evaluates `trained_from`; returns its scores."""
-    start = time.perf_counter()
-    if trained_from is not None:  # inference-only change: the other row's parameters
-        parts, params = run_lib.load_trained(config, trained_from)
-        data = inputs.DataSetup.from_config(config)
-        summary = evaluator.evaluate(config, parts.graphdef, params, parts.frozen,
-                                     data.eval_iterator(), data.class_names, data.unseen,
-                                     seen_penalty=data.seen_penalty(config))
-    else:
-        summary = loop.train(config, workdir)
-        data = inputs.DataSetup.from_config(config)
-        if config.train.num_steps:
-            parts, params = run_lib.load_trained(config, workdir)
-        else:  # nothing was trained: the model as built
-            parts = state_lib.split_model(state_lib.build_model(config))
-            params = parts.params
-    text = evaluator.text_features_of(parts.graphdef, params, parts.frozen, data.class_names,
-                                      config.clip.text_context_length)
-    statistics = prompt_stats.prompt_statistics(parts.graphdef, params, parts.frozen, text,
-                                                data.eval_iterator(),
-                                                patch=config.synthetic.pretrain.model.patch_size)
-    return {**{k: summary[k] for k in SCORES[:3]}, **statistics,
-            "per_class_iou": summary["per_class_iou"], "seconds": time.perf_counter() - start}
-
-
-def interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean, standard deviation (ddof 1) and the half-width of the 95% t-interval of the mean."""
-    n = len(values)
-    if n < 2:
-        return float(values.mean()), float("nan"), float("nan")
-    std = float(values.std(ddof=1))
-    return float(values.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
-
-
-def table(rows: dict[str, list[dict]]) -> str:
-    lines = ["| variant | runs | mIoU(S) | mIoU(U) | hIoU | hIoU 95% CI | prompt diversity | "
-             "plan entropy |", "|---|---|---|---|---|---|---|---|"]
-    for name, results in rows.items():
-        cells = []
-        for key in SCORES:
-            values = np.array([r[key] for r in results], float)
-            scale, digits = (100, 1) if key.startswith(("miou", "hiou")) else (1, 3)
-            if np.isnan(values).any():  # diversity of a single prompt is undefined
-                cells.append("n/a")
-                continue
-            mean, std, half = interval(scale * values)
-            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std)
-                         else f"{mean:.{digits}f}")
-            if key == "hiou":
-                cells.append(f"[{mean - half:.1f}, {mean + half:.1f}]" if np.isfinite(half)
-                             else "(deterministic)")
-        lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+interval, table = report.interval, report.scores_table
 
 
 def contrasts(rows: dict[str, list[dict]]) -> str:
-    """Mean paired (same-seed) differences with 95% t-intervals; rows carry their 'seed'."""
-    lines = ["| difference (paired by seed) | mIoU(S) | mIoU(U) | hIoU | seeds |",
-             "|---|---|---|---|---|"]
-    for a, b, label in CONTRASTS:
-        if a not in rows or b not in rows:
-            continue
-        by_seed_a = {r["seed"]: r for r in rows[a]}
-        by_seed_b = {r["seed"]: r for r in rows[b]}
-        if len(rows[b]) == 1 and b in DETERMINISTIC:  # one run stands for every seed
-            by_seed_b = dict.fromkeys(by_seed_a, rows[b][0])
-        seeds = sorted(set(by_seed_a) & set(by_seed_b))
-        cells = []
-        for key in SCORES[:3]:
-            diff = np.array([100 * (by_seed_a[s][key] - by_seed_b[s][key]) for s in seeds])
-            if len(diff) < 2:
-                cells.append("n/a")
-                continue
-            mean, _, half = interval(diff)
-            cells.append(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
-        cells.append(str(len(seeds)))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """RESULTS.md's paired differences of the rows present."""
+    return report.paired_table(rows, CONTRASTS, DETERMINISTIC)
+
+
+def parse_value(text: str):
+    """A command-line literal (`0.1`, `False`, `(5, 7)`, `'x'`); anything else is a string."""
+    try:
+        return eval(text, {})  # noqa: S307 (a command-line literal)
+    except Exception:  # noqa: BLE001
+        return text
+
+
+def overrides_of(items: list[str]) -> dict:
+    pairs = [item.partition("=") for item in items]
+    if bad := [i for i, (_, sep, _) in zip(items, pairs, strict=True) if not sep]:
+        raise SystemExit(f"{bad}: write overrides as KEY=VALUE, e.g. model.ot.epsilon=0.1.")
+    return {key: parse_value(value) for key, _, value in pairs}
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--workdir", default="runs/results")
+    parser.add_argument("--workdir", default="runs/results", help="'' keeps no rows")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only rows whose name contains one of these strings")
+                        help="run only RESULTS.md rows whose name contains one of these strings")
+    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="a variant of your own (repeatable; the first is the reference)")
     parser.add_argument("--config_arg", default=None, help="e.g. 'smoke' for a quick check")
     parser.add_argument("--table_only", action="store_true",
                         help="train nothing: tabulate the runs already finished in --workdir")
+    parser.add_argument("--no_statistics", action="store_true",
+                        help="skip prompt diversity and plan entropy")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"")
     args = parser.parse_args()
-    base = synthetic.get_config(args.config_arg)
-    common_overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        common_overrides[key] = eval(value, {})  # noqa: S307 (a command-line literal)
-    base = override(base, common_overrides)
-    chosen = [n for n in VARIANTS if not args.only or any(s in n for s in args.only)]
-    results = {}  # (name, seed) -> result
-    for seed in args.seeds:  # seeds outermost: an interrupted sweep still covers every row
-        for name in chosen:
-            if name in DETERMINISTIC and seed != args.seeds[0]:
-                continue
-            config = override(base, {**VARIANTS[name], "seed": seed})
-            workdir = Path(args.workdir) / f"{slug(name)}_seed{seed}"
-            done = workdir / "row.json"
-            if done.exists():
-                result = json.loads(done.read_text())
-            elif args.table_only:
-                continue
-            else:
-                source = EVAL_ONLY.get(name)
-                trained_from = None
-                if source is not None:
-                    trained_from = str(Path(args.workdir) / f"{slug(source)}_seed{seed}")
-                    if not (Path(trained_from) / "row.json").exists():
-                        continue  # its training row has not finished yet
-                result = run_one(config, str(workdir), trained_from)
-                workdir.mkdir(parents=True, exist_ok=True)
-                done.write_text(json.dumps(result))
-            results[name, seed] = result
-            print(json.dumps({"variant": name, "seed": seed,
-                              **{k: v for k, v in result.items() if k != "per_class_iou"}}),
-                  flush=True)
-    rows = {name: [{**results[name, s], "seed": s} for s in args.seeds if (name, s) in results]
-            for name in chosen if any((name, s) in results for s in args.seeds)}
-    print()
-    print(table(rows))
-    print()
-    print(contrasts(rows))
+    cache = benchmark.enable_compilation_cache()
+    base = override(synthetic.get_config(args.config_arg), overrides_of(args.set))
+    if args.variant:
+        variants = {name: overrides_of(items) for name, *items in args.variant}
+        pairs, eval_only, deterministic = None, {}, ()
+    else:
+        chosen = {n for n in VARIANTS if not args.only or any(s in n for s in args.only)}
+        chosen |= {EVAL_ONLY[n] for n in chosen if n in EVAL_ONLY}  # the parameters they score
+        variants = {n: v for n, v in VARIANTS.items() if n in chosen}
+        if FREE in variants:  # the last layer of the base config's tower (':smoke' has one)
+            variants[FREE] = {**variants[FREE],
+                              "model.layers": training_free_config(base.model).layers}
+        pairs, deterministic = CONTRASTS, DETERMINISTIC
+        eval_only = {n: s for n, s in EVAL_ONLY.items() if n in variants}
+    print(f"# {machine()}; compilation cache {cache}", flush=True)
+    start = time.perf_counter()
+    if args.table_only:
+        rows = {}
+        for name in variants:
+            wanted = args.seeds[:1] if name in deterministic else args.seeds
+            if found := benchmark.read_rows(args.workdir, name, wanted):
+                rows[name] = list(found.values())
+    else:
+        rows = benchmark.rank_variants(base, variants, args.seeds, workdir=args.workdir or None,
+                                       deterministic=deterministic, eval_only=eval_only,
+                                       statistics=not args.no_statistics)
+    print(f"\n{len(variants)} variants x {len(args.seeds)} seeds in "
+          f"{time.perf_counter() - start:.0f} s; {machine()}\n")
+    print(report.report(rows, pairs, deterministic))
 
 
 if __name__ == "__main__":

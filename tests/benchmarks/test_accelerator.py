@@ -1,5 +1,5 @@
-"""`benchmarks/accelerator.py`: the `--smoke` run's tables, the time budget, out-of-memory rows and
-the peak FLOP/s look-up."""
+"""`benchmarks/accelerator.py`: the `--smoke` run's tables (the seed-vmapped ranking included), the
+time budget, out-of-memory rows and the peak FLOP/s look-up."""
 
 import math
 import types
@@ -24,7 +24,7 @@ def bench(monkeypatch):
 def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
     done = run_script("accelerator.py", "--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
-    device, agreement, steps, evaluation = tables(done.stdout)
+    device, agreement, steps, evaluation, ranking = tables(done.stdout)
     fields = {row["field"]: row["value"] for row in device}
     assert fields["platform"] == "cpu" and fields["device count"] == str(len(jax.devices("cpu")))
     assert fields["jax / jaxlib"].startswith(jax.__version__)
@@ -45,13 +45,19 @@ def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
     assert (row["K"], row["image size"], row["batch"]) == ("5", "32x42", "8")
     assert float(row["images/s"].replace(",", "")) == pytest.approx(
         8e3 / float(row["batch time (ms)"].replace(",", "")), rel=0.01)
+    assert [row["variant"] for row in ranking] == ["default", "model.ot.enabled=False"]
+    for row in ranking:
+        assert row["seeds"] == "2" and row["steps"] == "2" and float(row["compile (s)"]) > 0
+        assert all(math.isfinite(float(row[k].split(" ± ")[0])) for k in ("mIoU(S)", "hIoU"))
+    assert ranking[1]["hIoU - default [95%]"].startswith(("+", "-"))
 
 
 def test_a_budget_too_small_skips_everything_with_the_estimate():
     done = run_script("accelerator.py", "--smoke", "--budget-s", "1")
     assert done.returncode == 0, done.stderr[-3000:]
-    _, agreement, steps, evaluation = tables(done.stdout)
+    _, agreement, steps, evaluation, ranking = tables(done.stdout)
     assert agreement[0]["matmul precision"] == "skipped"
+    assert ranking == [] and "against the default, seeds vmapped; skipped: estimated" in done.stdout
     assert len(steps) == 4
     assert all(r["compile (s)"].startswith("skipped: estimated") and r["loss"] == "" for r in steps)
     assert evaluation[0]["compile (s)"].startswith("skipped: estimated")

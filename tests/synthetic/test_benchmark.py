@@ -45,3 +45,77 @@ def test_bad_variants_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="No variants"):
         benchmark.compare_variants(base, {}, str(tmp_path), train_fn=_fake_train(seen))
     assert seen == []
+
+
+class _FakeRuns:
+    """What `train_seeds` returns, with a 'score' per seed in place of parameters."""
+
+    def __init__(self, config, seeds):
+        self.seeds, self.compile_s, self.train_s = tuple(seeds), 0.0, 0.0
+        self.params = [config.model.ot.epsilon + s for s in seeds]
+
+    def _replace(self, **changes):
+        runs = object.__new__(_FakeRuns)
+        runs.__dict__.update({**self.__dict__, **changes})
+        return runs
+
+
+@pytest.fixture
+def fake_ranking(monkeypatch):
+    """`rank_variants` with training and scoring replaced by arithmetic; logs what trained."""
+    from zegot_jax.train import seeds as train_seeds
+
+    trained = []
+
+    def train(config, seeds):
+        trained.append((config.model.ot.epsilon, tuple(seeds)))
+        return _FakeRuns(config, seeds)
+
+    def score(config, runs, *, statistics):
+        del statistics
+        return [{"seed": s, "miou_seen": p, "miou_unseen": p, "hiou": p, "miou": p,
+                 "pixel_acc": p, "per_class_iou": {}, "final_loss": config.eval.seen_penalty}
+                for s, p in zip(runs.seeds, runs.params, strict=True)]
+
+    monkeypatch.setattr(train_seeds, "train_seeds", train)
+    monkeypatch.setattr(benchmark, "score_seeds", score)
+    monkeypatch.setattr(benchmark, "enable_compilation_cache", lambda: "")
+    monkeypatch.setattr(benchmark, "_select", lambda runs, seeds: runs._replace(
+        seeds=tuple(seeds), params=[runs.params[runs.seeds.index(s)] for s in seeds]))
+    return trained
+
+
+def test_rank_variants_trains_each_variant_once_and_keeps_rows(tmp_path, fake_ranking):
+    base = common.get_config()
+    variants = {"default": {}, "eps 0.2": {"model.ot.epsilon": 0.2},
+                "free": {"model.ot.epsilon": 0.5},
+                "penalty 0": {"eval.seen_penalty": 0.0}}
+    rows = benchmark.rank_variants(base, variants, (0, 1, 2), workdir=str(tmp_path),
+                                   deterministic=("free",), eval_only={"penalty 0": "default"},
+                                   log=None)
+    # one call per trained variant, all its seeds at once; 'penalty 0' reuses 'default'
+    assert fake_ranking == [(0.05, (0, 1, 2)), (0.2, (0, 1, 2)), (0.5, (0,))]
+    assert [r["seed"] for r in rows["default"]] == [0, 1, 2] and len(rows["free"]) == 1
+    assert [r["hiou"] for r in rows["penalty 0"]] == [r["hiou"] for r in rows["default"]]
+    assert rows["penalty 0"][0]["final_loss"] == 0.0
+    assert (tmp_path / benchmark.run_dir("eps 0.2", 2) / "row.json").exists()
+    text = benchmark.report(rows, deterministic=("free",))
+    assert "| eps 0.2 - default | +15.0 [+15.0, +15.0] |" in text  # paired by seed
+    line = next(r for r in text.splitlines() if r.startswith("| free - default |"))
+    assert line.endswith("| 3 |")  # the deterministic run stands for every seed
+    fake_ranking.clear()  # a second call reads the rows back and trains only the new seed
+    again = benchmark.rank_variants(base, {"eps 0.2": {"model.ot.epsilon": 0.2}}, (1, 3),
+                                    workdir=str(tmp_path), log=None)
+    assert fake_ranking == [(0.2, (3,))]
+    assert [r["hiou"] for r in again["eps 0.2"]] == pytest.approx([1.2, 3.2])
+
+
+def test_rank_variants_rejects_bad_input_before_training(fake_ranking):
+    base = common.get_config()
+    with pytest.raises(KeyError, match="epsilom"):
+        benchmark.rank_variants(base, {"a": {"model.ot.epsilom": 0.1}}, log=None)
+    with pytest.raises(ValueError, match="not variants"):
+        benchmark.rank_variants(base, {"a": {}}, eval_only={"a": "b"}, log=None)
+    with pytest.raises(ValueError, match="one or more seeds"):
+        benchmark.rank_variants(base, {"a": {}}, (), log=None)
+    assert fake_ranking == []

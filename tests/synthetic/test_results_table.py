@@ -52,3 +52,12 @@ def test_every_variant_is_a_valid_override_of_the_default(results):
         config = override(base, changes)  # a mistyped field would raise here
         assert name and config.model.num_prompts >= 1
     assert set(results.EVAL_ONLY.values()) <= set(results.VARIANTS)
+
+
+def test_variants_from_the_command_line_are_literals_or_strings(results):
+    assert results.overrides_of(["model.ot.epsilon=0.1", "model.ot.enabled=False",
+                                 "model.ot.solver=newton", "model.layers=(1, 3)"]) == {
+        "model.ot.epsilon": 0.1, "model.ot.enabled": False, "model.ot.solver": "newton",
+        "model.layers": (1, 3)}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        results.overrides_of(["model.ot.epsilon"])

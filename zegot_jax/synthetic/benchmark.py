@@ -1,23 +1,181 @@
-"""Train variants of one config on the synthetic world and tabulate their scores.
+"""Rank variants of one config on the synthetic world over seeds, and tabulate them.
 
-    rows = compare_variants(config, {"OT": {}, "no OT": {"model.ot.enabled": False}}, "runs/cmp")
-    print(markdown_table(rows))
+    rows = rank_variants(config, {"default": {}, "eps 0.1": {"model.ot.epsilon": 0.1}},
+                         seeds=range(5))
+    print(report(rows))   # mean ± std, 95% t-intervals, differences paired by seed vs 'default'
 
-Each variant is the base config with dotted-key overrides, trained in `workdir_root/<slug>` by
-`zegot_jax.train.loop.train` (a finished run there is resumed, i.e. only re-evaluated).
+Each variant is the base config with dotted-key overrides. Its S seeds train together in one
+compiled program (`zegot_jax.train.seeds.train_seeds`: the step vmapped over the seeds' train
+states and data orders, the frozen CLIP shared) and are scored together
+(`zegot_jax.evaluation.seeds`), so a variant compiles once, whatever S. JAX's persistent
+compilation cache (`enable_compilation_cache`) lets a repeated ranking skip XLA. The command is
+`benchmarks/synthetic_results.py`.
+
+`compare_variants` is the older single-run path: one `loop.train` per variant, with checkpoints,
+figures and a workdir that `Segmenter.from_run` loads.
 """
 
+import json
+import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from zegot_jax.config_overrides import override
+from zegot_jax.synthetic.report import interval, paired_table, report, scores_table  # noqa: F401
 
 COLUMNS = ("miou_seen", "miou_unseen", "hiou", "miou", "pixel_acc")
+STATISTICS = ("prompt_diversity", "plan_entropy")
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
+    """Turns on JAX's persistent compilation cache (every program, however small or quick).
+
+    A directory already configured (`JAX_COMPILATION_CACHE_DIR`, the test suite's) is kept;
+    otherwise `directory`, else `$ZEGOT_CACHE/jax_compilation`, else
+    `~/.cache/zegot_jax/jax_compilation`: beside the synthetic CLIP, never in the repository.
+
+    Returns:
+      The cache directory in use.
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if not current:
+        root = os.environ.get("ZEGOT_CACHE") or Path.home() / ".cache" / "zegot_jax"
+        current = str(Path(directory or Path(root) / "jax_compilation").expanduser())
+        Path(current).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", current)
+        compilation_cache.reset_cache()  # a process that compiled before: read the new setting
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return current
+
+
+def run_dir(name: str, seed: int) -> str:
+    """The directory of one (variant, seed) under a ranking's workdir (RESULTS.md's layout)."""
+    keep = "".join(c if c.isalnum() else "_" for c in name.lower())
+    return "_".join(w for w in keep.split("_") if w)[:60] + f"_seed{seed}"
+
+
+def score_seeds(config: ml_collections.ConfigDict, runs: Any, *, statistics: bool = True
+                ) -> list[dict[str, Any]]:
+    """One row per seed of `runs` (`train_seeds`' result): scores, prompt statistics, loss."""
+    from zegot_jax.evaluation import seeds as eval_seeds  # noqa: PLC0415 (pulls in the pipeline)
+    from zegot_jax.models.functional import merge  # noqa: PLC0415
+    from zegot_jax.train import inputs  # noqa: PLC0415
+
+    data, count = inputs.DataSetup.from_config(config), len(runs.seeds)
+    text = eval_seeds.text_features_seeds(runs.graphdef, runs.params, runs.frozen,
+                                          data.class_names, config.clip.text_context_length, count)
+    summaries = eval_seeds.evaluate_seeds(
+        config, runs.graphdef, runs.params, runs.frozen, data.eval_iterator(), data.class_names,
+        data.unseen, seen_penalty=data.seen_penalty(config), num_seeds=count, text=text)
+    rows = [{"seed": s, **{k: summary[k] for k in COLUMNS}, "per_class_iou":
+             summary["per_class_iou"]} for s, summary in zip(runs.seeds, summaries, strict=True)]
+    if statistics:
+        first = jax.tree.map(lambda leaf: leaf[0], runs.params)
+        patch = merge(runs.graphdef, first, runs.frozen).clip.spec.patch_size
+        stats = eval_seeds.prompt_statistics_seeds(runs.graphdef, runs.params, runs.frozen, text,
+                                                   data.eval_iterator(), patch=patch,
+                                                   num_seeds=count)
+        for row, extra in zip(rows, stats, strict=True):
+            row.update(extra)
+    for column, row in enumerate(rows):
+        row["final_loss"] = float(runs.losses[-1, column]) if len(runs.losses) else float("nan")
+    return rows
+
+
+def rank_variants(base_config: ml_collections.ConfigDict,
+                  variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = range(5), *,
+                  workdir: str | None = None, deterministic: Collection[str] = (),
+                  eval_only: Mapping[str, str] | None = None, statistics: bool = True,
+                  log: Callable[[str], None] | None = print) -> dict[str, list[dict[str, Any]]]:
+    """Trains and scores S seeds of each variant; the seeds of a variant run as one program.
+
+    Args:
+      base_config: the experiment config every variant starts from (the synthetic world's,
+        or any config whose evaluation images share one size).
+      variants: name -> dotted-key overrides, e.g. `{'model.ot.epsilon': 0.01}`; the first is
+        the reference of `report`'s paired differences.
+      seeds: the seeds; seed s sets the initialisation and the data order (`config.seed`).
+      workdir: if given, each (variant, seed) row is kept in `workdir/run_dir(name, seed)/
+        row.json`, and rows found there are read, not trained again.
+      deterministic: variants without randomness (no training): one seed, the first, stands for
+        every seed.
+      eval_only: variant -> the variant whose trained parameters it scores (a change of
+        inference only); that variant is trained here if needed.
+      statistics: also measure prompt diversity and plan entropy (`prompt_stats`).
+      log: called with one JSON line per finished (variant, seed); None is silent.
+
+    Returns:
+      name -> one row per seed: `{'seed', 'miou_seen', 'miou_unseen', 'hiou', 'miou',
+      'pixel_acc', 'per_class_iou', 'prompt_diversity', 'plan_entropy', 'final_loss',
+      'seconds' (the variant's wall time / its seeds), 'compile_s' (its train step's), 'train_s'
+      (its training after compiling), 'eval_s' (scoring all its seeds)}` (scores in [0, 1]).
+
+    Raises:
+      KeyError: an override names a field the config does not have (before any training).
+      ValueError: no variants or seeds, or an `eval_only` source that is not a variant.
+    """
+    from zegot_jax.train import seeds as train_seeds  # noqa: PLC0415
+
+    seeds, eval_only = tuple(int(s) for s in seeds), dict(eval_only or {})
+    if not variants or not seeds:
+        raise ValueError("Give {name: {dotted.key: value}} and one or more seeds.")
+    configs = {name: override(base_config, overrides) for name, overrides in variants.items()}
+    if missing := {s for s in eval_only.values() if s not in configs}:
+        raise ValueError(f"eval_only names {sorted(missing)}, which are not variants.")
+    enable_compilation_cache()
+    trained: dict[str, Any] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, config in configs.items():
+        wanted = seeds[:1] if name in deterministic else seeds
+        rows = read_rows(workdir, name, wanted) if workdir else {}
+        todo = [s for s in wanted if s not in rows]
+        if todo:
+            start = time.perf_counter()
+            source = eval_only.get(name, name)
+            runs = trained.get(source)
+            if runs is None or not set(todo) <= set(runs.seeds):
+                runs = train_seeds.train_seeds(configs[source], todo)
+                trained[source] = runs
+            runs, scoring = _select(runs, todo), time.perf_counter()
+            scored = score_seeds(config, runs, statistics=statistics)
+            seconds, scoring = time.perf_counter() - start, time.perf_counter() - scoring
+            for row in scored:
+                row.update(seconds=seconds / len(todo), compile_s=runs.compile_s,
+                           train_s=runs.train_s, eval_s=scoring)
+                rows[row["seed"]] = row
+                if workdir:
+                    path = Path(workdir) / run_dir(name, row["seed"])
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "row.json").write_text(json.dumps(row))
+                if log:
+                    log(json.dumps({"variant": name, **{k: v for k, v in row.items()
+                                                        if k != "per_class_iou"}}))
+        results[name] = [{**rows[s], "seed": s} for s in wanted]
+    return results
+
+
+def read_rows(workdir: str, name: str, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The finished rows of variant `name` kept in `workdir` (seed -> row), for `seeds`."""
+    paths = {s: Path(workdir) / run_dir(name, s) / "row.json" for s in seeds}
+    return {s: {**json.loads(p.read_text()), "seed": s} for s, p in paths.items() if p.exists()}
+
+
+def _select(runs: Any, seeds: Sequence[int]) -> Any:
+    """The runs of `seeds` (a subset of `runs.seeds`, in that order)."""
+    index = np.asarray([runs.seeds.index(s) for s in seeds])
+    if tuple(seeds) == runs.seeds:
+        return runs
+    return runs._replace(seeds=tuple(seeds), params=jax.tree.map(lambda x: x[index], runs.params),
+                         losses=runs.losses[:, index])
 
 
 def slug(name: str) -> str:
