@@ -11,7 +11,7 @@ Both are measured for the classes present in each image's ground truth, from the
   particular prompts.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -54,6 +54,19 @@ def prompt_statistics(graphdef: Any, params: Any, frozen: Any, text_features: ja
         return map_diversity(out.similarity)[:, 0], plan_entropy(out.plan)[:, 0]  # [L, K]
 
     diversity, entropy = [], []
+    for image, present in labelled_crops(examples, patch, text_features.shape[0], max_images):
+        d, e = stats(params, frozen, image)
+        diversity.append(np.asarray(d)[:, present].mean())
+        entropy.append(np.asarray(e)[:, present].mean())
+    if not diversity:
+        raise ValueError("No evaluation image had a labelled class: nothing to measure.")
+    return {"prompt_diversity": float(np.mean(diversity)), "plan_entropy": float(np.mean(entropy))}
+
+
+def labelled_crops(examples: Iterable[dict[str, np.ndarray]], patch: int, num_classes: int,
+                   max_images: int) -> Iterator[tuple[jax.Array, list[int]]]:
+    """`(image [1, h, w, 3] cropped to whole patches, the classes < num_classes it has)` for the
+    valid examples among the first `max_images` that have a labelled class."""
     for count, ex in enumerate(examples):
         if count >= max_images:
             break
@@ -61,12 +74,6 @@ def prompt_statistics(graphdef: Any, params: Any, frozen: Any, text_features: ja
             continue
         image = np.asarray(ex["image"])
         h, w = (image.shape[0] // patch) * patch, (image.shape[1] // patch) * patch
-        present = [k for k in np.unique(ex["label"]) if k < text_features.shape[0]]
-        if not present:
-            continue
-        d, e = stats(params, frozen, jnp.asarray(image[None, :h, :w]))
-        diversity.append(np.asarray(d)[:, present].mean())
-        entropy.append(np.asarray(e)[:, present].mean())
-    if not diversity:
-        raise ValueError("No evaluation image had a labelled class: nothing to measure.")
-    return {"prompt_diversity": float(np.mean(diversity)), "plan_entropy": float(np.mean(entropy))}
+        present = [k for k in np.unique(ex["label"]) if k < num_classes]
+        if present:
+            yield jnp.asarray(image[None, :h, :w]), present

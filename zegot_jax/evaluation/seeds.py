@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from zegot_jax.evaluation import evaluator, metrics
-from zegot_jax.evaluation.prompt_stats import map_diversity, plan_entropy
+from zegot_jax.evaluation.prompt_stats import labelled_crops, map_diversity, plan_entropy
 from zegot_jax.models.functional import merge, upsample
 
 
@@ -110,17 +110,8 @@ def prompt_statistics_seeds(graphdef: Any, params: Any, frozen: Any, text_featur
 
     stats = jax.jit(jax.vmap(stats, in_axes=(0, None, 0, None), axis_size=num_seeds))
     diversity, entropy = [], []
-    for count, ex in enumerate(examples):
-        if count >= max_images:
-            break
-        if not ex.get("valid", True):
-            continue
-        image = np.asarray(ex["image"])
-        h, w = (image.shape[0] // patch) * patch, (image.shape[1] // patch) * patch
-        present = [c for c in np.unique(ex["label"]) if c < text_features.shape[1]]
-        if not present:
-            continue
-        d, e = stats(params, frozen, text_features, jnp.asarray(image[None, :h, :w]))
+    for image, present in labelled_crops(examples, patch, text_features.shape[1], max_images):
+        d, e = stats(params, frozen, text_features, image)
         diversity.append(np.asarray(d)[:, :, present].mean(axis=(1, 2)))  # [S]
         entropy.append(np.asarray(e)[:, :, present].mean(axis=(1, 2)))
     if not diversity:
