@@ -100,3 +100,58 @@ def test_simplex_threshold_is_sparsemax():
     t = zot.variants.simplex_threshold(x, 1.0, axis=1)
     np.testing.assert_allclose(jnp.maximum(x - t[:, None], 0).sum(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(t, [1.0, -0.15], rtol=1e-6)
+
+
+def test_weighted_prompts_moves_mass_to_relevant_prompts_matches_pot_and_differentiates(x64):
+    s, out = _solve_and_check_gradient("weighted_prompts", options={"temperature": 0.2})
+    plan = np.asarray(out.plan)
+    weights = np.exp(s.mean(0) / 0.2)
+    weights /= weights.sum()
+    np.testing.assert_allclose(out.diagnostics["prompt_marginal"], weights, rtol=1e-12)
+    expected = pot.sinkhorn(A, weights, 1 - s, 0.1, numItermax=20000, stopThr=1e-15,
+                            method="sinkhorn_log")
+    np.testing.assert_allclose(plan, expected, atol=1e-10 / s.size)
+    np.testing.assert_allclose(plan.sum(1), 1 / 6, atol=1e-12)
+    np.testing.assert_allclose(plan.sum(0), weights, atol=1e-12)
+    assert np.abs(weights - 1 / 3).max() > 0.05  # not the uniform marginal
+    # A high temperature gives back MPOT's balanced plan.
+    flat = zot.mpot(jnp.asarray(s), epsilon=0.1, num_iterations=300, solver="weighted_prompts",
+                    options={"temperature": 1e12}, dtype=jnp.float64).plan
+    mpot_plan = zot.mpot(jnp.asarray(s), epsilon=0.1, num_iterations=300, solver="sinkhorn",
+                         dtype=jnp.float64).plan
+    np.testing.assert_allclose(flat, mpot_plan, atol=1e-9 / s.size)
+
+
+def _prompt_features(seed, n, d=5):
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_fused_gw_matches_pot_keeps_marginals_and_differentiates(x64):
+    prompts = _prompt_features(5, 3)
+    s, out = _solve_and_check_gradient("fused_gw", grid=(2, 3), prompts=jnp.asarray(prompts),
+                                       num_iterations=3000,
+                                       options={"alpha": 0.5, "outer_iterations": 4})
+    plan = np.asarray(out.plan)
+    rows, columns = np.divmod(np.arange(6), 3)
+    grid = (rows[:, None] - rows[None]) ** 2 + (columns[:, None] - columns[None]) ** 2
+    prompt_distances = (1 - prompts @ prompts.T) / 2
+    expected = pot.gromov.entropic_fused_gromov_wasserstein(
+        1 - s, grid / grid.max(), prompt_distances, A, B, epsilon=0.5 * 0.1, alpha=0.5,
+        max_iter=4, tol=0.0, numItermax=20000, stopThr=1e-15)
+    np.testing.assert_allclose(plan, expected, atol=1e-12 / s.size)
+    np.testing.assert_allclose(plan.sum(1), 1 / 6, atol=1e-14)
+    np.testing.assert_allclose(plan.sum(0), 1 / 3, atol=1e-14)
+    # The structure term changes the plan; as alpha -> 0 it is MPOT's.
+    mpot_plan = np.asarray(zot.mpot(jnp.asarray(s), epsilon=0.1, num_iterations=300,
+                                    solver="sinkhorn", dtype=jnp.float64).plan)
+    assert np.abs(plan - mpot_plan).max() > 0.01 / s.size
+    weak = zot.mpot(jnp.asarray(s), epsilon=0.1, num_iterations=300, solver="fused_gw",
+                    grid=(2, 3), prompts=jnp.asarray(prompts), dtype=jnp.float64,
+                    options={"alpha": 1e-6, "outer_iterations": 2}).plan
+    np.testing.assert_allclose(weak, mpot_plan, atol=1e-5 / s.size)
+
+
+def test_fused_gw_needs_the_grid_and_prompts():
+    with pytest.raises(ValueError, match="needs the pixel grid and the prompt features"):
+        zot.mpot(jnp.zeros((6, 3)), epsilon=0.1, num_iterations=10, solver="fused_gw")

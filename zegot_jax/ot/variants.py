@@ -7,13 +7,19 @@ and returns its plan; gradients come from autodiff (none is declared balanced-en
 - 'semi_relaxed': entropic OT with the exact pixel marginal and a KL-relaxed prompt marginal.
 - 'sparse': quadratically regularised OT, whose plans give each pixel to few prompts.
 - 'partial': entropic partial OT, moving only a fraction of the mass.
+- 'weighted_prompts': balanced entropic OT onto non-uniform prompt marginals that the prompts
+  themselves set (each prompt's weight follows its relevance to the image).
+- 'fused_gw': fused Gromov-Wasserstein, which also matches the pixel grid's spatial structure to
+  the prompts' structure.
 """
 
 import jax
 import jax.numpy as jnp
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
+from ott.problems.quadratic import quadratic_problem
 from ott.solvers.linear import sinkhorn
+from ott.solvers.quadratic import gromov_wasserstein
 
 from zegot_jax.ot.registry import Problem, Settings, register_transport
 
@@ -37,15 +43,17 @@ def semi_relaxed(problem: Problem, settings: Settings):
     if not rho > 0:
         raise ValueError(f"model.ot.options.rho must be > 0 for 'semi_relaxed', got {rho}.")
     geom = geometry.Geometry(cost_matrix=problem.cost, epsilon=settings.epsilon)
-    ot_problem = linear_problem.LinearProblem(geom, tau_a=1.0,
-                                              tau_b=rho / (rho + settings.epsilon))
-    iterations = settings.num_iterations
+    out = unrolled_sinkhorn(settings.num_iterations)(linear_problem.LinearProblem(
+        geom, tau_a=1.0, tau_b=rho / (rho + settings.epsilon)))
+    return out.matrix, {"iterations": out.n_iters}
+
+
+def unrolled_sinkhorn(iterations: int) -> sinkhorn.Sinkhorn:
+    """ott-jax's log-domain Sinkhorn for exactly `iterations` iterations, autodiff through them."""
     # One checkpoint segment spanning all iterations: the only schedule whose unrolled backward
     # ott 0.6.0 gets right (see solvers._ott_sinkhorn).
-    solver = sinkhorn.Sinkhorn(lse_mode=True, implicit_diff=None, min_iterations=iterations,
-                               max_iterations=iterations, inner_iterations=iterations)
-    out = solver(ot_problem)
-    return out.matrix, {"iterations": out.n_iters}
+    return sinkhorn.Sinkhorn(lse_mode=True, implicit_diff=None, min_iterations=iterations,
+                             max_iterations=iterations, inner_iterations=iterations)
 
 
 def simplex_threshold(x: jax.Array, mass: float, axis: int) -> jax.Array:
@@ -146,3 +154,94 @@ def partial(problem: Problem, settings: Settings):
     (log_plan, _, _), _ = jax.lax.scan(step, (-cost / settings.epsilon, zeros, zeros), None,
                                        length=settings.num_iterations)
     return jnp.exp(log_plan), {"iterations": settings.num_iterations}
+
+
+@register_transport("weighted_prompts", options={"temperature": 0.02})
+def weighted_prompts(problem: Problem, settings: Settings):
+    """Balanced entropic OT onto prompt marginals that follow each prompt's relevance to the image.
+
+    MPOT gives every prompt of a class the same mass `1/N`, so a prompt that describes nothing in
+    the image still takes a quarter of the pixels. Here the prompt marginal is
+    `b = softmax(mean_m S[m, :] / temperature)`: the prompts whose mean cosine to the image's
+    pixels is highest take more mass. The pixel marginal stays `1/M`. Weighting the elements of
+    an OT problem by the model's own predictions follows AWT (Zhu, Ji, Zhao, Wu and Wang,
+    "AWT: Transferring Vision-Language Models via Augmentation, Weighting, and Transportation",
+    NeurIPS 2024), which weights augmented views and class descriptions by their prediction
+    confidence before transporting between them. The weights add no parameters: they are a
+    function of the learned prompts, so training shapes them through the prompts (gradients flow
+    through `b` and the `settings.num_iterations` unrolled Sinkhorn iterations). As
+    `temperature` grows the marginal tends to uniform and the plan to MPOT's. Options:
+    `temperature` (> 0, cosine units).
+
+    Returns:
+      The plan `[M, N]` (total mass 1), the prompt marginal `b [N]` and the iteration count.
+    """
+    temperature = float(settings.options["temperature"])
+    if not temperature > 0:
+        raise ValueError("model.ot.options.temperature must be > 0 for 'weighted_prompts', got "
+                         f"{temperature}.")
+    b = jax.nn.softmax(jnp.mean(problem.similarity, axis=0) / temperature)
+    geom = geometry.Geometry(cost_matrix=problem.cost, epsilon=settings.epsilon)
+    out = unrolled_sinkhorn(settings.num_iterations)(linear_problem.LinearProblem(geom, b=b))
+    return out.matrix, {"prompt_marginal": b, "iterations": out.n_iters}
+
+
+def grid_distances(grid: tuple[int, int], dtype) -> jax.Array:
+    """Squared Euclidean distances between the cells of an `(h, w)` grid, scaled to [0, 1]."""
+    h, w = grid
+    rows, columns = jnp.divmod(jnp.arange(h * w), w)
+    points = jnp.stack([rows, columns], axis=1).astype(dtype)
+    squared = jnp.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1)
+    return squared / jnp.maximum(jnp.max(squared), 1.0)
+
+
+@register_transport("fused_gw", options={"alpha": 0.5, "outer_iterations": 5})
+def fused_gw(problem: Problem, settings: Settings):
+    """Entropic fused Gromov-Wasserstein between the pixel grid and the prompts, uniform marginals.
+
+    Solves `min_T (1 - alpha) [<C, T> - eps H(T)] + alpha sum_{i,j,k,l} (A_ik - B_jl)^2 T_ij T_kl`
+    over plans with marginals `1/M`, `1/N` (fused GW: Vayer, Chapel, Flamary, Tavenard and
+    Courty, "Optimal Transport for structured data with application on graphs", ICML 2019), where
+    `C = 1 - S` is MPOT's cost, `A [M, M]` the squared distances between pixel positions on the
+    grid and `B [N, N]` the cosine distances between the prompts, both scaled to [0, 1]. The
+    structure term pays when two nearby pixels go to two distant prompts, so neighbouring pixels
+    tend to share a prompt; `eps` is `settings.epsilon` in MPOT's cost units. Solved by ott-jax's
+    entropic Gromov-Wasserstein (Peyre, Cuturi and Solomon, "Gromov-Wasserstein averaging of
+    kernel and distance matrices", ICML 2016): from the plan `1/(M N)`, `outer_iterations`
+    times, linearise the objective at the current plan and solve that entropic OT problem with
+    `settings.num_iterations` Sinkhorn iterations (POT's `entropic_fused_gromov_wasserstein`
+    with `max_iter=outer_iterations` runs the same iterations; ott counts the first linear
+    solve apart from its `max_iterations`). Gradients: autodiff through every iteration. Needs
+    the grid and the prompt features (the model passes both). Options: `alpha` in (0, 1)
+    (towards 0: MPOT's plan), `outer_iterations` >= 2.
+
+    Returns:
+      The plan `[M, N]` (total mass 1) and the outer iteration count.
+    """
+    alpha = float(settings.options["alpha"])
+    outer = int(settings.options["outer_iterations"])
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"model.ot.options.alpha must be in (0, 1) for 'fused_gw', got {alpha}.")
+    if outer < 2:
+        raise ValueError("model.ot.options.outer_iterations must be >= 2 for 'fused_gw', got "
+                         f"{outer}.")
+    if problem.grid is None or problem.prompts is None:
+        raise ValueError("'fused_gw' needs the pixel grid and the prompt features; call mpot with "
+                         "grid=(h, w) and prompts=[..., N, D] (the model passes both).")
+    cost = problem.cost
+    prompts = problem.prompts
+    prompt_distances = jnp.clip(1.0 - prompts @ prompts.T, 0.0, 2.0) / 2.0
+    # ott linearises `quadratic + fused_penalty * linear` as `(A T B^T terms) + fused_penalty C`,
+    # half the gradient of the quadratic term (Peyre et al.'s eq. 6); dividing the objective
+    # above by 2 alpha makes the two iterations equal: fused_penalty = (1 - alpha) / (2 alpha),
+    # and the linear problems' epsilon is fused_penalty * eps.
+    ratio = (1.0 - alpha) / (2.0 * alpha)
+    quadratic = quadratic_problem.QuadraticProblem(
+        geometry.Geometry(cost_matrix=grid_distances(problem.grid, cost.dtype)),
+        geometry.Geometry(cost_matrix=prompt_distances),
+        geometry.Geometry(cost_matrix=cost), fused_penalty=ratio)
+    solver = gromov_wasserstein.GromovWasserstein(
+        unrolled_sinkhorn(settings.num_iterations), epsilon=ratio * settings.epsilon,
+        min_iterations=outer - 1, max_iterations=outer - 1, threshold=0.0)
+    out = solver(quadratic)
+    return out.matrix, {"iterations": jnp.asarray(outer, jnp.int32)}
