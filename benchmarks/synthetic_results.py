@@ -23,11 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import synthetic  # noqa: E402
 from zegot_jax.config_overrides import override  # noqa: E402
 from zegot_jax.models.zegot import TRAINING_FREE, training_free_config  # noqa: E402
+from zegot_jax.ot import load_plugins  # noqa: E402
 from zegot_jax.synthetic import benchmark, report  # noqa: E402
 
 ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
@@ -118,8 +121,16 @@ def main() -> None:
                         help="skip prompt diversity and plan entropy")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="worker processes, one CPU core each (0: one per core on a CPU "
+                             "backend, 1 on an accelerator; 1 trains in this process)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="a module or .py file that registers a transport (repeatable)")
     args = parser.parse_args()
+    load_plugins(args.plugin)
     cache = benchmark.enable_compilation_cache()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = args.jobs or (cores if jax.default_backend() == "cpu" else 1)
     base = override(synthetic.get_config(args.config_arg), overrides_of(args.set))
     if args.variant:
         variants = {name: overrides_of(items) for name, *items in args.variant}
@@ -144,8 +155,9 @@ def main() -> None:
     else:
         rows = benchmark.rank_variants(base, variants, args.seeds, workdir=args.workdir or None,
                                        deterministic=deterministic, eval_only=eval_only,
-                                       statistics=not args.no_statistics)
-    print(f"\n{len(variants)} variants x {len(args.seeds)} seeds in "
+                                       statistics=not args.no_statistics, jobs=jobs,
+                                       plugins=args.plugin)
+    print(f"\n{len(variants)} variants x {len(args.seeds)} seeds, {jobs} job(s), in "
           f"{time.perf_counter() - start:.0f} s; {machine()}\n")
     print(report.report(rows, pairs, deterministic))
 

@@ -13,9 +13,7 @@ vocabulary, missing run, unregistered transport). ZEGOT_DEBUG=1 shows tracebacks
 """
 
 import argparse
-import importlib
 import os
-import runpy
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 
 from zegot_jax import errors, inference, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
+from zegot_jax.ot.registry import load_plugins
 
 
 def parse_classes(text: str) -> list[str]:
@@ -132,26 +131,6 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
                "seconds": round(time.perf_counter() - start, 3)}
     (out / f"{stem}.json").write_text(strict_json.dumps(summary, indent=2))
     return summary
-
-
-def load_plugins(plugins: Sequence[str]) -> None:
-    """Imports each module name, or runs each `.py` file, in `plugins` (for their registrations).
-
-    Raises:
-      FileNotFoundError: a `.py` file that does not exist.
-      ValueError: a module that cannot be imported.
-    """
-    for plugin in plugins:
-        if plugin.endswith(".py"):
-            if not Path(plugin).is_file():
-                raise FileNotFoundError(f"--plugin {plugin}: no such file.")
-            runpy.run_path(plugin, run_name="zegot_jax_plugin")
-            continue
-        try:
-            importlib.import_module(plugin)
-        except ImportError as e:
-            raise ValueError(f"--plugin {plugin}: cannot import it ({e}); give an importable "
-                             "module name or a .py file.") from e
 
 
 def segment_command(args: argparse.Namespace) -> int:

@@ -187,6 +187,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.ratio_range", pair_of(real(0, above=True)), "a pair of finite numbers > 0"),
     Rule("data.cat_max_ratio", real(0, 1, above=True), "a number in (0, 1]"),
     Rule("data.num_workers", integer(0), "an integer >= 0"),
+    Rule("data.read_threads", integer(1), "an integer >= 1"),
+    Rule("data.read_ahead", integer(0), "an integer >= 0"),
     Rule("data.eval_short_side", integer(1), POSITIVE),
     Rule("data.eval_max_images", integer(0), "an integer >= 0 (0: the whole split)"),
     Rule("eval.mode", one_of("slide", "whole"), "'slide' or 'whole'"),

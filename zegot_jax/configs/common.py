@@ -124,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.ratio_range = (0.5, 2.0)
     c.data.cat_max_ratio = 0.75
     c.data.num_workers = 2
+    # Training reads: threads and batches read ahead in each process (grain's ReadOptions; these
+    # are grain's defaults, sized for decoding real images).
+    c.data.read_threads = 16
+    c.data.read_ahead = 500
     c.data.eval_short_side = 512
     c.data.eval_max_images = 0  # 0: the whole split
 

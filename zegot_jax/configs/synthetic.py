@@ -38,6 +38,10 @@ def get_config(arg: str | None = None):
     c.data.ratio_range = (1.0, 1.0)  # the world is rendered at its native scale
     c.data.eval_short_side = size
     c.data.num_workers = 0
+    # Rendering is cheap: one thread a few batches ahead (grain's 16 threads and 500 batches would
+    # hold ~400 MB per seed and crowd the core of a ranking worker).
+    c.data.read_threads = 1
+    c.data.read_ahead = 4
 
     c.model.layers = (1, 2, 3)
     c.model.dense_mode = "value"  # MaskCLIP's value path for the last layer (see RESULTS.md)

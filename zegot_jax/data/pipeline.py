@@ -137,8 +137,8 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
                    ratio_range: tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
                    flip_prob: float = 0.5, photometric: bool = True, normalize: bool = True,
                    num_workers: int = 0, process_index: int | None = None,
-                   process_count: int | None = None,
-                   num_epochs: int | None = None) -> grain.DatasetIterator:
+                   process_count: int | None = None, num_epochs: int | None = None,
+                   read_threads: int = 16, read_ahead: int = 500) -> grain.DatasetIterator:
     """Returns a shuffled training iterator over this process's slice of every global batch.
 
     The global stream is the same whatever the number of processes: one permutation of the source
@@ -164,6 +164,7 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
         num_workers: decoding processes (0 = in this process); batches do not depend on it.
         process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
         num_epochs: None repeats forever.
+        read_threads, read_ahead: grain's `ReadOptions` (threads, batches prefetched).
 
     Returns:
         Iterator of `{'image': float32|uint8 [B, h, w, 3], 'label': int32 [B, h, w]}` with
@@ -186,7 +187,8 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
                .repeat(num_epochs)
                .random_map(transform, seed=seed)
                .batch(batch_size, drop_remainder=True))[index::count]
-    iterable = dataset.to_iter_dataset()
+    iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                         prefetch_buffer_size=read_ahead))
     if num_workers > 0:
         _ensure_absl_flags()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

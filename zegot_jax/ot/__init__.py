@@ -64,6 +64,7 @@ from zegot_jax.ot.registry import (
     Settings,
     default_options,
     get_transport,
+    load_plugins,
     register_transport,
     registered_transports,
     require_registered,
@@ -72,6 +73,6 @@ from zegot_jax.ot.registry import (
 from zegot_jax.ot.solvers import DOMAINS, SOLVERS
 
 __all__ = ["BACKWARDS", "DOMAINS", "MARGINAL_ERROR_WARNING", "MPOTOutput", "Problem", "SOLVERS",
-           "Settings", "default_options", "get_transport", "mpot", "register_transport",
-           "registered_transports", "require_registered", "sinkhorn_log_reference",
+           "Settings", "default_options", "get_transport", "load_plugins", "mpot",
+           "register_transport", "registered_transports", "require_registered", "sinkhorn_log_reference",
            "unregister_transport", "warn_if_unconverged"]

@@ -7,7 +7,10 @@ entries like any other (`solvers.py` registers them). See the `zegot_jax.ot` doc
 contract.
 """
 
-from collections.abc import Callable, Mapping
+import importlib
+import runpy
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -181,3 +184,26 @@ def default_options(name: str) -> dict[str, Any]:
     each field overridable from the command line (`--config.model.ot.options.<field>=...`).
     """
     return dict(get_transport(name).options or {})
+
+
+def load_plugins(plugins: Sequence[str]) -> None:
+    """Imports each module name, or runs each `.py` file, in `plugins` (for their registrations).
+
+    The CLI's `--plugin` and the ranking's worker processes use it, so a transport written in a
+    file is registered wherever a run that uses it is loaded.
+
+    Raises:
+      FileNotFoundError: a `.py` file that does not exist.
+      ValueError: a module that cannot be imported.
+    """
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            if not Path(plugin).is_file():
+                raise FileNotFoundError(f"--plugin {plugin}: no such file.")
+            runpy.run_path(plugin, run_name="zegot_jax_plugin")
+            continue
+        try:
+            importlib.import_module(plugin)
+        except ImportError as e:
+            raise ValueError(f"--plugin {plugin}: cannot import it ({e}); give an importable "
+                             "module name or a .py file.") from e

@@ -16,10 +16,12 @@ figures and a workdir that `Segmenter.from_run` loads.
 """
 
 import json
+import multiprocessing
 import os
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +97,15 @@ def rank_variants(base_config: ml_collections.ConfigDict,
                   variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = range(5), *,
                   workdir: str | None = None, deterministic: Collection[str] = (),
                   eval_only: Mapping[str, str] | None = None, statistics: bool = True,
-                  log: Callable[[str], None] | None = print) -> dict[str, list[dict[str, Any]]]:
+                  log: Callable[[str], None] | None = print, jobs: int = 1,
+                  plugins: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Trains and scores S seeds of each variant; the seeds of a variant run as one program.
+
+    With `jobs > 1` the variants are spread over that many worker processes, each pinned to one
+    CPU core: on a CPU the small synthetic step runs faster on one core than split over two
+    threads (BENCHMARKS.md: 389 ms against 525 ms per 5-seed step on 2 cores), so two variants
+    on two cores take about the time of one. Use it on CPUs only (on an accelerator the workers
+    would share the device); each worker loads the CLIP and compiles its own step.
 
     Args:
       base_config: the experiment config every variant starts from (the synthetic world's,
@@ -111,7 +120,11 @@ def rank_variants(base_config: ml_collections.ConfigDict,
       eval_only: variant -> the variant whose trained parameters it scores (a change of
         inference only); that variant is trained here if needed.
       statistics: also measure prompt diversity and plan entropy (`prompt_stats`).
-      log: called with one JSON line per finished (variant, seed); None is silent.
+      log: called with one JSON line per finished (variant, seed); None is silent. (Workers
+        print their lines instead.)
+      jobs: worker processes (1: train in this process).
+      plugins: modules or `.py` files each worker imports before training (`load_plugins`), for
+        transports registered outside the package; with `jobs=1` register them in this process.
 
     Returns:
       name -> one row per seed: `{'seed', 'miou_seen', 'miou_unseen', 'hiou', 'miou',
@@ -121,16 +134,23 @@ def rank_variants(base_config: ml_collections.ConfigDict,
 
     Raises:
       KeyError: an override names a field the config does not have (before any training).
-      ValueError: no variants or seeds, or an `eval_only` source that is not a variant.
+      ValueError: no variants or seeds, an `eval_only` source that is not a variant, or
+        `jobs < 1`.
     """
     from zegot_jax.train import seeds as train_seeds  # noqa: PLC0415
 
     seeds, eval_only = tuple(int(s) for s in seeds), dict(eval_only or {})
     if not variants or not seeds:
         raise ValueError("Give {name: {dotted.key: value}} and one or more seeds.")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: give a number of worker processes >= 1.")
     configs = {name: override(base_config, overrides) for name, overrides in variants.items()}
     if missing := {s for s in eval_only.values() if s not in configs}:
         raise ValueError(f"eval_only names {sorted(missing)}, which are not variants.")
+    if jobs > 1:
+        return _rank_in_workers(base_config, variants, seeds, jobs, plugins, dict(
+            workdir=workdir, deterministic=tuple(deterministic), eval_only=eval_only,
+            statistics=statistics))
     enable_compilation_cache()
     trained: dict[str, Any] = {}
     results: dict[str, list[dict[str, Any]]] = {}
@@ -161,6 +181,43 @@ def rank_variants(base_config: ml_collections.ConfigDict,
                                                         if k != "per_class_iou"}}))
         results[name] = [{**rows[s], "seed": s} for s in wanted]
     return results
+
+
+def _rank_in_workers(base_config: ml_collections.ConfigDict,
+                     variants: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...], jobs: int,
+                     plugins: Sequence[str], options: dict[str, Any]
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """`rank_variants` with each variant (and the eval-only variants that score it) in a worker."""
+    eval_only = options["eval_only"]
+    groups = [[name] + [n for n, source in eval_only.items() if source == name]
+              for name in variants if name not in eval_only]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX
+    queue = context.Queue()
+    for index in range(min(jobs, len(groups))):
+        queue.put(cores[index % len(cores)] if cores else None)
+    results: dict[str, list[dict[str, Any]]] = {}
+    with futures.ProcessPoolExecutor(min(jobs, len(groups)), mp_context=context,
+                                     initializer=_start_worker,
+                                     initargs=(queue, tuple(plugins))) as pool:
+        tasks = [pool.submit(rank_variants, base_config,
+                             {name: variants[name] for name in group}, seeds,
+                             **{**options, "eval_only": {n: eval_only[n] for n in group[1:]}})
+                 for group in groups]
+        for task in tasks:
+            results.update(task.result())
+    return {name: results[name] for name in variants}
+
+
+def _start_worker(queue: Any, plugins: tuple[str, ...]) -> None:
+    """A ranking worker: pinned to its core before JAX starts (its CPU client then runs one
+    thread), with the plugins' transports registered."""
+    core = queue.get()
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    from zegot_jax.ot import registry  # noqa: PLC0415
+
+    registry.load_plugins(plugins)
 
 
 def read_rows(workdir: str, name: str, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -111,7 +111,8 @@ class DataSetup:
             self.source("train"), batch_size=local_batch_size, crop_size=data.crop_size,
             base_size=tuple(data.base_size), ratio_range=tuple(data.ratio_range),
             cat_max_ratio=data.cat_max_ratio, seed=seed, label_mode=data.label_mode,
-            unseen=self.unseen, num_classes=len(self.class_names), num_workers=data.num_workers)
+            unseen=self.unseen, num_classes=len(self.class_names), num_workers=data.num_workers,
+            read_threads=data.read_threads, read_ahead=data.read_ahead)
 
     def eval_iterator(self) -> Iterator[dict[str, np.ndarray]]:
         """Evaluation examples, one image at a time, with the full-resolution label."""
