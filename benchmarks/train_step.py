@@ -38,6 +38,7 @@ import numpy as np
 
 from zegot_jax import clip as clip_lib
 from zegot_jax import sharding
+from zegot_jax.config_overrides import override
 from zegot_jax.data import class_names as names_lib
 from zegot_jax.train import optim
 from zegot_jax.train import state as state_lib
@@ -93,9 +94,11 @@ class Setup:
 
     def without_ot(self) -> Setup:
         """The same model (same CLIP, same initial parameters) with `model.ot.enabled=False`."""
-        config = self.config.copy_and_resolve_references()
-        config.model.ot.enabled = False
-        return Setup(config, len(self.names), self.model.clip)
+        return self.with_overrides({"model.ot.enabled": False})
+
+    def with_overrides(self, overrides: dict) -> Setup:
+        """The same CLIP and initial parameters under dotted-key config overrides."""
+        return Setup(override(self.config, overrides), len(self.names), self.model.clip)
 
 
 def memory_rows(setup: Setup, args: argparse.Namespace) -> list[list]:
@@ -125,6 +128,8 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
         return state_lib.merge(graphdef, p, f).pixel_features(x)
 
     rows, off = [], setup.without_ot() if args.ot_off else None
+    variants = {name: setup.with_overrides(harness.parse_overrides(items))
+                for name, *items in args.step_variant or []}
     weights = jax.random.normal(jax.random.key(0), (len(setup.names), setup.model.num_prompts,
                                                     setup.model.clip.spec.embed_dim))
     for context in args.time_contexts:
@@ -145,6 +150,9 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
         if off is not None:
             cases["train step, OT off"] = harness.Case(
                 off.step, lambda ti=ti: (off.state(), off.frozen, batch, ti), (0,))
+        for name, other in variants.items():
+            cases[f"train step, {name}"] = harness.Case(
+                other.step, lambda ti=ti, o=other: (o.state(), o.frozen, batch, ti), (0,))
         measured = harness.compare(cases, rounds=args.rounds, budget_s=args.budget_s)
         for name, m in measured.items():
             rows.append([batch_size, context, name, f"{m.compile_s:.1f}", f"{m.run_s:.2f}",
@@ -242,6 +250,9 @@ def parse_args() -> argparse.Namespace:
                         help="no new round once the group's runs took this long")
     parser.add_argument("--no-ot-off", dest="ot_off", action="store_false",
                         help="skip timing the step with model.ot.enabled=False")
+    parser.add_argument("--step-variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="also time the step under these config overrides (repeatable), "
+                             "e.g. 'points' loss.num_points=12544")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--scaling-devices", type=int, nargs="*", default=[1, 2, 4, 8])

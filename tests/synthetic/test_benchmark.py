@@ -119,3 +119,41 @@ def test_rank_variants_rejects_bad_input_before_training(fake_ranking):
     with pytest.raises(ValueError, match="one or more seeds"):
         benchmark.rank_variants(base, {"a": {}}, (), log=None)
     assert fake_ranking == []
+
+
+PLUGIN = '''
+import jax
+import zegot_jax.ot as zot
+
+
+@zot.register_transport("row_softmax_test", options={"temperature": 0.1})
+def row_softmax(problem, settings):
+    m = problem.similarity.shape[0]
+    return jax.nn.softmax(problem.similarity / settings.options["temperature"], axis=1) / m
+'''
+
+
+@pytest.mark.slow
+def test_workers_give_the_rows_of_one_process_and_load_plugins(tmp_path):
+    import zegot_jax.ot as zot  # noqa: PLC0415
+    from configs import synthetic  # noqa: PLC0415
+
+    plugin = tmp_path / "row_softmax.py"
+    plugin.write_text(PLUGIN)
+    base = synthetic.get_config("smoke")
+    variants = {"default": {}, "mine": {"model.ot.solver": "row_softmax_test"}}
+    workers = benchmark.rank_variants(base, variants, (0,), statistics=False, log=None, jobs=2,
+                                      plugins=[str(plugin)])
+    assert "row_softmax_test" not in zot.registered_transports()  # registered in the workers
+    zot.load_plugins([str(plugin)])
+    try:
+        alone = benchmark.rank_variants(base, variants, (0,), statistics=False, log=None)
+    finally:
+        zot.unregister_transport("row_softmax_test")
+    assert list(workers) == list(variants)
+    for name in variants:
+        for key in ("miou_seen", "miou_unseen", "hiou", "final_loss"):
+            assert workers[name][0][key] == pytest.approx(alone[name][0][key], rel=1e-5), key
+    assert workers["mine"][0]["final_loss"] != workers["default"][0]["final_loss"]
+    with pytest.raises(ValueError, match="jobs=0"):
+        benchmark.rank_variants(base, variants, (0,), jobs=0)

@@ -84,30 +84,6 @@ def test_the_notebook_transport_changes_the_forward_and_keeps_the_marginals(note
     np.testing.assert_allclose(out.plan.sum(0), 1 / N, rtol=1e-4)
 
 
-def test_seeded_names_each_variant_once_per_seed():
-    runs = ot_lab.seeded({"a": {"model.ot.epsilon": 0.5}, "b": {}}, (3, 7))
-    assert runs == {"a / seed 3": {"model.ot.epsilon": 0.5, "seed": 3},
-                    "a / seed 7": {"model.ot.epsilon": 0.5, "seed": 7},
-                    "b / seed 3": {"seed": 3}, "b / seed 7": {"seed": 7}}
-    with pytest.raises(ValueError, match="at least one seed"):
-        ot_lab.seeded({"a": {}}, ())
-
-
-def test_ranking_table_pairs_by_seed_and_puts_the_best_gain_first():
-    scores = {"ref": (0.40, 0.50), "worse": (0.30, 0.45), "better": (0.45, 0.52)}
-    rows = [{"variant": f"{n} / seed {s}", "hiou": v[i]}
-            for n, v in scores.items() for i, s in enumerate((0, 1))]
-    lines = ot_lab.ranking_table(rows, list(scores), (0, 1)).splitlines()
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| ref", "| better", "| worse"]
-    assert lines[2] == "| ref | 45.0 | 7.1 |  |  |"  # sample stds
-    assert lines[3] == "| better | 48.5 | 4.9 | +3.5 ± 2.1 | 2 / 2 |"  # gains 5 and 2
-    assert lines[4] == "| worse | 37.5 | 10.6 | -7.5 ± 3.5 | 0 / 2 |"  # gains -10 and -5
-    one_seed = ot_lab.ranking_table(rows[::2], list(scores), (0,)).splitlines()
-    assert one_seed[3] == "| better | 45.0 | 0.0 | +5.0 ± 0.0 | 1 / 1 |"
-    with pytest.raises(ValueError, match="no row for"):
-        ot_lab.ranking_table(rows, ["ref", "missing"], (0, 1))
-
-
 def test_plan_figure_draws_a_row_per_transport_and_a_column_per_prompt():
     plan = np.random.default_rng(0).dirichlet(np.ones(N), size=(1, K, H, W)).astype(np.float32)
     result = SegmentationResult(class_names=("cat", "dog"), image=np.zeros((6, 8, 3), np.uint8),

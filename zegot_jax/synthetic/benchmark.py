@@ -120,8 +120,8 @@ def rank_variants(base_config: ml_collections.ConfigDict,
       eval_only: variant -> the variant whose trained parameters it scores (a change of
         inference only); that variant is trained here if needed.
       statistics: also measure prompt diversity and plan entropy (`prompt_stats`).
-      log: called with one JSON line per finished (variant, seed); None is silent. (Workers
-        print their lines instead.)
+      log: called with one JSON line per finished (variant, seed); None is silent. (With
+        `jobs > 1` the workers print their lines instead.)
       jobs: worker processes (1: train in this process).
       plugins: modules or `.py` files each worker imports before training (`load_plugins`), for
         transports registered outside the package; with `jobs=1` register them in this process.
@@ -150,7 +150,7 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     if jobs > 1:
         return _rank_in_workers(base_config, variants, seeds, jobs, plugins, dict(
             workdir=workdir, deterministic=tuple(deterministic), eval_only=eval_only,
-            statistics=statistics))
+            statistics=statistics, log=_print_now if log else None))
     enable_compilation_cache()
     trained: dict[str, Any] = {}
     results: dict[str, list[dict[str, Any]]] = {}
@@ -207,6 +207,11 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
         for task in tasks:
             results.update(task.result())
     return {name: results[name] for name in variants}
+
+
+def _print_now(line: str) -> None:
+    """A worker's log: each line as it comes (a child's stdout is block-buffered in a file)."""
+    print(line, flush=True)
 
 
 def _start_worker(queue: Any, plugins: tuple[str, ...]) -> None:

@@ -1,15 +1,15 @@
-"""The OT lab (`notebooks/ot_playground.ipynb`): its tour of `model.ot`, seeds, ranking, plans.
+"""The OT lab (`notebooks/ot_playground.ipynb`): its tour of `model.ot` and its plan figure.
 
-    rows = benchmark.compare_variants(config, seeded({"MPOT": {}, "mine": {...}}, (0, 1)), root)
-    print(ranking_table(rows, ["MPOT", "mine"], (0, 1)))
     plan_figure({"MPOT": result_a, "mine": result_b}, "tomato")
+
+(The notebook ranks candidates with `zegot_jax.synthetic.benchmark.rank_variants`.)
 
 Every variant in `TOUR` changes the computation of the default (`tests/synthetic/test_ot_lab.py`
 checks that its transport's forward or gradient differs), so no row of the notebook's table is the
 default under another name.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,53 +31,6 @@ TOUR: dict[str, dict[str, Any]] = {
     "unbalanced tau 0.5 (Sinkhorn)": {"model.ot.solver": "sinkhorn", "model.ot.tau": 0.5},
     "stop-gradient plan": {"model.ot.plan_gradient": False},
 }
-
-
-def seeded(variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
-           ) -> dict[str, dict[str, Any]]:
-    """Each variant once per seed, for `benchmark.compare_variants`.
-
-    Returns:
-      `'<name> / seed <s>'` -> the variant's overrides plus `seed`, variant-major.
-    """
-    if not seeds:
-        raise ValueError("seeded: give at least one seed.")
-    return {f"{name} / seed {s}": {**overrides, "seed": int(s)}
-            for name, overrides in variants.items() for s in seeds}
-
-
-def ranking_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], seeds: Sequence[int],
-                  metric: str = "hiou") -> str:
-    """Mean and std over seeds of each variant, and its paired (same-seed) gain over the first.
-
-    Args:
-      rows: `benchmark.compare_variants` rows of `seeded(variants, seeds)`.
-      names: the variants, the reference first.
-      seeds: the seeds they ran with.
-      metric: the column to rank by ('hiou', 'miou_unseen', ...).
-
-    Returns:
-      A Markdown table in percent, best mean gain first after the reference; stds are sample
-      stds over seeds (0 for one seed; with 2-3 seeds, read only large gains).
-    """
-    by_name = {r["variant"]: float(r[metric]) for r in rows}
-    missing = [f"{n} / seed {s}" for n in names for s in seeds if f"{n} / seed {s}" not in by_name]
-    if missing:
-        raise ValueError(f"ranking_table: no row for {missing}; rank the rows of "
-                         "seeded(variants, seeds).")
-    scores = {n: 100 * np.array([by_name[f"{n} / seed {s}"] for s in seeds]) for n in names}
-    reference = scores[names[0]]
-    ddof = 1 if len(seeds) > 1 else 0
-    ranked = [names[0], *sorted(names[1:], key=lambda n: -(scores[n] - reference).mean())]
-    lines = [f"| variant | {metric} mean | std | gain over {names[0]} (paired) | seeds better |",
-             "|---|---|---|---|---|"]
-    for n in ranked:
-        gain = scores[n] - reference
-        paired = "" if n == names[0] else f"{gain.mean():+.1f} ± {gain.std(ddof=ddof):.1f}"
-        better = "" if n == names[0] else f"{int((gain > 0).sum())} / {len(seeds)}"
-        lines.append(f"| {n} | {scores[n].mean():.1f} | {scores[n].std(ddof=ddof):.1f} | {paired} | "
-                     f"{better} |")
-    return "\n".join(lines)
 
 
 def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *,
