@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["quickstart", "ot_playground"]
 FIGURES = {"quickstart": 7, "ot_playground": 1}  # figures each notebook shows
-TABLE_ROWS = {"quickstart": [], "ot_playground": [6, 2]}  # rows of each Markdown table shown
+# Markdown tables each notebook shows: lines after the first (the tour: separator + 6 variants;
+# the ranking at one seed: separator + 2 candidates, then the paired table's 1-seed note).
+TABLE_ROWS = {"quickstart": [], "ot_playground": [6, 4]}
 KERNEL = "zegot-wheel-python"
 
 
@@ -130,6 +132,8 @@ def test_runs_from_the_wheel_in_an_empty_directory(name, kernel, wheel_python, t
     assert len(figures) == FIGURES[name]
     tables = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert [t.count("\n| ") for t in tables] == TABLE_ROWS[name]  # a row per variant
+    if name == "ot_playground":
+        assert "\n| smooth Sinkhorn (yours) | 1 |" in tables[1], tables[1]
     assert (tmp_path / "runs").is_dir()  # the runs went where the test said
     assert not list((tmp_path / "runs").rglob("predictions.png"))  # eval.figure=False
     assert not list(empty.iterdir())  # nothing written where the notebook was opened

@@ -102,10 +102,11 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     """Trains and scores S seeds of each variant; the seeds of a variant run as one program.
 
     With `jobs > 1` the variants are spread over that many worker processes, each pinned to one
-    CPU core: on a CPU the small synthetic step runs faster on one core than split over two
-    threads (BENCHMARKS.md: 389 ms against 525 ms per 5-seed step on 2 cores), so two variants
-    on two cores take about the time of one. Use it on CPUs only (on an accelerator the workers
-    would share the device); each worker loads the CLIP and compiles its own step.
+    CPU core: the small synthetic step gains less from a second thread than from a second
+    variant (BENCHMARKS.md, 2 cores: 270 ms per 5-seed step on both cores, 409 ms on one, 413 /
+    418 ms for two pinned processes at once), so two variants on two cores take about 1.5 times
+    the time of one. Use it on CPUs only (on an accelerator the workers would share the device);
+    each worker loads the CLIP and compiles its own step.
 
     Args:
       base_config: the experiment config every variant starts from (the synthetic world's,
