@@ -157,3 +157,20 @@ def test_workers_give_the_rows_of_one_process_and_load_plugins(tmp_path):
     assert workers["mine"][0]["final_loss"] != workers["default"][0]["final_loss"]
     with pytest.raises(ValueError, match="jobs=0"):
         benchmark.rank_variants(base, variants, (0,), jobs=0)
+
+
+def test_workers_refuse_a_transport_of_this_session_only():
+    import zegot_jax.ot as zot  # noqa: PLC0415
+    from configs import synthetic  # noqa: PLC0415
+
+    def mine(problem, settings):
+        return problem.similarity * 0 + 1 / problem.similarity.size
+
+    mine.__module__ = "__main__"  # as a notebook cell defines it
+    zot.register_transport("session_only_test", mine)
+    try:
+        with pytest.raises(ValueError, match=r"plugins=\['that_file.py'\]"):
+            benchmark.rank_variants(synthetic.get_config("smoke"),
+                                    {"a": {"model.ot.solver": "session_only_test"}}, (0,), jobs=2)
+    finally:
+        zot.unregister_transport("session_only_test")

@@ -189,6 +189,16 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
                      plugins: Sequence[str], options: dict[str, Any]
                      ) -> dict[str, list[dict[str, Any]]]:
     """`rank_variants` with each variant (and the eval-only variants that score it) in a worker."""
+    from zegot_jax.ot import registry  # noqa: PLC0415
+
+    for name, overrides in variants.items():
+        solver = override(base_config, overrides).model.ot.solver
+        entry = registry.get_transport(solver)
+        if entry.fn.__module__ == "__main__" and not plugins:
+            raise ValueError(
+                f"Variant {name!r} uses transport {solver!r}, defined in this session only: the "
+                "worker processes of jobs > 1 cannot see it. Put it in a .py file and pass "
+                "plugins=['that_file.py'] (--plugin), or rank with jobs=1.")
     eval_only = options["eval_only"]
     groups = [[name] + [n for n, source in eval_only.items() if source == name]
               for name in variants if name not in eval_only]
