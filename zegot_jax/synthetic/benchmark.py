@@ -193,8 +193,9 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
 
     for name, overrides in variants.items():
         solver = override(base_config, overrides).model.ot.solver
-        entry = registry.get_transport(solver)
-        if entry.fn.__module__ == "__main__" and not plugins:
+        if plugins and solver not in registry.registered_transports():
+            continue  # registered by a plugin, in the workers
+        if registry.get_transport(solver).fn.__module__ == "__main__" and not plugins:
             raise ValueError(
                 f"Variant {name!r} uses transport {solver!r}, defined in this session only: the "
                 "worker processes of jobs > 1 cannot see it. Put it in a .py file and pass "
