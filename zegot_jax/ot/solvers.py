@@ -87,21 +87,28 @@ def _ott_sinkhorn(cost, lse_mode, *, epsilon, tau, num_iterations, threshold):
     problem = linear_problem.LinearProblem(geom, tau_a=tau, tau_b=tau)
     if threshold > 0:
         every = min(CHECK_EVERY, num_iterations)
-        schedule = dict(min_iterations=0, max_iterations=num_iterations - num_iterations % every,
-                        inner_iterations=every, threshold=threshold)
+        solver = sinkhorn.Sinkhorn(
+            lse_mode=lse_mode, implicit_diff=None, min_iterations=0,
+            max_iterations=num_iterations - num_iterations % every, inner_iterations=every,
+            threshold=threshold)
     else:
-        # inner_iterations == num_iterations is required for the unrolled backward, not a tuning
-        # choice: ott runs max_iterations // inner_iterations outer steps, and ott 0.6.0's
-        # unrolled backward for min == max (fixed_point_loop.fixpoint_iter_bwd with force_scan)
-        # walks its checkpoints from index 0 downwards instead of from the last one, so with
-        # more than one outer step the gradient is wrong (max error 28 on gradients of size 3 at
-        # inner_iterations=1). With one outer step it is exact, and the backward keeps every
-        # iteration's residuals.
-        schedule = dict(min_iterations=num_iterations, max_iterations=num_iterations,
-                        inner_iterations=num_iterations)
-    solver = sinkhorn.Sinkhorn(lse_mode=lse_mode, implicit_diff=None, **schedule)
+        solver = unrolled_sinkhorn(num_iterations, lse_mode=lse_mode)
     out = solver(problem)
     return out.matrix, out.n_iters.astype(jnp.int32)
+
+
+def unrolled_sinkhorn(iterations: int, *, lse_mode: bool = True) -> sinkhorn.Sinkhorn:
+    """ott-jax's Sinkhorn for exactly `iterations` iterations, differentiated through them.
+
+    inner_iterations == iterations is required for the unrolled backward, not a tuning choice:
+    ott runs max_iterations // inner_iterations outer steps, and ott 0.6.0's unrolled backward
+    for min == max (fixed_point_loop.fixpoint_iter_bwd with force_scan) walks its checkpoints
+    from index 0 downwards instead of from the last one, so with more than one outer step the
+    gradient is wrong (max error 28 on gradients of size 3 at inner_iterations=1). With one outer
+    step it is exact, and the backward keeps every iteration's residuals.
+    """
+    return sinkhorn.Sinkhorn(lse_mode=lse_mode, implicit_diff=None, min_iterations=iterations,
+                             max_iterations=iterations, inner_iterations=iterations)
 
 
 def newton_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_iterations: int,

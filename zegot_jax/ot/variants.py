@@ -18,10 +18,10 @@ import jax.numpy as jnp
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.problems.quadratic import quadratic_problem
-from ott.solvers.linear import sinkhorn
 from ott.solvers.quadratic import gromov_wasserstein
 
 from zegot_jax.ot.registry import Problem, Settings, register_transport
+from zegot_jax.ot.solvers import unrolled_sinkhorn
 
 
 @register_transport("semi_relaxed", options={"rho": 1.0})
@@ -46,14 +46,6 @@ def semi_relaxed(problem: Problem, settings: Settings):
     out = unrolled_sinkhorn(settings.num_iterations)(linear_problem.LinearProblem(
         geom, tau_a=1.0, tau_b=rho / (rho + settings.epsilon)))
     return out.matrix, {"iterations": out.n_iters}
-
-
-def unrolled_sinkhorn(iterations: int) -> sinkhorn.Sinkhorn:
-    """ott-jax's log-domain Sinkhorn for exactly `iterations` iterations, autodiff through them."""
-    # One checkpoint segment spanning all iterations: the only schedule whose unrolled backward
-    # ott 0.6.0 gets right (see solvers._ott_sinkhorn).
-    return sinkhorn.Sinkhorn(lse_mode=True, implicit_diff=None, min_iterations=iterations,
-                             max_iterations=iterations, inner_iterations=iterations)
 
 
 def simplex_threshold(x: jax.Array, mass: float, axis: int) -> jax.Array:
