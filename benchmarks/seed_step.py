@@ -35,33 +35,20 @@ def worker(seeds: int, core: int | None) -> None:
     import numpy as np  # noqa: PLC0415
 
     from zegot_jax.synthetic import benchmark  # noqa: PLC0415
-    from zegot_jax.train import inputs, optim  # noqa: PLC0415
     from zegot_jax.train import seeds as seeds_lib  # noqa: PLC0415
-    from zegot_jax.train import state as state_lib  # noqa: PLC0415
-    from zegot_jax.train import step as step_lib  # noqa: PLC0415
 
     benchmark.enable_compilation_cache()
-    config = harness.synthetic_config()
-    data = inputs.DataSetup.from_config(config)
-    parts, state = seeds_lib.init_states(config, range(seeds))
-    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-    step = step_lib.make_train_step(parts.graphdef, tx, schedule, config,
-                                    pseudo_label_ids=data.pseudo_label_ids)
-    model = state_lib.merge(parts.graphdef, seeds_lib.unstack(state["params"], 0), parts.frozen)
-    text = model.text_inputs(data.train_classes, config.clip.text_context_length)
-    streams = [data.train_iterator(config.train.global_batch_size, seed=s) for s in range(seeds)]
-    batches = []
-    for _ in range(6):
-        items = [next(stream) for stream in streams]
-        batches.append({k: np.stack([item[k] for item in items]) for k in items[0]})
-    compiled = jax.jit(jax.vmap(step, in_axes=(0, None, 0, None))).lower(
-        state, parts.frozen, batches[0], text).compile()
-    jax.block_until_ready(compiled(state, parts.frozen, batches[0], text))
+    program = seeds_lib.seed_program(harness.synthetic_config(), range(seeds))
+    frozen, text = program.parts.frozen, program.text_inputs
+    batches = [program.next_batch() for _ in range(6)]
+    compiled = jax.jit(program.step).lower(program.state, frozen, batches[0], text).compile()
+    state = program.state
+    jax.block_until_ready(compiled(state, frozen, batches[0], text))
     rounds = []
     for _ in range(4):
         start = time.perf_counter()
         for batch in batches[1:]:
-            out = compiled(state, parts.frozen, batch, text)
+            out = compiled(state, frozen, batch, text)
         jax.block_until_ready(out)
         rounds.append((time.perf_counter() - start) / (len(batches) - 1))
     print("RESULT " + json.dumps({"core": core, "best_ms": 1e3 * min(rounds),

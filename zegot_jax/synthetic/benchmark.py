@@ -149,7 +149,7 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     if missing := {s for s in eval_only.values() if s not in configs}:
         raise ValueError(f"eval_only names {sorted(missing)}, which are not variants.")
     if jobs > 1:
-        return _rank_in_workers(base_config, variants, seeds, jobs, plugins, dict(
+        return _rank_in_workers(base_config, variants, configs, seeds, jobs, plugins, dict(
             workdir=workdir, deterministic=tuple(deterministic), eval_only=eval_only,
             statistics=statistics, log=_print_now if log else None))
     enable_compilation_cache()
@@ -185,14 +185,15 @@ def rank_variants(base_config: ml_collections.ConfigDict,
 
 
 def _rank_in_workers(base_config: ml_collections.ConfigDict,
-                     variants: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...], jobs: int,
-                     plugins: Sequence[str], options: dict[str, Any]
+                     variants: Mapping[str, Mapping[str, Any]],
+                     configs: Mapping[str, ml_collections.ConfigDict], seeds: tuple[int, ...],
+                     jobs: int, plugins: Sequence[str], options: dict[str, Any]
                      ) -> dict[str, list[dict[str, Any]]]:
     """`rank_variants` with each variant (and the eval-only variants that score it) in a worker."""
     from zegot_jax.ot import registry  # noqa: PLC0415
 
-    for name, overrides in variants.items():
-        solver = override(base_config, overrides).model.ot.solver
+    for name, config in configs.items():
+        solver = config.model.ot.solver
         if plugins and solver not in registry.registered_transports():
             continue  # registered by a plugin, in the workers
         if registry.get_transport(solver).fn.__module__ == "__main__" and not plugins:

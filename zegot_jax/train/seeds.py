@@ -85,6 +85,44 @@ def _check_finite(losses: np.ndarray, seeds: Sequence[int], first_step: int) -> 
                                  f"loss is NaN or Inf. Lower optim.learning_rate or check the data.")
 
 
+class SeedProgram(NamedTuple):
+    """What `train_seeds` steps: the parts, the stacked state, the vmapped step and the inputs.
+
+    Attributes:
+      parts: seed 0's split model (`parts.frozen` is shared by every seed).
+      state: the stacked train states, leaves `[S, ...]`.
+      step: `vmap(step)(state, frozen, batch, text_inputs) -> (state, metrics)`, not jitted.
+      text_inputs: the training classes' prompt inputs (shared).
+      next_batch: `() -> {key: [S, B, ...]}`, each seed's next batch from its own data order.
+    """
+
+    parts: state_lib.SplitModel
+    state: dict[str, Any]
+    step: Any
+    text_inputs: Any
+    next_batch: Any
+
+
+def seed_program(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
+                 ) -> SeedProgram:
+    """Builds S seeds of `config` around one CLIP, ready to step (not compiled yet)."""
+    data = inputs.DataSetup.from_config(config)
+    parts, state = init_states(config, seeds, clip)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+    step = step_lib.make_train_step(parts.graphdef, tx, schedule, config,
+                                    pseudo_label_ids=data.pseudo_label_ids)
+    model = state_lib.merge(parts.graphdef, unstack(state["params"], 0), parts.frozen)
+    text_inputs = model.text_inputs(data.train_classes, config.clip.text_context_length)
+    iterators = [data.train_iterator(config.train.global_batch_size, seed=s) for s in seeds]
+
+    def next_batch():  # [S, B, ...]: each seed's own batch
+        batches = [next(it) for it in iterators]
+        return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+    return SeedProgram(parts, state, jax.vmap(step, in_axes=(0, None, 0, None)), text_inputs,
+                       next_batch)
+
+
 def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip: Any = None,
                 num_steps: int | None = None) -> SeedRuns:
     """Trains `config` once per seed, all seeds in one vmapped, jitted step.
@@ -106,27 +144,16 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip
     seeds = tuple(int(s) for s in seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds}: give one or more distinct seeds.")
-    data = inputs.DataSetup.from_config(config)
-    parts, state = init_states(config, seeds, clip)
     total = config.train.num_steps if num_steps is None else int(num_steps)
-    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-    step = step_lib.make_train_step(parts.graphdef, tx, schedule, config,
-                                    pseudo_label_ids=data.pseudo_label_ids)
     if total <= 0:
+        parts, state = init_states(config, seeds, clip)
         return SeedRuns(seeds, parts.graphdef, state["params"], parts.frozen,
                         np.zeros((0, len(seeds)), np.float32), 0.0, 0.0)
-    model = state_lib.merge(parts.graphdef, unstack(state["params"], 0), parts.frozen)
-    text_inputs = model.text_inputs(data.train_classes, config.clip.text_context_length)
-    iterators = [data.train_iterator(config.train.global_batch_size, seed=s) for s in seeds]
-
-    def next_batch():  # [S, B, ...]: each seed's own batch
-        batches = [next(it) for it in iterators]
-        return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-    vmapped = jax.jit(jax.vmap(step, in_axes=(0, None, 0, None)), donate_argnums=(0,))
+    parts, state, vmapped, text_inputs, next_batch = seed_program(config, seeds, clip)
     start = time.perf_counter()
     batch = next_batch()
-    compiled = vmapped.lower(state, parts.frozen, batch, text_inputs).compile()
+    compiled = jax.jit(vmapped, donate_argnums=(0,)).lower(
+        state, parts.frozen, batch, text_inputs).compile()
     compile_s = time.perf_counter() - start
     start, losses, checked = time.perf_counter(), [], 0
     for index in range(total):
