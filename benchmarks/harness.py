@@ -68,6 +68,9 @@ def _repository_on_path() -> None:
         sys.path.insert(0, root)
 
 
+_repository_on_path()  # this checkout's zegot_jax, not another one installed in the venv
+
+
 class Measured(NamedTuple):
     """compile_s: lower + compile; run_s: best run (nan if not executed); temp_bytes: XLA temp
     buffers; runs: how many runs; cores: process CPU seconds per wall second during the runs;

@@ -11,7 +11,7 @@ import pytest
 from gradcheck import central_differences
 
 import zegot_jax.ot as zot
-from zegot_jax.ot import solvers
+from zegot_jax.ot import solvers, spd
 
 mpot_lib = importlib.import_module("zegot_jax.ot.mpot")  # the module (`zot.mpot` is the function)
 
@@ -342,3 +342,19 @@ def test_unbalanced_score_uses_the_plan_at_unit_mass():
     balanced = zot.mpot(s, epsilon=0.05, num_iterations=50)
     # ... but the score stays on the balanced scale (N times a weighted mean of S).
     np.testing.assert_allclose(out.score.mean(), balanced.score.mean(), rtol=0.05)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 9])  # 9: past UNROLLED_MAX, LAPACK
+def test_spd_solve_matches_numpy_batched(x64, n):
+    rng = np.random.default_rng(n)
+    factors = rng.normal(size=(50, n, n))
+    matrices = factors @ factors.transpose(0, 2, 1) + 0.1 * np.eye(n)
+    rhs = rng.normal(size=(50, n))
+    got = jax.jit(jax.vmap(spd.solve))(jnp.asarray(matrices), jnp.asarray(rhs))
+    np.testing.assert_allclose(got, np.linalg.solve(matrices, rhs[..., None])[..., 0],
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_spd_solve_is_nan_not_wrong_on_an_indefinite_matrix():
+    x = spd.solve(jnp.asarray([[1.0, 2.0], [2.0, 1.0]]), jnp.asarray([1.0, 0.0]))
+    assert bool(jnp.isnan(x).any())

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zegot_jax.ot import spd
+
 Solve = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 
 
@@ -45,7 +47,7 @@ def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: fl
     if tau >= 1.0:
         schur = schur + jnp.mean(b) / n
     rhs = e_cols - tau * plan.T @ (e_rows / safe_a)
-    beta = jnp.linalg.solve(schur, rhs)
+    beta = spd.solve(schur, rhs)
     alpha = tau * (e_rows - plan @ beta) / safe_a
     return -(plan * (plan_grad - alpha[:, None] - beta[None, :])) / epsilon
 
