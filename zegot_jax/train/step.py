@@ -110,14 +110,17 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
     num_points = int(loss_cfg.num_points)
 
     @jax.checkpoint  # the map would keep every image's [K, P] residuals for the backward
+    def sums_at(logits, labels, points):  # [K, h, w], [H, W], [P, 2]
+        return point_loss_sums(logits, labels, points, **options)
+
     def sums_of_one(logits, labels, key):  # [K, h, w], [H, W], a key
         height, width = labels.shape
         if num_points >= height * width:
             points = pixel_centres(height, width)
-        else:
+        else:  # outside the checkpoint: the points carry no gradient, the backward reuses them
             points = importance_points(key, logits, num_points, loss_cfg.point_oversample,
                                        loss_cfg.point_importance)
-        return point_loss_sums(logits, labels, points, **options)
+        return sums_at(logits, labels, points)
 
     def loss_of(logits, labels, key=None):
         if key is None:
