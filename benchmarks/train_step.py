@@ -1,6 +1,6 @@
 """Train-step throughput and compiled memory: ViT-B/16 at 512x512, COCO-Stuff's 156 seen classes.
 
-The real step (`make_train_step`, AdamW, N=4 prompts, layers 5/7/11, 100 Sinkhorn iterations) on
+The real step (`make_train_step`, AdamW, N=4 prompts, layers 5/7/11, the default MPOT) on
 random weights and random labels, in three parts:
 
 1. Memory at the global batch (16): compiled, never run (`lower().compile().memory_analysis()`),
@@ -63,6 +63,13 @@ def make_config(variant: str, dtype: str):
     if max(config.model.layers) >= depth:
         config.model.layers = tuple(range(depth))[-3:]
     return config
+
+
+def _ot_summary(ot) -> str:
+    """The default MPOT settings in words, e.g. 'newton 10 steps, implicit backward'."""
+    steps = ot.newton_steps if ot.solver == "newton" else ot.num_iterations
+    return f"{ot.solver} {steps} {'steps' if ot.solver == 'newton' else 'iterations'}, " \
+           f"{ot.backward} backward"
 
 
 def random_batch(batch: int, size: int, k: int) -> dict[str, np.ndarray]:
@@ -290,8 +297,9 @@ def main() -> None:
     total = time.perf_counter() - start
 
     print(f"\n{harness.machine_line()}\nZegOT {args.variant} at {args.size}x{args.size}, "
-          f"{args.classes} COCO-Stuff seen classes, N=4, {args.dtype} towers, 100 Sinkhorn "
-          f"iterations (ott, unrolled), AdamW. Total {total / 60:.1f} min.")
+          f"{args.classes} COCO-Stuff seen classes, N=4, {args.dtype} towers, MPOT "
+          f"{_ot_summary(harness.default_config().model.ot)}, AdamW. "
+          f"Total {total / 60:.1f} min.")
     if memory:
         print(f"\nCompiled memory of one train step at global batch {args.global_batch} on one "
               "device (compiled, not run; arguments = frozen CLIP + state + batch):\n")
