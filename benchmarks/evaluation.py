@@ -8,16 +8,19 @@ pretrained one, so the same cost; no pretraining needed). For each way of evalua
 pass over N and over N' images and reports the cost per extra image, `(t(N') - t(N)) / (N' - N)`,
 which cancels compilation and set-up (as `evaluate.py` over 400 and 2,400 images did). The
 per-image loop is the evaluator before batching: `make_predictor` on one image at a time on the
-default device, its confusion matrix added per image. Prints Markdown; asserts nothing.
+default device, its confusion matrix added per image. Then where a batched image's time goes:
+the pipeline alone (rendering + transform), and on one fixed batch already in memory the batched
+scorer, the image tower (`pixel_features`) and `segment` (tower + DLFA + MPOT), in ms per image.
+Prints Markdown; asserts nothing.
 """
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import synthetic  # noqa: E402
 from zegot_jax.evaluation import evaluator, metrics  # noqa: E402
+from zegot_jax.models.functional import merge  # noqa: E402
 from zegot_jax.synthetic import pretrain  # noqa: E402
 from zegot_jax.train import inputs  # noqa: E402
 from zegot_jax.train import state as state_lib  # noqa: E402
@@ -60,6 +64,40 @@ def timed(fn, config, parts, count):
     return time.perf_counter() - start
 
 
+def ms_per_image(fn, args, count: int, rounds: int = 10) -> float:
+    """Best of `rounds` calls of the compiled `fn(*args)`, in ms per image of a `count` batch."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best / count
+
+
+def breakdown(config, parts) -> list[tuple[str, float]]:
+    """ms per image of the pipeline and of the batched scorer's parts on one in-memory batch."""
+    g, p, f = parts
+    size = int(config.eval.batch_size)
+    config.synthetic.eval_images = 20 * size
+    data = inputs.DataSetup.from_config(config)
+    start = time.perf_counter()
+    examples = list(data.eval_iterator())
+    pipeline = 1e3 * (time.perf_counter() - start) / len(examples)
+    images = jnp.asarray(np.stack([ex["image"] for ex in examples[:size]]))
+    labels = jnp.asarray(np.stack([ex["label"] for ex in examples[:size]]).astype(np.int32))
+    text = evaluator.text_features_of(g, p, f, data.class_names, config.clip.text_context_length)
+    scorer = evaluator.make_batch_scorer(g, config, jnp.zeros(len(data.class_names)))
+    tower = jax.jit(lambda p, f, x: merge(g, p, f).pixel_features(x))
+    segment = jax.jit(lambda p, f, t, x: merge(g, p, f).segment(x, t).logits)
+    return [("pipeline alone (render + transform, its reader threads)", pipeline),
+            ("batched scorer on an in-memory batch", ms_per_image(
+                scorer, (p, f, text, images, labels), size)),
+            ("  image tower (`pixel_features`)", ms_per_image(tower, (p, f, images), size)),
+            ("  `segment` (tower, DLFA, MPOT, score maps)", ms_per_image(
+                segment, (p, f, text, images), size))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs=2, default=(400, 2400))
@@ -72,9 +110,7 @@ def main() -> None:
     clip = pretrain.init_clip(config.synthetic.pretrain)
     parts = tuple(state_lib.split_model(state_lib.build_model(config, clip)))
     small, large = args.images
-    print(f"CPU: {platform.processor() or platform.machine()}, devices: {jax.device_count()} "
-          f"({jax.devices()[0].platform}), load average at start: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{harness.machine_line()} (at the start)")
     print(f"synthetic config, {config.synthetic.image_size}px images, "
           f"eval.batch_size={config.eval.batch_size}\n")
     print(f"| evaluation | {small} images (s) | {large} images (s) | ms per extra image |")
@@ -85,8 +121,12 @@ def main() -> None:
         t_small, t_large = timed(fn, config, parts, small), timed(fn, config, parts, large)
         rows[name] = 1e3 * (t_large - t_small) / (large - small)
         print(f"| {name} | {t_small:.2f} | {t_large:.2f} | {rows[name]:.2f} |", flush=True)
-    print(f"\nper image / batched: {rows['per image (before)'] / rows['batched']:.1f}x; "
-          f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nper image / batched: {rows['per image (before)'] / rows['batched']:.1f}x\n")
+    print(f"| where a batched image's time goes (batch {config.eval.batch_size}) | ms per image |")
+    print("|---|---|")
+    for name, ms in breakdown(config, parts):
+        print(f"| {name} | {ms:.2f} |", flush=True)
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,18 @@ import jax
 import ml_collections
 
 
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`), e.g. 'Intel(R) Xeon(R) Processor'."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), platform.processor() or platform.machine())
+
+
 def machine_line() -> str:
-    """Platform, CPU count, load, jax version and the accelerator kind, in one line."""
+    """CPU model, CPU count, load, jax version and the accelerator kind, in one line."""
     devices = jax.devices()
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, load average "
+    return (f"{platform.system()} {cpu_model()}, {os.cpu_count()} CPUs, load average "
             f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, jax {jax.__version__}; "
             f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})")
 
@@ -207,7 +215,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: use KEY=VALUE, e.g. model.ot.backward=unrolled.")
+            raise ValueError(f"override {item!r}: write KEY=VALUE, e.g. model.ot.backward=unrolled.")
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -18,11 +18,11 @@ again ('' keeps nothing). Prints Markdown and JSON lines; asserts nothing.
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import harness
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,26 +84,16 @@ def contrasts(rows: dict[str, list[dict]]) -> str:
     return report.paired_table(rows, CONTRASTS, DETERMINISTIC)
 
 
-def parse_value(text: str):
-    """A command-line literal (`0.1`, `False`, `(5, 7)`, `'x'`); anything else is a string."""
-    try:
-        return eval(text, {})  # noqa: S307 (a command-line literal)
-    except Exception:  # noqa: BLE001
-        return text
-
-
 def overrides_of(items: list[str]) -> dict:
-    pairs = [item.partition("=") for item in items]
-    if bad := [i for i, (_, sep, _) in zip(items, pairs, strict=True) if not sep]:
-        raise SystemExit(f"{bad}: write overrides as KEY=VALUE, e.g. model.ot.epsilon=0.1.")
-    return {key: parse_value(value) for key, _, value in pairs}
+    """`KEY=VALUE` items as dotted-key overrides (`harness.parse_overrides`); exits on a bad one."""
+    try:
+        return harness.parse_overrides(items)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                  .splitlines() if line.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()}"
+    return f"{harness.cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}"
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_results.p
 
 @pytest.fixture(scope="module")
 def results():
-    spec = importlib.util.spec_from_file_location("synthetic_results", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(PATH.parent))  # its `import harness`, as when run as a script
+        spec = importlib.util.spec_from_file_location("synthetic_results", PATH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
