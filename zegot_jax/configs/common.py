@@ -92,8 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.layer_weight = 0.0  # deep supervision: weight of each per-layer auxiliary loss
     c.loss.per_image = True  # upsample + loss one image at a time (same value, 1/B of the memory)
     # Point-sampled loss (PointRend / Mask2Former): > 0 reads this many points per image instead
-    # of every label pixel. Off by default: 1.4-1.6x faster at 512 but -2.4 seen mIoU on the synthetic
-    # world over 5 seeds (BENCHMARKS.md, "The point-sampled loss").
+    # of every label pixel. Off by default: 1.4-1.6x faster at 512 but -2.4 seen mIoU on the
+    # synthetic world over 5 seeds (BENCHMARKS.md, "The point-sampled loss").
     c.loss.num_points = 0
     c.loss.point_oversample = 3.0  # uniform candidates per point
     c.loss.point_importance = 0.75  # share of points taken where the logits are most uncertain
