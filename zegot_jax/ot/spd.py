@@ -18,7 +18,8 @@ UNROLLED_MAX = 8  # larger N: LAPACK (the unrolled formulas grow as N^3 / 6 oper
 def solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     """`matrix^{-1} rhs` for a symmetric positive definite `matrix [N, N]` and `rhs [N]`.
 
-    A matrix that is not positive definite (to float precision) gives NaN, not a wrong number.
+    For N <= `UNROLLED_MAX` a matrix that is not positive definite (to float precision) gives
+    NaN, not a wrong number; LAPACK's LU (larger N) solves any nonsingular matrix.
     """
     n = matrix.shape[-1]
     if matrix.shape != (n, n) or rhs.shape != (n,):
