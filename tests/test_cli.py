@@ -102,10 +102,12 @@ def test_grid_classes_must_be_in_vocabulary(loaded, tmp_path, capsys):
     assert code == 2 and "not in the vocabulary" in capsys.readouterr().err
 
 
-def test_installed_script_reports_a_missing_run(tmp_path):
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_installed_script_reports_a_missing_run(tmp_path, how):
     script = Path(sys.executable).parent / "zegot-jax"
     assert script.exists(), "the console script is not installed: pip install -e ."
-    result = subprocess.run([str(script), "segment", "x.png", "--run", str(tmp_path / "nowhere"),
+    command = [str(script)] if how == "script" else [sys.executable, "-m", "zegot_jax.cli"]
+    result = subprocess.run([*command, "segment", "x.png", "--run", str(tmp_path / "nowhere"),
                              "--out", str(tmp_path / "o")], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2

@@ -184,3 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     commands = {"segment": segment_command}
     return commands[args.command](args)
+
+
+if __name__ == "__main__":  # `python -m zegot_jax.cli segment ...`, e.g. in a notebook cell
+    sys.exit(main())
