@@ -358,3 +358,18 @@ def test_spd_solve_matches_numpy_batched(x64, n):
 def test_spd_solve_is_nan_not_wrong_on_an_indefinite_matrix():
     x = spd.solve(jnp.asarray([[1.0, 2.0], [2.0, 1.0]]), jnp.asarray([1.0, 0.0]))
     assert bool(jnp.isnan(x).any())
+
+
+def test_newton_float32_reaches_the_converged_plan_with_a_starved_prompt():
+    # Sharp similarities (cost range / epsilon = 40) and one prompt that every pixel likes least:
+    # the case that made undamped Newton diverge. 10 float32 steps must reach POT's converged
+    # float64 plan, finite, with exact marginals.
+    s = _similarity(21, (3, 64, 4))
+    s[..., 3] = s[..., :3].min(-1) - 0.5
+    out = zot.mpot(jnp.asarray(s, jnp.float32), epsilon=0.05, num_iterations=10, solver="newton")
+    assert bool(jnp.isfinite(out.plan).all())
+    assert float(out.marginal_error.max()) < 1e-4
+    for i in range(3):
+        reference = pot.sinkhorn(np.full(64, 1 / 64), np.full(4, 1 / 4), 1.0 - s[i], reg=0.05,
+                                 method="sinkhorn_log", numItermax=20_000, stopThr=1e-13)
+        assert np.abs(np.asarray(out.plan[i]) - reference).max() * 64 * 4 < 1e-4
