@@ -16,23 +16,18 @@ Prints Markdown; asserts nothing.
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import harness
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configs import synthetic  # noqa: E402
-from zegot_jax.evaluation import evaluator, metrics  # noqa: E402
-from zegot_jax.models.functional import merge  # noqa: E402
-from zegot_jax.synthetic import pretrain  # noqa: E402
-from zegot_jax.train import inputs  # noqa: E402
-from zegot_jax.train import state as state_lib  # noqa: E402
+from configs import synthetic
+from zegot_jax.evaluation import evaluator, metrics
+from zegot_jax.models.functional import merge
+from zegot_jax.synthetic import pretrain
+from zegot_jax.train import inputs
+from zegot_jax.train import state as state_lib
 
 
 def per_image(config, parts, examples, names, unseen, seen_penalty):
@@ -64,17 +59,6 @@ def timed(fn, config, parts, count):
     return time.perf_counter() - start
 
 
-def ms_per_image(fn, args, count: int, rounds: int = 10) -> float:
-    """Best of `rounds` calls of the compiled `fn(*args)`, in ms per image of a `count` batch."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / count
-
-
 def breakdown(config, parts) -> list[tuple[str, float]]:
     """ms per image of the pipeline and of the batched scorer's parts on one in-memory batch."""
     g, p, f = parts
@@ -87,15 +71,18 @@ def breakdown(config, parts) -> list[tuple[str, float]]:
     images = jnp.asarray(np.stack([ex["image"] for ex in examples[:size]]))
     labels = jnp.asarray(np.stack([ex["label"] for ex in examples[:size]]).astype(np.int32))
     text = evaluator.text_features_of(g, p, f, data.class_names, config.clip.text_context_length)
-    scorer = evaluator.make_batch_scorer(g, config, jnp.zeros(len(data.class_names)))
-    tower = jax.jit(lambda p, f, x: merge(g, p, f).pixel_features(x))
-    segment = jax.jit(lambda p, f, t, x: merge(g, p, f).segment(x, t).logits)
+    cases = {
+        "batched scorer on an in-memory batch": harness.Case(
+            evaluator.make_batch_scorer(g, config, jnp.zeros(len(data.class_names))),
+            lambda: (p, f, text, images, labels)),
+        "  image tower (`pixel_features`)": harness.Case(
+            lambda p, f, x: merge(g, p, f).pixel_features(x), lambda: (p, f, images)),
+        "  `segment` (tower, DLFA, MPOT, score maps)": harness.Case(
+            lambda p, f, t, x: merge(g, p, f).segment(x, t).logits, lambda: (p, f, text, images)),
+    }
+    measured = harness.compare(cases, rounds=10, budget_s=30.0)
     return [("pipeline alone (render + transform, its reader threads)", pipeline),
-            ("batched scorer on an in-memory batch", ms_per_image(
-                scorer, (p, f, text, images, labels), size)),
-            ("  image tower (`pixel_features`)", ms_per_image(tower, (p, f, images), size)),
-            ("  `segment` (tower, DLFA, MPOT, score maps)", ms_per_image(
-                segment, (p, f, text, images), size))]
+            *((name, 1e3 * m.run_s / size) for name, m in measured.items())]
 
 
 def main() -> None:

@@ -43,8 +43,7 @@ def machine_line() -> str:
 
 
 def _common():
-    """`configs/common.py` (the repository root is not on the path of a script)."""
-    _repository_on_path()
+    """`configs/common.py` (the repository is on the path: see `_repository_on_path`)."""
     from configs import common  # noqa: PLC0415
 
     return common
@@ -64,7 +63,6 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def synthetic_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`configs/synthetic.py`'s config (the synthetic world's defaults; `arg` e.g. 'smoke')."""
-    _repository_on_path()
     from configs import synthetic  # noqa: PLC0415
 
     return synthetic.get_config(arg)

@@ -18,20 +18,16 @@ again ('' keeps nothing). Prints Markdown and JSON lines; asserts nothing.
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import harness
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configs import synthetic  # noqa: E402
-from zegot_jax.config_overrides import override  # noqa: E402
-from zegot_jax.models.zegot import TRAINING_FREE, training_free_config  # noqa: E402
-from zegot_jax.ot import load_plugins  # noqa: E402
-from zegot_jax.synthetic import benchmark, report  # noqa: E402
+from configs import synthetic
+from zegot_jax.config_overrides import override
+from zegot_jax.models.zegot import TRAINING_FREE, training_free_config
+from zegot_jax.ot import load_plugins
+from zegot_jax.synthetic import benchmark, report
 
 ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
                   "model.text_consistency_weight": 0.0, "model.learn_temperature": False}

@@ -39,4 +39,3 @@ def solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     for i in reversed(range(n)):
         x[i] = (y[i] - sum((low[k][i] * x[k] for k in range(i + 1, n)), 0.0)) / low[i][i]
     return jnp.stack(x)
-
