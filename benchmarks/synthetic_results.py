@@ -21,7 +21,6 @@ import os
 import time
 
 import harness
-import jax
 
 from configs import synthetic
 from zegot_jax.config_overrides import override
@@ -115,8 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     load_plugins(args.plugin)
     cache = benchmark.enable_compilation_cache()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = args.jobs or (cores if jax.default_backend() == "cpu" else 1)
+    jobs = args.jobs or benchmark.default_jobs()
     base = override(synthetic.get_config(args.config_arg), overrides_of(args.set))
     if args.variant:
         variants = {name: overrides_of(items) for name, *items in args.variant}

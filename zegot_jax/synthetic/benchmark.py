@@ -103,10 +103,9 @@ def rank_variants(base_config: ml_collections.ConfigDict,
 
     With `jobs > 1` the variants are spread over that many worker processes, each pinned to one
     CPU core: the small synthetic step gains less from a second thread than from a second
-    variant (BENCHMARKS.md, 2 cores: 270 ms per 5-seed step on both cores, 409 ms on one, 413 /
-    418 ms for two pinned processes at once), so two variants on two cores take about 1.5 times
-    the time of one. Use it on CPUs only (on an accelerator the workers would share the device);
-    each worker loads the CLIP and compiles its own step.
+    variant (BENCHMARKS.md, "Ranking a variant over seeds": two pinned workers beat one process
+    on 2 cores). Use it on CPUs only (on an accelerator the workers would share the device; see
+    `default_jobs`); each worker loads the CLIP and compiles its own step.
 
     Args:
       base_config: the experiment config every variant starts from (the synthetic world's,
@@ -204,7 +203,7 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
     eval_only = options["eval_only"]
     groups = [[name] + [n for n, source in eval_only.items() if source == name]
               for name in variants if name not in eval_only]
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = usable_cores()
     context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX
     queue = context.Queue()
     for index in range(min(jobs, len(groups))):
@@ -220,6 +219,19 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
         for task in tasks:
             results.update(task.result())
     return {name: results[name] for name in variants}
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on; empty where the OS does not say (no pinning)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def default_jobs() -> int:
+    """`rank_variants`'s `jobs` to use here: one worker per usable core on a CPU backend, one
+    process on an accelerator (whose workers would share the device)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return len(usable_cores()) or os.cpu_count() or 1
 
 
 def _print_now(line: str) -> None:
