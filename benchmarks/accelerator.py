@@ -53,8 +53,8 @@ import jaxlib
 import numpy as np
 from train_step import Setup, make_config, random_batch, seen_classes
 
-from zegot_jax.config_overrides import override
-from zegot_jax.train import step as step_lib
+from zegot_jax.configs.overrides import override
+from zegot_jax.models import losses
 
 SMOKE = {"variant": "tiny", "size": 32, "classes": [3, 5]}  # and `harness.apply_smoke`
 TINY = {"classes": 5, "size": 32, "batch": 2}  # the agreement check, on the ':smoke' model
@@ -136,7 +136,7 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
               setup.model.text_inputs(seen_classes(TINY["classes"]),
                                       setup.config.clip.text_context_length),
               jax.random.key(0))  # the point-sampled loss (loss.num_points > 0) draws points
-    grad_fn = jax.jit(jax.value_and_grad(step_lib.make_loss_fn(setup.graphdef, setup.config),
+    grad_fn = jax.jit(jax.value_and_grad(losses.make_loss_fn(setup.graphdef, setup.config),
                                          has_aux=True))
 
     def run_on(target):
@@ -254,7 +254,7 @@ def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> li
 
 def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], str]:
     """The synthetic ranking (see the docstring): table rows and a line of wall times."""
-    from zegot_jax.synthetic import benchmark, pretrain, report  # noqa: PLC0415
+    from zegot_jax.experiments import pretrain, ranking, report  # noqa: PLC0415
 
     config = harness.synthetic_config("smoke" if args.smoke else None)
     seeds = range(2 if args.smoke else 5)
@@ -268,7 +268,7 @@ def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], 
     pretrain.pretrained_clip(config.synthetic.pretrain, progress=False)
     pretrain_s, start = time.perf_counter() - start, time.perf_counter()
     name = " ".join(args.rank_set)
-    rows = benchmark.rank_variants(config, {"default": {}, name: args.rank_overrides}, seeds,
+    rows = ranking.rank_variants(config, {"default": {}, name: args.rank_overrides}, seeds,
                                    statistics=False, log=None)
     rank_s = time.perf_counter() - start
 

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import synthetic
+from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, metrics
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 from zegot_jax.models.functional import merge
 from zegot_jax.synthetic import pretrain
-from zegot_jax.train import inputs
-from zegot_jax.train import state as state_lib
 
 
 def per_image(config, parts, examples, names, unseen, seen_penalty):
@@ -53,7 +54,7 @@ def batched(config, parts, examples, names, unseen, seen_penalty):
 
 def timed(fn, config, parts, count):
     config.synthetic.eval_images = count
-    data = inputs.DataSetup.from_config(config)
+    data = DataSetup.from_config(config)
     start = time.perf_counter()
     fn(config, parts, data.eval_iterator(), data.class_names, data.unseen, 0.1)
     return time.perf_counter() - start
@@ -64,7 +65,7 @@ def breakdown(config, parts) -> list[tuple[str, float]]:
     g, p, f = parts
     size = int(config.eval.batch_size)
     config.synthetic.eval_images = 20 * size
-    data = inputs.DataSetup.from_config(config)
+    data = DataSetup.from_config(config)
     start = time.perf_counter()
     examples = list(data.eval_iterator())
     pipeline = 1e3 * (time.perf_counter() - start) / len(examples)
@@ -95,7 +96,7 @@ def main() -> None:
     if args.batch_size:
         config.eval.batch_size = args.batch_size
     clip = pretrain.init_clip(config.synthetic.pretrain)
-    parts = tuple(state_lib.split_model(state_lib.build_model(config, clip)))
+    parts = tuple(functional.split_model(build_lib.build_model(config, clip)))
     small, large = args.images
     print(f"{harness.machine_line()} (at the start)")
     print(f"synthetic config, {config.synthetic.image_size}px images, "

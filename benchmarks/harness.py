@@ -1,6 +1,6 @@
 """What `segmenter.py` and `train_step.py` share: the machine line, compile-and-time, model setup.
 
-Run the benchmarks as scripts (`.venv/bin/python benchmarks/segmenter.py`); this module is imported
+Run the benchmarks as scripts (`.venv/bin/python benchmarks/segment.py`); this module is imported
 from the `benchmarks/` folder, which Python puts on the path for a script.
 
 Timing on a shared machine: `compare` compiles ahead of time (`jit(f).lower(*args).compile()`),
@@ -207,7 +207,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`['model.ot.backward=unrolled', 'clip.dtype=bfloat16']` -> dotted-key overrides.
 
     Values are Python literals (`True`, `0.1`, `(5, 7, 11)`, `'x'`); anything else is a string.
-    Apply them with `zegot_jax.config_overrides.override`, which rejects unknown fields.
+    Apply them with `zegot_jax.configs.overrides.override`, which rejects unknown fields.
     """
     overrides = {}
     for item in items:

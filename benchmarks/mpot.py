@@ -60,12 +60,12 @@ def synthetic_similarities(workdir: str, images: int = 8) -> np.ndarray | None:
         return None
     from zegot_jax.data import transforms  # noqa: PLC0415 (only with a workdir)
     from zegot_jax.evaluation import run as run_lib  # noqa: PLC0415
+    from zegot_jax.models import functional  # noqa: PLC0415
     from zegot_jax.synthetic import source, world  # noqa: PLC0415
-    from zegot_jax.train import state as state_lib  # noqa: PLC0415
 
     config = run_lib.run_config(harness.synthetic_config(), workdir)
     parts, params = run_lib.load_trained(config, workdir)
-    model = state_lib.merge(parts.graphdef, params, parts.frozen)
+    model = functional.merge(parts.graphdef, params, parts.frozen)
     data = source.SyntheticSource("test", size=config.synthetic.image_size, num_images=images)
     batch = np.stack([transforms.normalize(data[i]["image"]) for i in range(images)])
     inputs = model.text_inputs(world.CLASS_NAMES, config.clip.text_context_length)

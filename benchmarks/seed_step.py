@@ -34,10 +34,10 @@ def worker(seeds: int, core: int | None) -> None:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from zegot_jax.synthetic import benchmark  # noqa: PLC0415
+    from zegot_jax.experiments import ranking  # noqa: PLC0415
     from zegot_jax.train import seeds as seeds_lib  # noqa: PLC0415
 
-    benchmark.enable_compilation_cache()
+    ranking.enable_compilation_cache()
     program = seeds_lib.seed_program(harness.synthetic_config(), range(seeds))
     frozen, text = program.parts.frozen, program.text_inputs
     batches = [program.next_batch() for _ in range(6)]

@@ -15,10 +15,10 @@ import time
 import jax
 
 from zegot_jax.clip.weights import save_safetensors
+from zegot_jax.experiments.zero_shot import retrieval_top1, zero_shot_dense_miou
 from zegot_jax.synthetic import pretrain as P
 from zegot_jax.synthetic import world
 from zegot_jax.synthetic.source import SyntheticSource
-from zegot_jax.synthetic.zero_shot import retrieval_top1, zero_shot_dense_miou
 
 
 def main() -> None:

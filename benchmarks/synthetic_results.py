@@ -8,7 +8,7 @@
 Each row is the embedded default (`configs/synthetic.py`) with a few dotted-key overrides; a seed
 sets the prompt/projection initialisation and the data order, while the CLIP, the world and the
 evaluation images are the same for every run. The seeds of a row train together in one compiled
-program and are scored together (`zegot_jax.synthetic.benchmark.rank_variants`); JAX's persistent
+program and are scored together (`zegot_jax.experiments.ranking.rank_variants`); JAX's persistent
 compilation cache (under `$ZEGOT_CACHE` or `~/.cache/zegot_jax`) serves repeated runs. For every
 row the script prints mean, standard deviation and a 95% Student-t interval of the mean over seeds,
 then the paired (same-seed) differences: RESULTS.md's contrasts, or with `--variant` every variant
@@ -23,10 +23,10 @@ import time
 import harness
 
 from configs import synthetic
-from zegot_jax.config_overrides import override
+from zegot_jax.configs.overrides import override
+from zegot_jax.experiments import ranking, report
 from zegot_jax.models.zegot import TRAINING_FREE, training_free_config
 from zegot_jax.ot import load_plugins
-from zegot_jax.synthetic import benchmark, report
 
 ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
                   "model.text_consistency_weight": 0.0, "model.learn_temperature": False}
@@ -113,8 +113,8 @@ def main() -> None:
                         help="a module or .py file that registers a transport (repeatable)")
     args = parser.parse_args()
     load_plugins(args.plugin)
-    cache = benchmark.enable_compilation_cache()
-    jobs = args.jobs or benchmark.default_jobs()
+    cache = ranking.enable_compilation_cache()
+    jobs = args.jobs or ranking.default_jobs()
     base = override(synthetic.get_config(args.config_arg), overrides_of(args.set))
     if args.variant:
         variants = {name: overrides_of(items) for name, *items in args.variant}
@@ -134,10 +134,10 @@ def main() -> None:
         rows = {}
         for name in variants:
             wanted = args.seeds[:1] if name in deterministic else args.seeds
-            if found := benchmark.read_rows(args.workdir, name, wanted):
+            if found := ranking.read_rows(args.workdir, name, wanted):
                 rows[name] = list(found.values())
     else:
-        rows = benchmark.rank_variants(base, variants, args.seeds, workdir=args.workdir or None,
+        rows = ranking.rank_variants(base, variants, args.seeds, workdir=args.workdir or None,
                                        deterministic=deterministic, eval_only=eval_only,
                                        statistics=not args.no_statistics, jobs=jobs,
                                        plugins=args.plugin)

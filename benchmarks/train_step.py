@@ -38,10 +38,11 @@ import numpy as np
 
 from zegot_jax import clip as clip_lib
 from zegot_jax import sharding
-from zegot_jax.config_overrides import override
+from zegot_jax.configs.overrides import override
 from zegot_jax.data import class_names as names_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 from zegot_jax.train import optim
-from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 
@@ -85,9 +86,9 @@ class Setup:
     def __init__(self, config, k: int, clip: clip_lib.CLIP | None = None):
         self.config = config
         start = time.perf_counter()
-        self.model = state_lib.build_model(config, clip)
+        self.model = build_lib.build_model(config, clip)
         self.build_s = time.perf_counter() - start
-        self.graphdef, self.params, self.frozen = state_lib.split_model(self.model)
+        self.graphdef, self.params, self.frozen = functional.split_model(self.model)
         self.tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
         self.step = step_lib.make_train_step(self.graphdef, self.tx, schedule, config)
         self.names = seen_classes(k)
@@ -132,7 +133,7 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
     batch = jax.tree.map(jnp.asarray, random_batch(batch_size, args.size, len(setup.names)))
 
     def image_fn(f, p, x):
-        return state_lib.merge(graphdef, p, f).pixel_features(x)
+        return functional.merge(graphdef, p, f).pixel_features(x)
 
     rows, off = [], setup.without_ot() if args.ot_off else None
     variants = {name: setup.with_overrides(harness.parse_overrides(items))
@@ -144,7 +145,7 @@ def time_rows(setup: Setup, args: argparse.Namespace, batch_size: int) -> list[l
 
         def text_fn(p, f, ti):
             def total(p):
-                return jnp.sum(state_lib.merge(graphdef, p, f).text_features(ti) * weights)
+                return jnp.sum(functional.merge(graphdef, p, f).text_features(ti) * weights)
             return jax.grad(total)(p)
 
         cases = {

@@ -38,8 +38,9 @@ import transformers
 
 from zegot_jax import clip as clip_lib
 from zegot_jax.data import class_names as names_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 from zegot_jax.train import optim
-from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reference"))
@@ -105,8 +106,8 @@ def run_k(hf, jclip, path: str, k: int, args: argparse.Namespace) -> list[list]:
     batch = {"image": rng.standard_normal((args.batch, args.size, args.size, 3), np.float32),
              "label": rng.integers(0, k, (args.batch, args.size, args.size)).astype(np.int32)}
 
-    model = state_lib.build_model(config, jclip)
-    graphdef, params, frozen = state_lib.split_model(model)
+    model = build_lib.build_model(config, jclip)
+    graphdef, params, frozen = functional.split_model(model)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, config), donate_argnums=(0,))
     inputs = model.text_inputs(names, config.clip.text_context_length)

@@ -1,16 +1,7 @@
-"""ADE20K-150, evaluation only (cross-dataset): score a run trained on another dataset.
+"""Re-exports `zegot_jax/configs/ade.py`, whose docstring gives the commands and the numbers.
 
-  python evaluate.py --config=configs/ade.py --checkpoint=runs/coco
-
-The prompts are shared across classes, so the run's learned contexts and DLFA projections apply to
-ADE's 150 names unchanged. ADE has no seen/unseen split here: every class counts as unseen, no
-seen-class penalty applies, and mIoU over all 150 classes is the number to report.
+This is the file `train.py --config=configs/ade.py` reads; the config itself lives in the package,
+so that an installed wheel has it too.
 """
 
-from configs import common
-
-
-def get_config(arg: str | None = None):
-    c = common.get_config()
-    c.data.name = "ade20k"
-    return common.apply_variants(c, common.parse_arg(arg), transductive_steps=0)
+from zegot_jax.configs.ade import get_config  # noqa: F401

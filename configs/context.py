@@ -1,26 +1,7 @@
-"""PASCAL Context-59 (49 seen / 10 unseen), ViT-B/16 at 480x480.
+"""Re-exports `zegot_jax/configs/context.py`, whose docstring gives the commands and the numbers.
 
-Inductive (40k steps):
-  python train.py --config=configs/context.py --workdir=runs/context
-Transductive (20k more steps from the inductive checkpoint at 20k):
-  python train.py --config=configs/context.py:transductive --workdir=runs/context_trans \
-      --config.train.init_from=runs/context_inductive_20k
-Fully supervised bound: `configs/context.py:supervised`. Tiny CPU check: `configs/context.py:smoke`.
-
-Peer numbers for Context-59 are not in shared/method.md's table; ZegOT's reviewers describe it as
-best on VOC and Context. Report the mean and spread over seeds.
+This is the file `train.py --config=configs/context.py` reads; the config itself lives in the package,
+so that an installed wheel has it too.
 """
 
-from configs import common
-
-
-def get_config(arg: str | None = None):
-    c = common.get_config()
-    c.data.name = "context"
-    c.data.crop_size = 480
-    c.data.base_size = (520, 520)
-    c.data.eval_short_side = 480
-    c.eval.crop = 480
-    c.eval.stride = 80
-    c.train.num_steps = 40_000
-    return common.apply_variants(c, common.parse_arg(arg), transductive_steps=20_000)
+from zegot_jax.configs.context import get_config  # noqa: F401

@@ -8,9 +8,10 @@ import numpy as np
 
 from configs import common
 from zegot_jax import clip as clip_lib
-from zegot_jax.train import checkpoint as ckpt_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
+from zegot_jax.runs import checkpoint as ckpt_lib
 from zegot_jax.train import optim
-from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 
@@ -23,13 +24,13 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def save_run(workdir: str, config: ml_collections.ConfigDict, clip: clip_lib.CLIP,
-             shift: float = 0.5, data_state: Any = None) -> state_lib.SplitModel:
+             shift: float = 0.5, data_state: Any = None) -> functional.SplitModel:
     """Saves a checkpoint as the loop would, with params moved by `shift` away from their init.
 
     `data_state` (the train iterator's) is needed only by a test that resumes training.
     Returns the split model whose `params` are the saved ones.
     """
-    parts = state_lib.split_model(state_lib.build_model(config, clip))
+    parts = functional.split_model(build_lib.build_model(config, clip))
     params = jax.tree.map(lambda x: x + shift, parts.params)
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
     ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)

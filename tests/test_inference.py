@@ -11,8 +11,8 @@ from zegot_jax import clip, inference
 from zegot_jax.data import class_names, transforms
 from zegot_jax.evaluation import evaluator, memory
 from zegot_jax.evaluation import segmenter as segmenter_lib
-from zegot_jax.train import state as state_lib
-from zegot_jax.train import step as step_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 
 VOCAB = ["cat", "dog", "grass"]  # cat and dog are seen VOC classes; grass is new
 
@@ -75,9 +75,9 @@ def test_padding_does_not_change_scores(segmenter):
 
     @jax.jit
     def forward(params, frozen, tokens, images):
-        model = state_lib.merge(segmenter.graphdef, params, frozen)
+        model = functional.merge(segmenter.graphdef, params, frozen)
         logits = model(images, tokens).logits  # 3 classes, no padding
-        return jax.nn.sigmoid(step_lib.upsample(logits, (32, 32)))[0]
+        return jax.nn.sigmoid(functional.upsample(logits, (32, 32)))[0]
 
     want = forward(segmenter.params, segmenter.frozen, tokens,
                    jnp.asarray(transforms.normalize(image))[None])
@@ -142,7 +142,7 @@ def test_processed_size_follows_eval_protocol():
 def test_from_model_wraps_in_memory_model(tiny_clip):
     config = smoke_config()
     config.eval.mode = "whole"
-    model = state_lib.build_model(config, tiny_clip)
+    model = build_lib.build_model(config, tiny_clip)
     seg = inference.Segmenter.from_model(model, config, vocab_bucket=4)
     result = seg.segment(random_image(20, 30), ["sky", "sea"])
     assert result.label_map.shape == (20, 30)

@@ -6,19 +6,15 @@
     result.scores             # [K, H, W] sigmoid scores at the image's resolution
 
 The implementation lives with the evaluation protocol it applies
-(`zegot_jax.evaluation.segmenter`); dotted-key overrides are `zegot_jax.config_overrides`.
+(`zegot_jax.evaluation.segmenter`); images are read by `zegot_jax.data.images`, runs by
+`zegot_jax.runs`, and dotted-key overrides are `zegot_jax.configs.overrides`.
 """
 
-from zegot_jax.config_overrides import override
-from zegot_jax.evaluation.segmenter import (
-    ImageLike,
-    SegmentationResult,
-    Segmenter,
-    check_run,
-    load_image,
-    processed_size,
-    saved_config,
-)
+from zegot_jax.configs.overrides import override
+from zegot_jax.data.images import ImageLike, load_image
+from zegot_jax.evaluation.segmenter import SegmentationResult, Segmenter, processed_size
+from zegot_jax.runs.checkpoint import saved_config
+from zegot_jax.runs.saved import check_run
 
 __all__ = ["ImageLike", "SegmentationResult", "Segmenter", "check_run", "load_image",
            "override", "processed_size", "saved_config"]

@@ -71,12 +71,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA))
 
 
+def batch_problem(global_batch_size: int, devices: int) -> str | None:
+    """Why `global_batch_size` cannot be split over `devices` (None when it can)."""
+    if global_batch_size % devices:
+        return (f"train.global_batch_size={global_batch_size} is not divisible by the {devices} "
+                f"devices; use a multiple of {devices}.")
+    return None
+
+
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """This process's share of the global batch; fails clearly when it does not divide."""
-    devices = mesh.devices.size
-    if global_batch_size % devices:
-        raise ValueError(f"train.global_batch_size={global_batch_size} is not divisible by the "
-                         f"{devices} devices of the mesh; pick a multiple of {devices}.")
+    if problem := batch_problem(global_batch_size, mesh.devices.size):
+        raise ValueError(problem)
     return global_batch_size // jax.process_count()
 
 

@@ -7,8 +7,8 @@ import numpy as np
 from configs import common
 from zegot_jax import inference
 from zegot_jax.evaluation import evaluator
-from zegot_jax.models import zegot
-from zegot_jax.train import state as state_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional, zegot
 
 NAMES = ("cat", "dog", "grass", "sky", "road")
 
@@ -41,7 +41,7 @@ def test_full_weight_predicts_what_the_training_free_model_predicts(tiny_clip):
     preds = {}
     for weight in (0.0, 1.0):
         config = _config(weight)
-        parts = state_lib.split_model(state_lib.build_model(config, tiny_clip))
+        parts = functional.split_model(build_lib.build_model(config, tiny_clip))
         params = jax.tree.map(lambda x: x + 0.3, parts.params)  # "trained" away from the init
         text = evaluator.text_features_of(parts.graphdef, params, parts.frozen, NAMES, 16)
         reference = evaluator.reference_features_of(parts.graphdef, params, parts.frozen, config,
@@ -63,11 +63,11 @@ def test_full_weight_predicts_what_the_training_free_model_predicts(tiny_clip):
 def test_segmenter_applies_the_ensemble_the_same_way(tiny_clip):
     """`Segmenter` (padded vocabularies, slide mode) agrees with the evaluator's predictor."""
     config = _config(0.5, mode="slide")
-    model = state_lib.build_model(config, tiny_clip)
+    model = build_lib.build_model(config, tiny_clip)
     seg = inference.Segmenter.from_model(model, config, vocab_bucket=8)
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)
     result = seg.segment(image, NAMES, calibrate=False)
-    parts = state_lib.split_model(model)
+    parts = functional.split_model(model)
     text = evaluator.text_features_of(parts.graphdef, parts.params, parts.frozen, NAMES, 16)
     reference = evaluator.reference_features_of(parts.graphdef, parts.params, parts.frozen, config,
                                                 NAMES)

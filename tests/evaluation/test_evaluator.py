@@ -7,9 +7,10 @@ import pytest
 from inference_fixtures import smoke_config
 
 from configs import synthetic
+from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, metrics
-from zegot_jax.train import inputs
-from zegot_jax.train import state as state_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 
 
 def _per_image_confusion(config, parts, params, examples, names, unseen, seen_penalty):
@@ -69,7 +70,7 @@ def test_benchmark_like_images_of_several_sizes(tiny_clip, batch_size):
     config = smoke_config()
     config.eval.batch_size = batch_size
     names, unseen = ("cat", "dog", "sky", "road", "tree"), (1, 3)
-    parts = state_lib.split_model(state_lib.build_model(config, tiny_clip))
+    parts = functional.split_model(build_lib.build_model(config, tiny_clip))
     rng = np.random.default_rng(0)
     examples = []
     for h, w in [(40, 48)] * 4 + [(32, 32)] * 2 + [(56, 40)]:
@@ -88,7 +89,7 @@ def test_synthetic_world_evaluation(tiny_clip):
     config.model.layers = (1, 2)
     config.synthetic.eval_images = 7
     config.eval.batch_size = 4
-    parts = state_lib.split_model(state_lib.build_model(config, tiny_clip))
-    data = inputs.DataSetup.from_config(config)
+    parts = functional.split_model(build_lib.build_model(config, tiny_clip))
+    data = DataSetup.from_config(config)
     examples = list(data.eval_iterator())
     _check_same(config, parts, _moved(parts), examples, data.class_names, data.unseen)

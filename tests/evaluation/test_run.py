@@ -5,13 +5,14 @@ from inference_fixtures import save_run
 
 from configs import coco, synthetic
 from zegot_jax.evaluation import run as run_lib
+from zegot_jax.runs import saved
 
 
 def test_another_datasets_config_scores_a_synthetic_run(tmp_path, tiny_clip):
     trained = synthetic.get_config("smoke")
     trained.clip.weights = "random:tiny"  # the saved config is what matters here, not the CLIP
     save_run(str(tmp_path), trained, tiny_clip)
-    config = run_lib.run_config(coco.get_config("smoke"), str(tmp_path))
+    config = saved.run_config(coco.get_config("smoke"), str(tmp_path))
     assert config.synthetic.pretrain.to_dict() == trained.synthetic.pretrain.to_dict()
     assert (config.data.name, config.model.layers) == ("coco_stuff", (0,))
 

@@ -12,9 +12,8 @@ from flax import nnx
 from configs import common
 from zegot_jax import clip as clip_lib
 from zegot_jax.data import class_names
-from zegot_jax.models import zegot
+from zegot_jax.models import functional, zegot
 from zegot_jax.models.prompts import Trainable
-from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 VOC = class_names.VOC20
@@ -115,7 +114,7 @@ def test_clip_is_frozen_by_construction(smoke_config, tiny_clip):
     """An optimizer step changes only Trainable variables; CLIP stays bit-identical."""
     smoke_config.optim.warmup_steps = 0
     model = _model(smoke_config, tiny_clip)
-    parts = state_lib.split_model(model)
+    parts = functional.split_model(model)
     before = jax.tree.map(np.asarray, parts.frozen)
     tx, schedule = optax.adamw(1e-2), optax.constant_schedule(1e-2)
     state = step_lib.init_state(parts.params, tx, 0)

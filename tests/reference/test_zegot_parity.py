@@ -23,7 +23,8 @@ from zegot_torch import OT_SETTINGS, TorchZegOT
 from configs import common
 from zegot_jax import clip as clip_lib
 from zegot_jax.evaluation import evaluator, metrics
-from zegot_jax.train import state as state_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
 from zegot_jax.train import step as step_lib
 
 NAMES = ("cat", "dining table", "sky")
@@ -104,8 +105,8 @@ class Pair:
 
     def __init__(self, hf, jclip, config, seed=0):
         self.config = config
-        model = state_lib.build_model(config, jclip)
-        self.graphdef, params, self.frozen = state_lib.split_model(model)
+        model = build_lib.build_model(config, jclip)
+        self.graphdef, params, self.frozen = functional.split_model(model)
         self.twin = TorchZegOT(hf, config.model, seed=seed)
         trainable = {n: p for n, p in self.twin.named_parameters() if p.requires_grad}
         arrays = jax_to_twin(params)
@@ -136,13 +137,13 @@ class Pair:
                 np.testing.assert_allclose(value, twin, rtol=1e-6)
 
     def jax_train(self, batch):
-        model = state_lib.merge(self.graphdef, self.params, self.frozen)
+        model = functional.merge(self.graphdef, self.params, self.frozen)
         inputs = model.text_inputs(NAMES, self.config.clip.text_context_length)
         tx = gradient_capture()
         step = step_lib.make_train_step(self.graphdef, tx, optax.constant_schedule(0.0), self.config)
         state, out = jax.jit(step)(step_lib.init_state(self.params, tx, 0), self.frozen, batch,
                                    inputs)
-        forward = jax.jit(lambda p, f, x, ti: state_lib.merge(self.graphdef, p, f)(x, ti))
+        forward = jax.jit(lambda p, f, x, ti: functional.merge(self.graphdef, p, f)(x, ti))
         layer_logits = forward(self.params, self.frozen, batch["image"], inputs).layer_logits
         return float(out["loss"]), jax_to_twin(state["opt_state"]), np.asarray(layer_logits)
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from zegot_jax.synthetic import pretrain as P
-from zegot_jax.synthetic import world
-from zegot_jax.synthetic.source import SyntheticSource
-from zegot_jax.synthetic.zero_shot import (
+from zegot_jax.experiments.zero_shot import (
     chance_iou,
     patch_ceiling_confusion,
     retrieval_top1,
     zero_shot_dense_miou,
 )
+from zegot_jax.synthetic import pretrain as P
+from zegot_jax.synthetic import world
+from zegot_jax.synthetic.source import SyntheticSource
 
 
 def _config(steps=30, batch_size=32):

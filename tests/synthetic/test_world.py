@@ -59,12 +59,12 @@ def test_unseen_split_by_name():
 
 def test_config_unseen_reaches_the_data_setup():
     from configs import synthetic
-    from zegot_jax.train import inputs
+    from zegot_jax.data.setup import DataSetup
 
     config = synthetic.get_config()
-    assert inputs.DataSetup.from_config(config).unseen == world.UNSEEN
+    assert DataSetup.from_config(config).unseen == world.UNSEEN
     config.synthetic.unseen = ('cherry', 'ice')
-    data = inputs.DataSetup.from_config(config)
+    data = DataSetup.from_config(config)
     assert [data.class_names[i] for i in data.unseen] == ['cherry', 'ice']
     assert 'cherry' not in data.train_classes and 'egg' in data.train_classes
 

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from inference_fixtures import save_run, smoke_config
 
-from zegot_jax.train import inputs, launch, loop, workdir_lock
+from zegot_jax.configs import checks as config_checks
+from zegot_jax.data.setup import DataSetup
+from zegot_jax.runs import workdir_lock
+from zegot_jax.train import launch, loop
 from zegot_jax.train.metric_writer import MetricWriter
 
 
@@ -80,10 +83,10 @@ def test_resume_may_change_the_listed_fields(saved):
     config.model.prefix_shared = not config.model.prefix_shared  # how, not what, is computed
     config.model.text_remat = not config.model.text_remat
     launch.check_resume(config, saved)
-    assert launch.config_changes({"train": {"num_steps": 3}, "gone": 1}, config) == []
+    assert config_checks.resume_changes({"train": {"num_steps": 3}, "gone": 1}, config) == []
     synthetic = importlib.import_module("configs.synthetic").get_config("smoke")
     synthetic.synthetic.eval_images = 4  # only the evaluation set's size
-    assert launch.config_changes({"synthetic": {"eval_images": 8}}, synthetic) == []
+    assert config_checks.resume_changes({"synthetic": {"eval_images": 8}}, synthetic) == []
 
 
 def test_resume_refuses_fewer_steps_than_saved(saved):
@@ -209,7 +212,7 @@ def test_init_from_another_model_size_says_the_shapes_differ(saved, tmp_path):
 def test_sigterm_during_the_final_evaluation_is_a_preemption(tmp_path, monkeypatch, tiny_clip):
     # A run saved at its last step: train goes straight to the final evaluation.
     workdir, config = tmp_path / "run", smoke_config()
-    iterator = inputs.DataSetup.from_config(config).train_iterator(2, seed=config.seed)
+    iterator = DataSetup.from_config(config).train_iterator(2, seed=config.seed)
     save_run(str(workdir), config, tiny_clip, data_state=iterator.get_state())
 
     def evaluate_until_preempted(*_, **__):

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from configs import synthetic
+from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator
-from zegot_jax.evaluation import seeds as eval_seeds
-from zegot_jax.train import inputs, optim
+from zegot_jax.evaluation import seed_scores as eval_seeds
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
+from zegot_jax.train import optim
 from zegot_jax.train import seeds as train_seeds
-from zegot_jax.train import state as state_lib
 from zegot_jax.train import step as step_lib
 
 STEPS = 2
@@ -24,12 +26,12 @@ def _alone(config, seed, clip):
     """Losses `[STEPS]` and params of `seed` trained by itself, as `loop.train` trains it."""
     config = config.copy_and_resolve_references()
     config.seed = seed
-    data = inputs.DataSetup.from_config(config)
-    parts = state_lib.split_model(state_lib.build_model(config, clip))
+    data = DataSetup.from_config(config)
+    parts = functional.split_model(build_lib.build_model(config, clip))
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     state = step_lib.init_state(parts.params, tx, seed)
     step = jax.jit(step_lib.make_train_step(parts.graphdef, tx, schedule, config))
-    text = state_lib.merge(parts.graphdef, parts.params, parts.frozen).text_inputs(
+    text = functional.merge(parts.graphdef, parts.params, parts.frozen).text_inputs(
         data.train_classes, config.clip.text_context_length)
     batches = data.train_iterator(config.train.global_batch_size, seed=seed)
     losses = []
@@ -43,7 +45,7 @@ def test_a_vmapped_seed_is_that_seed_run_alone():
     config = synthetic.get_config("smoke")
     config.train.num_steps = STEPS
     config.loss.per_image = False  # the same loss value; about 3 s less to compile, twice
-    clip = state_lib.load_clip(config)
+    clip = build_lib.load_clip(config)
     runs = train_seeds.train_seeds(config, (3, 1), clip=clip)
     assert runs.losses.shape == (STEPS, 2) and runs.seeds == (3, 1)
     assert not np.allclose(runs.losses[:, 0], runs.losses[:, 1])  # the seeds differ
@@ -52,7 +54,7 @@ def test_a_vmapped_seed_is_that_seed_run_alone():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  train_seeds.unstack(runs.params, 1), params)
 
-    data = inputs.DataSetup.from_config(config)
+    data = DataSetup.from_config(config)
     penalty = data.seen_penalty(config)
     together = eval_seeds.evaluate_seeds(config, runs.graphdef, runs.params, runs.frozen,
                                          data.eval_iterator(), data.class_names, data.unseen,

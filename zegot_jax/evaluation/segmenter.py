@@ -20,27 +20,24 @@ import collections
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 
 from zegot_jax import ot
-from zegot_jax.config_overrides import override
+from zegot_jax.configs.overrides import override
 from zegot_jax.data import transforms
+from zegot_jax.data.images import ImageLike, load_image
+from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, memory
-from zegot_jax.evaluation import run as run_lib
+from zegot_jax.models import functional
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.zegot import ZegOT
-from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import state as state_lib
-
-ImageLike = str | os.PathLike | np.ndarray | PIL.Image.Image
+from zegot_jax.runs import checkpoint as ckpt_lib
+from zegot_jax.runs import saved
 
 
 class SegmentationResult(NamedTuple):
@@ -75,75 +72,6 @@ class SegmentationResult(NamedTuple):
     ot_marginal_error: float | None = None
 
 
-def _rgb(img: PIL.Image.Image) -> np.ndarray:
-    """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
-    clipped) to 0..255, float grey (TIFF) in [0, 1] scaled by 255 (in [0, 255] taken as is).
-
-    Raises:
-      ValueError: a float image with values outside [0, 255] or not finite.
-    """
-    img = PIL.ImageOps.exif_transpose(img)
-    if img.mode == "F":
-        grey = np.asarray(img, np.float64)
-        finite = np.isfinite(grey)
-        low, high = (float(grey[finite].min()), float(grey[finite].max())) if finite.any() \
-            else (0.0, 0.0)
-        if not (finite.all() and low >= 0 and high <= 255):
-            nan = "" if finite.all() else " and NaN/Inf"
-            raise ValueError(f"float values in [{low:.4g}, {high:.4g}]{nan}, neither [0, 1] nor "
-                             "[0, 255]; save it as an 8-bit image")
-        grey = grey * 255.0 if high <= 1.0 else grey
-        return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=-1)
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        grey = np.asarray(img).astype(np.float64)
-        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(img.convert("RGB"))
-
-
-def load_image(image: ImageLike) -> np.ndarray:
-    """Reads a path, PIL image or array as uint8 RGB `[H, W, 3]`.
-
-    Files and PIL images are read as a viewer shows them (EXIF orientation applied, 16-bit grey
-    scaled to 8 bits). Grey `[H, W]` / `[H, W, 1]` arrays are repeated to three channels; an alpha
-    channel is dropped.
-
-    Raises:
-      FileNotFoundError: a path that does not exist.
-      ValueError: a file that is not a readable image, or an array of the wrong shape.
-      TypeError: an array that is not uint8, or an unsupported type.
-    """
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        if path.is_dir():
-            raise FileNotFoundError(f"{str(path)!r} is a directory, not an image file: pass the "
-                                    "images in it (e.g. dir/*.jpg).")
-        if not path.is_file():
-            raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
-        try:
-            with PIL.Image.open(path) as img:
-                return _rgb(img)
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-            raise ValueError(f"Cannot read {str(path)!r} as an image ({e}).") from e
-    if isinstance(image, PIL.Image.Image):
-        return _rgb(image)
-    if not isinstance(image, np.ndarray | jax.Array):
-        raise TypeError(f"Expected a path, a PIL image or a uint8 array [H, W, 3]; got "
-                        f"{type(image).__name__}.")
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise TypeError(f"Image arrays must be uint8 [H, W, 3] (0..255); got dtype {array.dtype}. "
-                        "Convert floats in [0, 1] with (x * 255).round().astype(np.uint8).")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
-        raise ValueError(f"Image arrays must be [H, W, 3] (or grey [H, W], or RGBA); got shape "
-                         f"{array.shape}.")
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    return np.ascontiguousarray(array[..., :3])
-
-
 def processed_size(height: int, width: int, *, short_side: int, patch: int,
                    whole: bool) -> tuple[int, int]:
     """The size an image is scored at, as in evaluation: aspect kept, short side `short_side`
@@ -157,24 +85,6 @@ def processed_size(height: int, width: int, *, short_side: int, patch: int,
     if whole:
         size = tuple(max(patch, round(s / patch) * patch) for s in size)
     return size
-
-
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config stored with a run's latest checkpoint."""
-    return ckpt_lib.saved_config(workdir)
-
-
-def check_run(workdir: str | os.PathLike) -> None:
-    """Raises FileNotFoundError unless `workdir` looks like a training run with checkpoints."""
-    workdir = str(workdir)
-    if "://" in workdir:
-        return
-    if not Path(workdir).is_dir():
-        raise FileNotFoundError(f"Run directory {workdir!r} does not exist: pass the --workdir of "
-                                "a train.py run.")
-    if not (Path(workdir) / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it the --workdir of "
-                                "a train.py run?")
 
 
 class Segmenter:
@@ -199,12 +109,12 @@ class Segmenter:
         self.params = jax.device_put(params)
         self.frozen = jax.device_put(frozen)
         self.vocab_bucket = vocab_bucket
-        self.model: ZegOT = state_lib.merge(graphdef, self.params, self.frozen)
+        self.model: ZegOT = functional.merge(graphdef, self.params, self.frozen)
         self.patch = self.model.clip.spec.patch_size
         self._text_cache: collections.OrderedDict[tuple[str, ...], jax.Array] = \
             collections.OrderedDict()
         self._text_cache_size = text_cache_size
-        self._text_fn = jax.jit(lambda p, f, x: state_lib.merge(graphdef, p, f).text_features(x))
+        self._text_fn = jax.jit(lambda p, f, x: functional.merge(graphdef, p, f).text_features(x))
         logits_fn = evaluator.make_logits_fn(graphdef, config)
 
         def predict(params, frozen, text, reference, penalty, num_valid, image, out_size,
@@ -216,7 +126,7 @@ class Segmenter:
                 activation=evaluator.score_activation(config, reference))
 
         def details(params, frozen, text, image):
-            out = state_lib.merge(graphdef, params, frozen).segment(image, text)
+            out = functional.merge(graphdef, params, frozen).segment(image, text)
             return (out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0],
                     out.ot_marginal_error)
 
@@ -237,15 +147,15 @@ class Segmenter:
             or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
           **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
         """
-        check_run(workdir)
-        config = saved_config(str(workdir))
+        saved.check_run(workdir)
+        config = ckpt_lib.saved_config(str(workdir))
         if "model.ot.solver" not in (overrides or {}):  # else the caller chose another one
             ot.require_registered(config.model.ot.solver, f"The run {str(workdir)!r}")
         config = override(config, overrides)
         if clip_weights is not None:
             config.clip.weights = str(clip_weights)
         try:
-            parts, params = run_lib.load_trained(config, str(workdir),
+            parts, params = saved.trained_params(config, str(workdir),
                                                  offline=clip_weights is None)
         except FileNotFoundError as e:
             if clip_weights is not None or "offline loading" not in str(e):
@@ -257,14 +167,13 @@ class Segmenter:
     @classmethod
     def from_model(cls, model: ZegOT, config: ml_collections.ConfigDict, **kwargs) -> "Segmenter":
         """Wraps an in-memory model (for example an untrained one, or one just trained)."""
-        parts = state_lib.split_model(model)
+        parts = functional.split_model(model)
         return cls(config, parts.params, parts.graphdef, parts.frozen, **kwargs)
 
     @functools.cached_property
     def _data(self):
-        from zegot_jax.train import inputs  # noqa: PLC0415 (only needed for the run's own classes)
 
-        return inputs.DataSetup.from_config(self.config)
+        return DataSetup.from_config(self.config)
 
     @property
     def run_class_names(self) -> tuple[str, ...]:

@@ -22,7 +22,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from zegot_jax import clip as clip_lib
@@ -75,6 +74,11 @@ def _plain(options) -> dict | None:
         return None
     return options.to_dict() if hasattr(options, "to_dict") else dict(options)
 
+
+PROMPTS = ("learned", "templates")  # model.prompts
+GLOBAL_POOLS = ("class", "mean")  # model.global_pool
+DENSE_MODES = ("standard", "value")  # model.dense_mode
+PROMPT_INITS = ("templates", "random")  # model.prompt_init
 
 class Alignment(nnx.Module):
     """DLFA relationship descriptor: `Linear(2D -> D)` on `[g * t ; t]`.
@@ -138,18 +142,13 @@ class ZegOT(nnx.Module):
         if bad or not config.layers:
             raise ValueError(f"model.layers={tuple(config.layers)} must be non-empty 0-indexed "
                              f"layers of a {spec.vision_layers}-layer image tower.")
-        if config.prompts not in ("learned", "templates"):
-            raise ValueError(f"model.prompts={config.prompts!r}: use 'learned' or 'templates'.")
-        if config.global_pool not in ("class", "mean"):
-            raise ValueError(f"model.global_pool={config.global_pool!r}: use 'class' or 'mean'.")
-        if config.dense_mode not in ("standard", "value"):
-            raise ValueError(f"model.dense_mode={config.dense_mode!r}: use 'standard' or 'value'.")
+        for field, choices in (("prompts", PROMPTS), ("global_pool", GLOBAL_POOLS),
+                               ("dense_mode", DENSE_MODES), ("prompt_init", PROMPT_INITS)):
+            if config[field] not in choices:
+                raise ValueError(f"model.{field}={config[field]!r}: use one of {choices}.")
         self.clip = clip
         self.config = config
         self.layers = tuple(int(i) for i in config.layers)
-        if config.prompt_init not in ("random", "templates"):
-            raise ValueError(f"model.prompt_init={config.prompt_init!r}: use 'random' or "
-                             "'templates'.")
         self.prompt_learner = nnx.data(
             self._prompt_learner(clip, config, rngs) if config.prompts == "learned" else None)
         self.alignment = nnx.data(
@@ -287,9 +286,3 @@ class ZegOT(nnx.Module):
                  ) -> ZegOTOutput:
         """Text features from `text_inputs`, then `segment`."""
         return self.segment(images, self.text_features(text_inputs))
-
-
-def count_trainable(model: ZegOT) -> int:
-    """Number of scalars in `Trainable` variables."""
-    state = nnx.state(model, Trainable)
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))

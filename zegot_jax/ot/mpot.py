@@ -77,10 +77,17 @@ def _check_args(epsilon, num_iterations, tau, solver, backward, domain, threshol
         raise ValueError(f"mpot: domain must be one of {solvers.DOMAINS}, got {domain!r}.")
     if not float(threshold) >= 0:
         raise ValueError(f"mpot: threshold must be >= 0 (0 = fixed iterations), got {threshold}.")
-    if threshold > 0 and backward == "unrolled":
-        raise ValueError("mpot: threshold > 0 stops in a while loop, which reverse mode cannot "
-                         "unroll; use backward='implicit' or threshold=0.")
+    if problem := threshold_problem(threshold, backward):
+        raise ValueError(f"mpot: {problem}")
     return tau
+
+
+def threshold_problem(threshold: float, backward: str) -> str | None:
+    """Why a convergence `threshold` cannot go with `backward` (None when it can)."""
+    if threshold > 0 and backward == "unrolled":
+        return ("threshold > 0 stops in a while loop, which reverse mode cannot unroll; use "
+                "backward='implicit' or threshold=0.")
+    return None
 
 
 def mpot(

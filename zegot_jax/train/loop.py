@@ -10,18 +10,23 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax import config_checks, ot, sharding
+from zegot_jax import ot, sharding
+from zegot_jax.configs import checks as config_checks
+from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, figure
-from zegot_jax.train import checkpoint as ckpt_lib
-from zegot_jax.train import inputs, launch, optim, workdir_lock
-from zegot_jax.train import state as state_lib
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
+from zegot_jax.runs import checkpoint as ckpt_lib
+from zegot_jax.runs import saved as saved_run
+from zegot_jax.runs import workdir_lock
+from zegot_jax.train import launch, optim
 from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
 
@@ -61,15 +66,9 @@ def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None,
         return
     kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
         "no checkpoint was written yet"
-    fix = "Lower optim.learning_rate or check the data."
-    if ot_config.enabled and ("ot_marginal_error" in bad or (
-            "grad_norm" in bad and "loss" not in bad)):  # the OT failed, or the loss's gradient
-        fix = (f"The OT is the likely cause: at model.ot.epsilon={ot_config.epsilon} its plans "
-               "are nearly hard assignments, whose gradient is not finite; raise "
-               "model.ot.epsilon (OTSeg uses 0.05), or else lower optim.learning_rate.")
     raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
                              f"Inf (checked every train.log_every steps and before each "
-                             f"checkpoint); {kept}. {fix}")
+                             f"checkpoint); {kept}. {step_lib.divergence_fix(bad, ot_config)}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -97,86 +96,127 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    mesh = sharding.make_mesh()
-    data = inputs.DataSetup.from_config(config)
-    local_batch = sharding.local_batch_size(config.train.global_batch_size, mesh)
+class _Run(NamedTuple):
+    """What the loop steps: the data, the split model, the jitted step and its inputs."""
 
-    model = state_lib.build_model(config)
+    data: DataSetup
+    mesh: Any
+    graphdef: Any
+    frozen: Any
+    text_inputs: Any
+    train_step: Any
+    tx: Any
+
+
+def _build(config: ml_collections.ConfigDict) -> tuple[_Run, dict[str, Any]]:
+    """The model, optimiser and jitted step of `config`, and a fresh train state (replicated)."""
+    mesh = sharding.make_mesh()
+    data = DataSetup.from_config(config)
+    model = build_lib.build_model(config)
     if sizes := config_checks.patch_problems(config, model.clip.spec.patch_size):
         raise ValueError(f"Invalid config: {'; '.join(sizes)}")  # weights not named by variant
-    parts = state_lib.split_model(model)
+    parts = functional.split_model(model)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     replicated = sharding.replicated(mesh)
-    frozen = jax.device_put(parts.frozen, replicated)
     state = jax.device_put(step_lib.init_state(parts.params, tx, config.seed), replicated)
     text_inputs = jax.device_put(model.text_inputs(data.train_classes,
                                                    config.clip.text_context_length), replicated)
+    train_step = jax.jit(
+        step_lib.make_train_step(parts.graphdef, tx, schedule, config,
+                                 pseudo_label_ids=data.pseudo_label_ids),
+        donate_argnums=(0,))
+    return _Run(data, mesh, parts.graphdef, jax.device_put(parts.frozen, replicated), text_inputs,
+                train_step, tx), state
 
+
+def _resume(config: ml_collections.ConfigDict, workdir: str, run: _Run, state: dict[str, Any]
+            ) -> tuple[ckpt_lib.Checkpointer, Any, dict[str, Any], int]:
+    """The checkpointer, the train iterator and the state to start from, and its step.
+
+    A workdir with checkpoints resumes from its newest intact step (damaged newer ones are set
+    aside); a new one starts from `train.init_from`'s parameters when given.
+    """
     start = ckpt_lib.saved_step(workdir)
     if start is None and config.train.init_from:  # before checkpoints/ is created
-        state = _initialize_from(config.train.init_from, state)
+        params = saved_run.read_params(config.train.init_from, ckpt_lib.abstract(state["params"]))
+        state = {**state, "params": params}  # the step and optimizer state start fresh
     ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    train_iter = data.train_iterator(local_batch, seed=config.seed)
+    local_batch = sharding.local_batch_size(config.train.global_batch_size, run.mesh)
+    train_iter = run.data.train_iterator(local_batch, seed=config.seed)
     try:
-        if start is not None:  # the newest intact step (damaged newer ones are set aside)
+        if start is not None:
             start, (state, data_state, _) = ckpt.restore_intact(ckpt_lib.abstract(state))
             train_iter.set_state(data_state)
     except BaseException:
         ckpt.close()  # else orbax's event loop prints tracebacks at exit
         raise
-    start = int(start or 0)
+    return ckpt, train_iter, state, int(start or 0)
 
-    train_step = jax.jit(
-        step_lib.make_train_step(parts.graphdef, tx, schedule, config,
-                                 pseudo_label_ids=data.pseudo_label_ids),
-        donate_argnums=(0,))
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    run, state = _build(config)
+    ckpt, train_iter, state, start = _resume(config, workdir, run, state)
     writer = MetricWriter(workdir, restored_step=start)
     preempt = _Preemption()
+    try:
+        try:
+            state, stopped = _steps(config, run, state, ckpt, train_iter, writer, preempt, start)
+        finally:
+            ckpt.close()
+        if stopped is not None:
+            return {"preempted_at": stopped}
+        preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
+        return _final_evaluation(config, run.data, run.graphdef, state, run.frozen, writer)
+    except _Preempted:
+        writer.write_text(f"preempted during the final evaluation (step {config.train.num_steps} "
+                          "is saved; the same command evaluates it)")
+        return {"preempted_at": config.train.num_steps}
+    finally:
+        preempt.restore()
+        writer.close()
+
+
+def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
+           ) -> tuple[dict[str, Any], int | None]:
+    """Trains from `start` to `train.num_steps`, logging, checkpointing and evaluating on the way.
+
+    Returns:
+      The final state, and the step at which a SIGTERM stopped it after saving (else None).
+    """
     num_steps, last_saved = config.train.num_steps, start or None
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     tick, tick_step = time.perf_counter(), start
     try:
-        try:
-            for step in range(start + 1, num_steps + 1):
-                batch = sharding.to_global(next(train_iter), mesh)
-                state, metrics = train_step(state, frozen, batch, text_inputs)
-                bar.update(1)
-                is_last = step == num_steps
-                preempted = preempt.requested  # read once: the signal may land at any moment
-                should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
-                if step % config.train.log_every == 0 or should_save:
-                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    _check_finite(host, step, last_saved, config.model.ot)
-                    ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
-                    now = time.perf_counter()
-                    host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / \
-                        max(now - tick, 1e-9)
-                    tick, tick_step = now, step
-                    writer.write(step, host)
-                    bar.set_postfix(loss=f"{host['loss']:.4f}")
-                if should_save:
-                    ckpt.save(step, state, train_iter.get_state(), config)
-                    last_saved = step
-                if preempted:
-                    ckpt.wait()
-                    writer.write_text(f"preempted at step {step}; checkpoint saved")
-                    return {"preempted_at": step}
-                if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
-                    _evaluate(config, data, parts.graphdef, state, frozen, writer, step)
-        finally:
-            bar.close()
-            ckpt.close()
-        preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
-        return _final_evaluation(config, data, parts.graphdef, state, frozen, writer)
-    except _Preempted:
-        writer.write_text(f"preempted during the final evaluation (step {num_steps} is saved; the "
-                          "same command evaluates it)")
-        return {"preempted_at": num_steps}
+        for step in range(start + 1, num_steps + 1):
+            batch = sharding.to_global(next(train_iter), run.mesh)
+            state, metrics = run.train_step(state, run.frozen, batch, run.text_inputs)
+            bar.update(1)
+            is_last = step == num_steps
+            preempted = preempt.requested  # read once: the signal may land at any moment
+            should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
+            if step % config.train.log_every == 0 or should_save:
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(host, step, last_saved, config.model.ot)
+                ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
+                now = time.perf_counter()
+                host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / \
+                    max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                writer.write(step, host)
+                bar.set_postfix(loss=f"{host['loss']:.4f}")
+            if should_save:
+                ckpt.save(step, state, train_iter.get_state(), config)
+                last_saved = step
+            if preempted:
+                ckpt.wait()
+                writer.write_text(f"preempted at step {step}; checkpoint saved")
+                return state, step
+            if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
+                _evaluate(config, run.data, run.graphdef, state, run.frozen, writer, step)
     finally:
-        preempt.restore()
-        writer.close()
+        bar.close()
+    return state, None
 
 
 def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str, Any]:
@@ -186,7 +226,7 @@ def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str
     if config.eval.get("figure", True) and jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
-            clip = state_lib.merge(graphdef, state["params"], frozen).clip
+            clip = functional.merge(graphdef, state["params"], frozen).clip
             baseline = evaluator.training_free_parts(config, clip)
         figure.write_results_figure(str(Path(writer.workdir) / "predictions.png"), config,
                                     (graphdef, state["params"], frozen),
@@ -202,23 +242,10 @@ def _evaluate(config, data, graphdef, state, frozen, writer, step, *,
                                  data.eval_iterator(), data.class_names, data.unseen,
                                  seen_penalty=data.seen_penalty(config))
     if baseline:
-        clip = state_lib.merge(graphdef, state["params"], frozen).clip
+        clip = functional.merge(graphdef, state["params"], frozen).clip
         free = evaluator.evaluate_training_free(config, clip, data.eval_iterator(),
                                                 data.class_names, data.unseen)
         summary = evaluator.with_training_free(summary, free)
     writer.write(step, evaluator.flat_row(summary))
     evaluator.write_results(writer.workdir, summary, config)
     return summary
-
-
-def _initialize_from(path: str, state: dict[str, Any]) -> dict[str, Any]:
-    """Starts from another run's params (transductive from the inductive checkpoint).
-
-    Only the trainable parameters are taken; the step and optimizer state start fresh.
-    """
-    source = ckpt_lib.Checkpointer(path, async_save=False, create=False)
-    try:
-        restored, _, _ = source.restore(ckpt_lib.abstract(state))
-    finally:
-        source.close()
-    return {**state, "params": restored["params"]}

@@ -7,7 +7,7 @@ seed is initialised exactly as `loop.train` initialises that seed alone, so seed
 the run `train.py --config.seed=s` would make, to float32 rounding (`tests/train/test_seeds.py`).
 
 One device, no checkpoints, no evaluation: this is the benchmark's trainer (the synthetic world's
-ranking, `zegot_jax.synthetic.benchmark.rank_variants`); `loop.train` remains the trainer of
+ranking, `zegot_jax.experiments.ranking.rank_variants`); `loop.train` remains the trainer of
 record for long, resumable, sharded runs.
 """
 
@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zegot_jax.train import inputs, optim
-from zegot_jax.train import state as state_lib
+from zegot_jax.data.setup import DataSetup
+from zegot_jax.models import build as build_lib
+from zegot_jax.models import functional
+from zegot_jax.train import optim
 from zegot_jax.train import step as step_lib
 
 
@@ -58,31 +60,33 @@ def unstack(tree: Any, index: int) -> Any:
 
 
 def init_states(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
-                ) -> tuple[state_lib.SplitModel, dict[str, Any]]:
+                ) -> tuple[functional.SplitModel, dict[str, Any]]:
     """Builds the model once per seed around one CLIP; returns seed 0's parts and the stacked
     train states (each exactly `step.init_state` of the model `loop.train` builds for that seed).
 
     Returns:
       `(parts, state)`: `parts.frozen` is shared; `state` leaves are `[S, ...]`.
     """
-    clip = clip if clip is not None else state_lib.load_clip(config)
+    clip = clip if clip is not None else build_lib.load_clip(config)
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
     parts, states = None, []
     for seed in seeds:
         seeded = ml_collections.ConfigDict(config.to_dict())
         seeded.seed = int(seed)
-        split = state_lib.split_model(state_lib.build_model(seeded, clip))
+        split = functional.split_model(build_lib.build_model(seeded, clip))
         parts = parts or split
         states.append(step_lib.init_state(split.params, tx, int(seed)))
     return parts, stack(states)
 
 
-def _check_finite(losses: np.ndarray, seeds: Sequence[int], first_step: int) -> None:
+def _check_finite(losses: np.ndarray, seeds: Sequence[int], first_step: int,
+                  ot_config: ml_collections.ConfigDict) -> None:
     bad = ~np.isfinite(losses)
     if bad.any():
         step, column = np.argwhere(bad)[0]
         raise FloatingPointError(f"Seed {seeds[column]} diverged at step {first_step + step}: the "
-                                 f"loss is NaN or Inf. Lower optim.learning_rate or check the data.")
+                                 f"loss is NaN or Inf. "
+                                 f"{step_lib.divergence_fix(['loss'], ot_config)}")
 
 
 class SeedProgram(NamedTuple):
@@ -96,7 +100,7 @@ class SeedProgram(NamedTuple):
       next_batch: `() -> {key: [S, B, ...]}`, each seed's next batch from its own data order.
     """
 
-    parts: state_lib.SplitModel
+    parts: functional.SplitModel
     state: dict[str, Any]
     step: Any
     text_inputs: Any
@@ -106,12 +110,12 @@ class SeedProgram(NamedTuple):
 def seed_program(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
                  ) -> SeedProgram:
     """Builds S seeds of `config` around one CLIP, ready to step (not compiled yet)."""
-    data = inputs.DataSetup.from_config(config)
+    data = DataSetup.from_config(config)
     parts, state = init_states(config, seeds, clip)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     step = step_lib.make_train_step(parts.graphdef, tx, schedule, config,
                                     pseudo_label_ids=data.pseudo_label_ids)
-    model = state_lib.merge(parts.graphdef, unstack(state["params"], 0), parts.frozen)
+    model = functional.merge(parts.graphdef, unstack(state["params"], 0), parts.frozen)
     text_inputs = model.text_inputs(data.train_classes, config.clip.text_context_length)
     iterators = [data.train_iterator(config.train.global_batch_size, seed=s) for s in seeds]
 
@@ -162,7 +166,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip
         if index + 1 < total:
             batch = next_batch()
         if (index + 1) % config.train.log_every == 0 or index + 1 == total:
-            _check_finite(np.asarray(jax.device_get(losses[checked:])), seeds, checked + 1)
+            _check_finite(np.asarray(jax.device_get(losses[checked:])), seeds, checked + 1,
+                          config.model.ot)
             checked = len(losses)
     losses = np.asarray(jax.device_get(losses), np.float32)
     return SeedRuns(seeds, parts.graphdef, state["params"], parts.frozen, losses, compile_s,
