@@ -15,8 +15,9 @@ Tables (Markdown):
    rounding whatever the gradients. The device runs at the default matmul precision (what the
    timed rows use: possibly TF32 on GPUs, bf16 passes on TPUs) and at 'highest'.
 3. Train step: the default config around random weights ('random:ViT-B/16'), 512x512, global
-   batch 16 on the first device, N=4, layers 5/7/11, 100 Sinkhorn iterations, the first K=15 and
-   K=156 seen COCO-Stuff classes, `clip.dtype` float32 and bfloat16 (OT and losses stay float32).
+   batch 16 on the first device, N=4, layers 5/7/11, the default MPOT (10 Newton steps, implicit
+   backward), the first K=15 and K=156 seen COCO-Stuff classes, `clip.dtype` float32 and
+   bfloat16 (OT and losses stay float32).
    Compiled ahead of time, run up to `--rounds` times, best run. MFU = XLA's cost-analysis FLOPs
    of the compiled step / step time / the device's peak dense FLOP/s (`device_peaks.py`; 'n/a' for
    a device not listed). Peak memory: `memory_stats()['peak_bytes_in_use']`, the process's peak so
@@ -53,6 +54,7 @@ import jaxlib
 import numpy as np
 from train_step import Setup, make_config, random_batch, seen_classes
 
+from zegot_jax import tables
 from zegot_jax.configs.overrides import override
 from zegot_jax.models import losses
 
@@ -254,7 +256,8 @@ def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> li
 
 def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], str]:
     """The synthetic ranking (see the docstring): table rows and a line of wall times."""
-    from zegot_jax.experiments import pretrain, ranking, report  # noqa: PLC0415
+    from zegot_jax.experiments import ranking, report  # noqa: PLC0415
+    from zegot_jax.synthetic import pretrain  # noqa: PLC0415
 
     config = harness.synthetic_config("smoke" if args.smoke else None)
     seeds = range(2 if args.smoke else 5)
@@ -324,23 +327,23 @@ def main(argv=None) -> None:
     if args.smoke:
         harness.quick_compile()
     budget, cache = Budget(args.budget_s), {}
-    print("## Device\n\n" + harness.markdown(["field", "value"], device_rows()) + "\n", flush=True)
+    print("## Device\n\n" + tables.markdown(["field", "value"], device_rows()) + "\n", flush=True)
     agreement = agreement_rows(args, budget, cache)
     print("## Float32 agreement with the CPU (tiny config, loss and gradients)\n\n"
-          + harness.markdown(["matmul precision", "CPU loss", "device loss", "loss rel. diff",
+          + tables.markdown(["matmul precision", "CPU loss", "device loss", "loss rel. diff",
                               "gradient max rel. diff", "device"], agreement) + "\n", flush=True)
     steps = step_rows(args, budget, cache)
     print(f"\n## Train step: random {args.variant} at {args.size}x{args.size}, global batch "
           f"{args.batch} on one device; overrides: {' '.join(args.set) or 'none'}; "
           f"{max(budget.left(), 0):.0f} s of the {args.budget_s:.0f} s budget left\n\n"
-          + harness.markdown(STEP_HEADER, steps), flush=True)
+          + tables.markdown(STEP_HEADER, steps), flush=True)
     evaluation = evaluation_rows(args, budget, cache)
     print(f"\n## Evaluation: random {args.variant}, sliding window (crop {args.size}), every "
-          f"class, one device\n\n" + harness.markdown(EVAL_HEADER, evaluation), flush=True)
+          f"class, one device\n\n" + tables.markdown(EVAL_HEADER, evaluation), flush=True)
     if not args.no_ranking:
         ranking, times = ranking_rows(args, budget)
         print(f"\n## Ranking on the synthetic world: {' '.join(args.rank_set)} against the "
-              f"default, seeds vmapped; {times}\n\n" + harness.markdown(RANK_HEADER, ranking))
+              f"default, seeds vmapped; {times}\n\n" + tables.markdown(RANK_HEADER, ranking))
 
 
 if __name__ == "__main__":

@@ -231,9 +231,4 @@ def gib(num_bytes: int) -> str:
     return "n/a" if num_bytes < 0 else f"{num_bytes / 2**30:.2f}"
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """MPOT's forward solvers and backwards: accuracy on realistic similarities, then speed and memory.
 
-Accuracy (issue 11, item 2): for each setting, the largest difference of its plan from the
+Accuracy: for each setting, the largest difference of its plan from the
 100-iteration log-domain plan in cell-mass units (`max |T - T_100| * M N`; the target for a faster
 default is 1e-4), its marginal error and the iterations it ran, on
 - `synthetic`: the similarities `[L, B, K, M, N]` of a trained synthetic-world run (`--workdir`,
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zegot_jax.ot as zot
+from zegot_jax import tables
 
 EPSILON = 0.05
 DEFAULT_WORKDIR = "runs/results/zegot_defaults_seed0"
@@ -125,13 +126,13 @@ def main() -> None:
         sets = {"synthetic": jnp.asarray(synthetic), "synthetic x2": 2 * jnp.asarray(synthetic),
                 **sets}
     rows = [row for name, s in sets.items() for row in accuracy_rows(name, s)]
-    print("\n" + harness.markdown(["similarities", "setting", "vs log 100 (x MN)",
+    print("\n" + tables.markdown(["similarities", "setting", "vs log 100 (x MN)",
                                    "vs converged (x MN)", "marginal error", "iterations"], rows))
     if args.accuracy_only:
         return
     rows = [row for k in classes for row in speed_rows(k, (layers, batch, k, pixels, 4),
                                                        args.rounds)]
-    print("\n" + harness.markdown(["K", "setting", "fwd (ms)", "fwd+bwd (ms)",
+    print("\n" + tables.markdown(["K", "setting", "fwd (ms)", "fwd+bwd (ms)",
                                    "temp fwd+bwd (MiB)", "load"], rows))
 
 

@@ -26,6 +26,8 @@ import time
 
 import harness
 
+from zegot_jax import tables
+
 
 def worker(seeds: int, core: int | None) -> None:
     """Times the step in this process (pinned to `core` when given); prints one JSON line."""
@@ -91,7 +93,7 @@ def main() -> None:
             print(f"  {rows[-1]}", flush=True)
     print(f"\n{harness.machine_line()}\nThe {args.seeds}-seed vmapped train step of "
           "configs/synthetic.py (batch 16 per seed), ms per step:\n")
-    print(harness.markdown(["setting", "core", "best (ms)", "median (ms)"], rows))
+    print(tables.markdown(["setting", "core", "best (ms)", "median (ms)"], rows))
 
 
 if __name__ == "__main__":

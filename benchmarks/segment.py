@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zegot_jax.ot as zot
+from zegot_jax import tables
 from zegot_jax.data import class_names as names_lib
 from zegot_jax.models import build as build_lib
 from zegot_jax.models import functional
@@ -308,7 +309,7 @@ def main() -> None:
           f"{args.rounds} rounds, no new round after {args.budget_s:.0f} s of runs); times are "
           f"the best run; cores = process CPU s / wall s. Total {total / 60:.1f} min.\n")
     print("Forward pieces (jitted):\n")
-    print(harness.markdown(["K", "function", "compile (s)", "run (s)", "temp (MiB)", "runs",
+    print(tables.markdown(["K", "function", "compile (s)", "run (s)", "temp (MiB)", "runs",
                             "cores"], forward))
     diffs = ", ".join(f"K={k}: text features context {args.context} vs {args.short_context} max "
                       f"|diff| {record[(k, 'text diff')]:.1e}, segment logits ott vs loop "
@@ -317,18 +318,18 @@ def main() -> None:
     print("MPOT's share of the forward. MPOT = segment with OT minus segment without (in-model) "
           "or MPOT alone on the same shape (table below); forward = segment (inference: text "
           "features once per vocabulary) or text + segment (training: text tower every step):\n")
-    print(harness.markdown(["K", "MPOT", "text context", "in-model MPOT (s)", "MPOT alone (s)",
+    print(tables.markdown(["K", "MPOT", "text context", "in-model MPOT (s)", "MPOT alone (s)",
                             "segment (s)", "share of segment (in-model)",
                             "share of segment (alone)", "text + segment (s)",
                             "share of text + segment (in-model)",
                             "share of text + segment (alone)"], share))
     print("\nMPOT alone, forward (random similarities in [-0.3, 0.3]):\n")
-    print(harness.markdown(["K", "shape [L,B,K,M,N]", "solver", "iterations", "compile (s)",
+    print(tables.markdown(["K", "shape [L,B,K,M,N]", "solver", "iterations", "compile (s)",
                             "run (s)", "temp (MiB)", "ms / iteration", "runs",
                             "max |score - ott score|"], mpot))
     if train:
         print(f"\nTrain step (make_train_step, AdamW, batch {args.batch}, random labels):\n")
-        print(harness.markdown(["K", "text context", "OT", "compile (s)", "step (s)",
+        print(tables.markdown(["K", "text context", "OT", "compile (s)", "step (s)",
                                 "temp (MiB)", "runs", "cores"], train))
 
 

@@ -1,10 +1,10 @@
 """Compiled memory of each part of a train step: which components hold the memory.
 
 ViT-B/16 at 512x512, global batch 16 on one device, COCO-Stuff's 156 seen classes (171 for the
-segment path, evaluation's vocabulary), N=4, layers 5/7/11, 100 Sinkhorn iterations: the default
-config around random weights. Every part is compiled (`jax.jit(f).lower(...).compile()`) and never
-run, so this works on a CPU; the figures are XLA's `memory_analysis()` of each program (temp,
-argument and output buffers). Parts:
+segment path, evaluation's vocabulary), N=4, layers 5/7/11, the default MPOT (10 Newton steps,
+implicit backward): the default config around random weights. Every part is compiled
+(`jax.jit(f).lower(...).compile()`) and never run, so this works on a CPU; the figures are
+XLA's `memory_analysis()` of each program (temp, argument and output buffers). Parts:
 
 - image tower forward (frozen, no gradient): `pixel_features`;
 - text tower forward+backward: gradient of the text features with respect to the prompt contexts;
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from train_step import Setup, make_config
 
+from zegot_jax import tables
 from zegot_jax.configs.overrides import override
 from zegot_jax.models import functional, losses
 from zegot_jax.models.zegot import transport
@@ -137,7 +138,7 @@ def table(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: in
         rows.append([name, k, f"{m.temp_bytes / 2**20:,.1f}", share,
                      f"{m.argument_bytes / 2**20:,.1f}", f"{m.output_bytes / 2**20:,.1f}",
                      f"{m.compile_s:.1f}"])
-    return harness.markdown(["component", "K", "temp (MiB)", "temp / step temp",
+    return tables.markdown(["component", "K", "temp (MiB)", "temp / step temp",
                              "arguments (MiB)", "outputs (MiB)", "compile (s)"], rows)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from zegot_jax import clip as clip_lib
+from zegot_jax import tables
 from zegot_jax.data import class_names
 from zegot_jax.models import prompts
 
@@ -131,7 +132,7 @@ def memory_table(cases: dict[str, Compiled]) -> str:
     rows = [[name, *("on" if s else "off" for s in SETTINGS[name]), f"{case.compile_s:.1f}",
              harness.mib(case.temp_bytes), f"{case.flops / 1e9:.2f}", f"{full / case.flops:.2f}x"]
             for name, case in cases.items()]
-    return harness.markdown(["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)",
+    return tables.markdown(["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)",
                              "GFLOP", "full / case GFLOP"], rows)
 
 
@@ -151,8 +152,8 @@ def time_tables(runs: dict[str, list[tuple[float, float]]], outputs: dict[str, A
                         f"{1e3 * statistics.median(seconds):.4g}", f"{min(full) / seconds[best]:.2f}x",
                         f"{statistics.median(ratios):.2f}x", max_rel(feats, outputs["full"][0]),
                         max_rel(grad, outputs["full"][1])])
-    return (harness.markdown(["round", *(f"{n} (ms)" for n in names)], per_round) + "\n\n"
-            + harness.markdown(["case", "best (ms)", "load at best", "median (ms)",
+    return (tables.markdown(["round", *(f"{n} (ms)" for n in names)], per_round) + "\n\n"
+            + tables.markdown(["case", "best (ms)", "load at best", "median (ms)",
                                 "full / case (best)", "median of per-round full / case",
                                 "max rel. diff features", "max rel. diff gradient"], summary))
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zegot_jax import clip as clip_lib
-from zegot_jax import sharding
+from zegot_jax import sharding, tables
 from zegot_jax.configs.overrides import override
 from zegot_jax.data import class_names as names_lib
 from zegot_jax.models import build as build_lib
@@ -304,7 +304,7 @@ def main() -> None:
     if memory:
         print(f"\nCompiled memory of one train step at global batch {args.global_batch} on one "
               "device (compiled, not run; arguments = frozen CLIP + state + batch):\n")
-        print(harness.markdown(["batch", "text context", "OT", "compile (s)", "temp (GiB)",
+        print(tables.markdown(["batch", "text context", "OT", "compile (s)", "temp (GiB)",
                                 "arguments (GiB)"], memory))
     if timing:
         note = " (small on purpose: CPU)" if cpu else ""
@@ -313,7 +313,7 @@ def main() -> None:
               "s of runs); best run; cores = process CPU s / wall s; compile 0.0 = compiled "
               "already for the memory table (same shapes); nan = compiled, not run (temp + "
               "arguments exceed the free memory):\n")
-        print(harness.markdown(["batch", "text context", "function", "compile (s)", "run (s)",
+        print(tables.markdown(["batch", "text context", "function", "compile (s)", "run (s)",
                                 "images/s", "temp (MiB)", "runs", "cores"], timing))
     if scaling:
         print(f"\nScaling over simulated CPU devices: random {args.scaling_variant} CLIP at "
@@ -324,7 +324,7 @@ def main() -> None:
               "and agreement, not speed-up. Temp is per device; differences are against the first "
               "row's first step. OT problems per device: the largest `f32[P, M, N]` in the "
               "compiled step (P = L*B*K/devices when MPOT is sharded with the batch):\n")
-        print(harness.markdown(["devices", "batch spec", "OT problems per device (HLO)",
+        print(tables.markdown(["devices", "batch spec", "OT problems per device (HLO)",
                                 "compile (s)", "images/s",
                                 "temp (MiB)", "|loss diff|", "grad-norm rel. diff",
                                 "process wall (s)"], scaling))

@@ -1,4 +1,4 @@
-"""Our jitted train step against the PyTorch eager step of the same math (issue 12).
+"""Our jitted train step against the PyTorch eager step of the same math.
 
 The PyTorch side is the independent twin `tests/reference/zegot_torch.py` (parity-tested against
 the JAX model to 1e-4) with `torch.optim.AdamW`; the JAX side is `make_train_step` (optax AdamW),

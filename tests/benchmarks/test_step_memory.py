@@ -14,7 +14,7 @@ SEGMENT = ["segment forward (tower + DLFA + MPOT + upsample)", "MPOT forward (ne
 
 @pytest.mark.slow
 def test_smoke_table_has_every_component_and_the_step_holds_the_most():
-    done = run_script("memory.py", "--smoke", "--set", "model.num_prompts=3")
+    done = run_script("step_memory.py", "--smoke", "--set", "model.num_prompts=3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "N=3," in done.stdout  # the override reached the config
     (rows,) = tables(done.stdout)
@@ -31,7 +31,7 @@ def test_smoke_table_has_every_component_and_the_step_holds_the_most():
 
 
 def test_an_unknown_override_fails_before_compiling():
-    done = run_script("memory.py", "--smoke", "--set", "model.ot.epsilom=0.1")
+    done = run_script("step_memory.py", "--smoke", "--set", "model.ot.epsilom=0.1")
     assert done.returncode != 0 and "epsilom" in done.stderr
 
 

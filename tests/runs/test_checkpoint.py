@@ -17,7 +17,7 @@ from zegot_jax.train import step as step_lib
 
 @pytest.fixture
 def damaged(tmp_path, tiny_clip):
-    """A workdir with intact step 2 and step 3 whose array files are cut in half."""
+    """A workdir with intact step 2 and step 3 whose parameter files are cut in half."""
     config = smoke_config()
     parts = functional.split_model(build_lib.build_model(config, tiny_clip))
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -26,7 +26,7 @@ def damaged(tmp_path, tiny_clip):
     for step in (2, 3):
         ckpt.save(step, state, {"step": step}, config)
     ckpt.close()
-    for f in (tmp_path / "checkpoints" / "3" / "state").rglob("d/*"):
+    for f in (tmp_path / "checkpoints" / "3" / ckpt_lib.PARAMS).rglob("d/*"):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     return str(tmp_path), config, state
 
@@ -36,7 +36,7 @@ def test_a_damaged_step_is_named_with_its_file(damaged):
     with pytest.raises(ValueError) as info:
         saved.trained_params(config, workdir)
     message = str(info.value)
-    assert message.startswith("Checkpoint step 3: ") and "/checkpoints/3/state/" in message
+    assert message.startswith("Checkpoint step 3: ") and "/checkpoints/3/params/" in message
     assert "tensorstore_spec" not in message and len(message) < 500
 
 
@@ -70,7 +70,7 @@ def test_setting_aside_never_goes_through_a_link(damaged):
     ckpt.close()
     assert (outside / "3" / "precious").read_text() == "keep me"
     assert sorted(p.name for p in outside.iterdir()) == ["3"]
-    assert (Path(workdir) / "checkpoints" / "3" / "state").is_dir()  # left where it was
+    assert (Path(workdir) / "checkpoints" / "3" / ckpt_lib.PARAMS).is_dir()  # left where it was
 
 
 def test_an_earlier_set_aside_step_is_kept(damaged):
@@ -82,7 +82,7 @@ def test_an_earlier_set_aside_step_is_kept(damaged):
     step, _ = ckpt.restore_intact(ckpt_lib.abstract(jax.device_put(state)))
     ckpt.close()
     assert step == 2 and (earlier / "old").read_text() == "from an earlier fault"
-    assert (Path(workdir) / "corrupt_checkpoints" / "3-2" / "state").is_dir()
+    assert (Path(workdir) / "corrupt_checkpoints" / "3-2" / ckpt_lib.PARAMS).is_dir()
 
 
 def test_a_full_disk_is_one_line_naming_the_resume_step(damaged, monkeypatch):

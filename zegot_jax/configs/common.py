@@ -1,4 +1,4 @@
-"""Shared defaults for every experiment: the method of `shared/method.md` with its documented values.
+"""Shared defaults for every experiment: the reconstructed method (README) with its documented values.
 
 Each experiment config (`configs/voc.py`, `context.py`, `coco.py`, `ade.py`, and `synthetic.py` in
 this package) starts from `get_config()` and changes only what differs; `configs/common.py`
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_prompts = 4  # N
     c.model.context_tokens = 8  # L_ctx vectors per prompt, shared across classes
     c.model.prompt_init_std = 0.02
-    # Guards against over-fitting the seen classes (issue 10; RESULTS.md measures each one).
+    # Guards against over-fitting the seen classes (RESULTS.md measures each one).
     c.model.prompt_init = "templates"  # 'templates': contexts start as the words below; 'random'
     c.model.init_templates = ("a photo of a", "a picture of a", "an image of a", "a photo of the")
     c.model.text_consistency_weight = 0.0  # KgCoOp: weight x mean(1 - cos(t, template feature));

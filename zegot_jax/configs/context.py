@@ -7,8 +7,8 @@ Transductive (20k more steps from the inductive checkpoint at 20k):
       --config.train.init_from=runs/context_inductive_20k
 Fully supervised bound: `configs/context.py:supervised`. Tiny CPU check: `configs/context.py:smoke`.
 
-Peer numbers for Context-59 are not in shared/method.md's table; ZegOT's reviewers describe it as
-best on VOC and Context. Report the mean and spread over seeds.
+Peer numbers for Context-59 are not in the peers' papers we compare with; ZegOT's reviewers
+describe it as best on VOC and Context. Report the mean and spread over seeds.
 """
 
 from zegot_jax.configs import common

@@ -5,8 +5,8 @@ sees them verbatim: VOC keeps 'pottedplant', 'diningtable', 'tvmonitor'; PASCAL 
 'pottedplant' and 'tvmonitor' except the one name the zero-shot peers write out ('tv monitor');
 COCO-Stuff keeps the hyphenated stuff names ('wall-concrete', 'sky-other').
 
-Unseen indices are 0-based positions in each tuple (method.md, section 4). ADE20K-150 serves
-cross-dataset evaluation only and has no split: its unseen tuple is empty (as ZegCLIP's
+Unseen indices are 0-based positions in each tuple (ZegCLIP's and OTSeg's splits). ADE20K-150
+serves cross-dataset evaluation only and has no split: its unseen tuple is empty (as ZegCLIP's
 cross-dataset configs, `novel_class = []`), and one reports the mIoU over all 150 classes.
 """
 

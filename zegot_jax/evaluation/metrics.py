@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zegot_jax import tables
+
 
 def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int,
                      ignore_index: int = 255) -> jax.Array:
@@ -98,17 +100,12 @@ def _percent(value: float | None) -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """Markdown: the headline row (percent) then one row per class with its split."""
-    lines = [
-        "| mIoU(S) | mIoU(U) | hIoU | mIoU | pixel acc |",
-        "|---|---|---|---|---|",
-        "| " + " | ".join(_percent(summary[key]) for key in
-                         ("miou_seen", "miou_unseen", "hiou", "miou", "pixel_acc")) + " |",
-        "",
-        "| class | split | IoU |",
-        "|---|---|---|",
-    ]
+    headline = tables.markdown(
+        ("mIoU(S)", "mIoU(U)", "hIoU", "mIoU", "pixel acc"),
+        [[_percent(summary[key]) for key in ("miou_seen", "miou_unseen", "hiou", "miou",
+                                            "pixel_acc")]])
     unseen = set(summary.get("unseen_classes", ()))
-    for name, value in summary["per_class_iou"].items():
-        split = "unseen" if name in unseen else "seen"
-        lines.append(f"| {name} | {split} | {_percent(value)} |")
-    return "\n".join(lines)
+    per_class = tables.markdown(("class", "split", "IoU"), [
+        (name, "unseen" if name in unseen else "seen", _percent(value))
+        for name, value in summary["per_class_iou"].items()])
+    return headline + "\n\n" + per_class

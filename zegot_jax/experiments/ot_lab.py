@@ -4,7 +4,7 @@
 
 (The notebook ranks candidates with `zegot_jax.experiments.ranking.rank_variants`.)
 
-Every variant in `TOUR` changes the computation of the default (`tests/synthetic/test_ot_lab.py`
+Every variant in `TOUR` changes the computation of the default (`tests/experiments/test_ot_lab.py`
 checks that its transport's forward or gradient differs), so no row of the notebook's table is the
 default under another name.
 """

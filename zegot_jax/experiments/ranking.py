@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
+from zegot_jax import tables
 from zegot_jax.configs.overrides import override
 from zegot_jax.experiments.report import interval, paired_table, report, scores_table  # noqa: F401
 
@@ -137,8 +138,6 @@ def rank_variants(base_config: ml_collections.ConfigDict,
       ValueError: no variants or seeds, an `eval_only` source that is not a variant, or
         `jobs < 1`.
     """
-    from zegot_jax.train import seeds as train_seeds  # noqa: PLC0415
-
     seeds, eval_only = tuple(int(s) for s in seeds), dict(eval_only or {})
     if not variants or not seeds:
         raise ValueError("Give {name: {dotted.key: value}} and one or more seeds.")
@@ -152,25 +151,16 @@ def rank_variants(base_config: ml_collections.ConfigDict,
             workdir=workdir, deterministic=tuple(deterministic), eval_only=eval_only,
             statistics=statistics, log=_print_now if log else None))
     enable_compilation_cache()
-    trained: dict[str, Any] = {}
+    trained: dict[str, Any] = {}  # variant -> its SeedRuns, reused by the eval-only variants
     results: dict[str, list[dict[str, Any]]] = {}
     for name, config in configs.items():
         wanted = seeds[:1] if name in deterministic else seeds
         rows = read_rows(workdir, name, wanted) if workdir else {}
         todo = [s for s in wanted if s not in rows]
         if todo:
-            start = time.perf_counter()
             source = eval_only.get(name, name)
-            runs = trained.get(source)
-            if runs is None or not set(todo) <= set(runs.seeds):
-                runs = train_seeds.train_seeds(configs[source], todo)
-                trained[source] = runs
-            runs, scoring = _select(runs, todo), time.perf_counter()
-            scored = score_seeds(config, runs, statistics=statistics)
-            seconds, scoring = time.perf_counter() - start, time.perf_counter() - scoring
-            for row in scored:
-                row.update(seconds=seconds / len(todo), compile_s=runs.compile_s,
-                           train_s=runs.train_s, eval_s=scoring)
+            for row in _train_and_score(config, configs[source], source, todo, trained,
+                                        statistics):
                 rows[row["seed"]] = row
                 if workdir:
                     path = Path(workdir) / run_dir(name, row["seed"])
@@ -181,6 +171,26 @@ def rank_variants(base_config: ml_collections.ConfigDict,
                                                         if k != "per_class_iou"}}))
         results[name] = [{**rows[s], "seed": s} for s in wanted]
     return results
+
+
+def _train_and_score(config: ml_collections.ConfigDict, source_config: ml_collections.ConfigDict,
+                     source: str, seeds: list[int], trained: dict[str, Any], statistics: bool
+                     ) -> list[dict[str, Any]]:
+    """The rows of `seeds` of one variant: `source`'s runs (trained now unless `trained` has
+    them) scored under `config`, with the variant's times."""
+    from zegot_jax.train import seeds as train_seeds  # noqa: PLC0415
+
+    start = time.perf_counter()
+    runs = trained.get(source)
+    if runs is None or not set(seeds) <= set(runs.seeds):
+        runs = trained[source] = train_seeds.train_seeds(source_config, seeds)
+    runs, scoring = _select(runs, seeds), time.perf_counter()
+    scored = score_seeds(config, runs, statistics=statistics)
+    seconds, scoring = time.perf_counter() - start, time.perf_counter() - scoring
+    for row in scored:
+        row.update(seconds=seconds / len(seeds), compile_s=runs.compile_s, train_s=runs.train_s,
+                   eval_s=scoring)
+    return scored
 
 
 def _rank_in_workers(base_config: ml_collections.ConfigDict,
@@ -318,10 +328,6 @@ def compare_variants(base_config: ml_collections.ConfigDict,
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (scores in percent)."""
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = "| variant | overrides | " + " | ".join(columns) + " | seconds |"
-    lines = [head, "|" + "---|" * (len(columns) + 3)]
-    for r in rows:
-        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(base)"
-        scores = " | ".join(f"{100 * r[c]:.1f}" if c in r else "" for c in columns)
-        lines.append(f"| {r['variant']} | {overrides} | {scores} | {r['seconds']} |")
-    return "\n".join(lines)
+    return tables.markdown(("variant", "overrides", *columns, "seconds"), [
+        (r["variant"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(base)",
+         *(f"{100 * r[c]:.1f}" if c in r else "" for c in columns), r["seconds"]) for r in rows])

@@ -10,6 +10,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from scipy import stats
 
+from zegot_jax import tables
+
 SCORES = ("miou_seen", "miou_unseen", "hiou", "prompt_diversity", "plan_entropy")
 HEADLINE = SCORES[:3]
 
@@ -26,8 +28,7 @@ def interval(values: np.ndarray) -> tuple[float, float, float]:
 
 def scores_table(rows: dict[str, list[dict]]) -> str:
     """One line per variant: runs, mean ± std of each score, the hIoU interval."""
-    lines = ["| variant | runs | mIoU(S) | mIoU(U) | hIoU | hIoU 95% CI | prompt diversity | "
-             "plan entropy |", "|---|---|---|---|---|---|---|---|"]
+    lines = []
     for name, results in rows.items():
         cells = []
         for key in SCORES:
@@ -42,8 +43,9 @@ def scores_table(rows: dict[str, list[dict]]) -> str:
             if key == "hiou":
                 cells.append(f"[{mean - half:.1f}, {mean + half:.1f}]" if np.isfinite(half)
                              else "(deterministic)")
-        lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append((name, len(results), *cells))
+    return tables.markdown(("variant", "runs", "mIoU(S)", "mIoU(U)", "hIoU", "hIoU 95% CI",
+                            "prompt diversity", "plan entropy"), lines)
 
 
 def against_first(rows: dict[str, list[dict]]) -> tuple[tuple[str, str, str], ...]:
@@ -62,8 +64,7 @@ def paired_table(rows: dict[str, list[dict]],
         naming a variant not in `rows` are left out.
       deterministic: variants whose single run stands for every seed.
     """
-    lines = ["| difference (paired by seed) | mIoU(S) | mIoU(U) | hIoU | seeds |",
-             "|---|---|---|---|---|"]
+    lines = []
     for a, b, label in against_first(rows) if pairs is None else pairs:
         if a not in rows or b not in rows:
             continue
@@ -82,9 +83,9 @@ def paired_table(rows: dict[str, list[dict]],
                 continue
             mean, _, half = interval(diff)
             cells.append(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
-        cells.append(str(len(seeds)))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append((label, *cells, len(seeds)))
+    return tables.markdown(("difference (paired by seed)", "mIoU(S)", "mIoU(U)", "hIoU", "seeds"),
+                           lines)
 
 
 def report(rows: dict[str, list[dict]], pairs: Sequence[tuple[str, str, str]] | None = None,

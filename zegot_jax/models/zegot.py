@@ -9,11 +9,11 @@ zero-initialised residual `q_l = norm(t + W_l [g*t; t] + b_l)`, which starts as 
 cosines), and the per-layer maps are averaged into the logits `[B, K, h, w]`: `s` itself, or with a
 learned temperature and bias `exp(log_t) * s / N + b` (SigLIP's sigmoid-loss parametrisation).
 
-Guards against over-fitting the seen classes (issue 10), each a `model` config field: template-word
-initial contexts (`prompt_init`), the residual DLFA (`alignment_residual`), the temperature and bias
-(`learn_temperature`), a text-consistency loss (`text_consistency_weight`, in the train step) and an
-inference-time ensemble with the training-free template scores (`ensemble_weight`, see
-`training_free_logits`).
+Guards against over-fitting the seen classes (RESULTS.md measures each one), each a `model`
+config field: template-word initial contexts (`prompt_init`), the residual DLFA
+(`alignment_residual`), the temperature and bias (`learn_temperature`), a text-consistency loss
+(`text_consistency_weight`, in the loss) and an inference-time ensemble with the training-free
+template scores (`ensemble_weight`, see `training_free_logits`).
 """
 
 from collections.abc import Sequence

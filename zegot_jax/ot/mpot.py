@@ -154,13 +154,9 @@ def mpot(
     if s.ndim < 2:
         raise ValueError(f"mpot: similarity must be [..., M, N], got shape {s.shape}.")
     s = s.astype(dtype)
-    *lead, m, n = s.shape
     if uniform:
-        plan = jnp.full(s.shape, 1.0 / (m * n), dtype)
-        zeros = jnp.zeros(lead, dtype)
-        entropy = jnp.full(lead, jnp.log(m * n), dtype)
-        return MPOTOutput(s.sum(-1), plan, entropy, zeros, jnp.zeros(lead, jnp.int32), {})
-
+        return _uniform(s)
+    *lead, m, n = s.shape
     grid = _check_grid(grid, m)
     pixels = _feature(pixels, "pixels", lead, m, dtype)
     prompts = _feature(prompts, "prompts", lead, n, dtype)
@@ -174,6 +170,15 @@ def mpot(
     iterations = diagnostics.pop("iterations")
     unit_mass = entry.balanced_entropic and tau >= 1.0
     return _outputs(s, plan, iterations, diagnostics, unit_mass=unit_mass)
+
+
+def _uniform(s: jax.Array) -> MPOTOutput:
+    """The no-OT ablation's output for similarities `s [..., M, N]`: the uniform plan."""
+    *lead, m, n = s.shape
+    plan = jnp.full(s.shape, 1.0 / (m * n), s.dtype)
+    zeros = jnp.zeros(lead, s.dtype)
+    entropy = jnp.full(lead, jnp.log(m * n), s.dtype)
+    return MPOTOutput(s.sum(-1), plan, entropy, zeros, jnp.zeros(lead, jnp.int32), {})
 
 
 def _solve_batch(entry: registry.Entry, settings: registry.Settings, implicit_backward: bool,

@@ -1,4 +1,4 @@
-"""AdamW with mmseg's poly schedule and linear warm-up (method.md section 2)."""
+"""AdamW with mmseg's poly schedule and linear warm-up (as OTSeg trains, see README)."""
 
 import jax.numpy as jnp
 import ml_collections
