@@ -60,6 +60,7 @@ def ensure_env(extra: str | None) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Runs `demo` or `test` and returns its exit status (2, after the usage, for anything else)."""
     if not argv or argv[0] not in ("demo", "test"):
         print(__doc__)
         return 2

@@ -19,6 +19,7 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def main(argv):
+    """Evaluates `--checkpoint`'s run on `--config`'s dataset and writes the results to `--out`."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it

@@ -24,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    """Trains `--config` in `--workdir`, then prints the headline scores (exit status 75 if preempted)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it

@@ -1,5 +1,7 @@
-"""One command for an accelerator: the device, float32 and bf16 train-step time, MFU, memory and
-float32 agreement with the CPU, within a time budget (5 minutes by default).
+"""One command that measures an accelerator, within a time budget (5 minutes by default).
+
+It reports the device, float32 and bf16 train-step time, MFU, memory and float32 agreement with the
+CPU.
 
     python benchmarks/accelerator.py              # one GPU or a TPU host: at most about 5 min
     python benchmarks/accelerator.py --smoke      # tiny random CLIP, K=3/5, on CPU (the test)
@@ -115,8 +117,11 @@ def setup_key(variant: str, dtype: str, smoke: bool, overrides: dict) -> tuple:
 
 
 def get_setup(cache: dict, variant: str, dtype: str, smoke: bool, overrides: dict) -> Setup:
-    """Model, optimizer and step for a random CLIP and `clip.dtype` (at the ':smoke' size when
-    `smoke`; then `overrides`), built once per key. (Setup's own K is unused: rows pass theirs.)"""
+    """Model, optimizer and step for a random CLIP and `clip.dtype`, built once per key.
+
+    The config is at the ':smoke' size when `smoke`; then `overrides` apply. (Setup's own K is
+    unused: rows pass theirs.)
+    """
     key = setup_key(variant, dtype, smoke, overrides)
     if key not in cache:
         config = make_config(variant, dtype)
@@ -226,9 +231,11 @@ EVAL_HEADER = ["clip.dtype", "K", "image size", "batch", "compile (s)", "batch t
 
 
 def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[list]:
-    """Batched evaluation (`evaluator.make_batch_scorer`, sliding window, all K classes) of
-    `--eval-batch` images of 512x683 (COCO-Stuff's usual shape at short side 512) per call, one
-    device, float32: the time per call, hence images/s."""
+    """Batched evaluation's time per call, hence images/s (one device, float32).
+
+    Each call is `evaluator.make_batch_scorer` (sliding window, all K classes) on `--eval-batch`
+    images of 512x683 (COCO-Stuff's usual shape at short side 512).
+    """
     from zegot_jax.data import class_names as names_lib  # noqa: PLC0415
     from zegot_jax.evaluation import evaluator  # noqa: PLC0415
 

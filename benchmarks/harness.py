@@ -55,8 +55,10 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The configs' ':smoke' size (`common.apply_smoke`: tiny random CLIP, 2 layers, 2 prompts,
-    5 Sinkhorn iterations, ...), in place; returns the config."""
+    """Sets the configs' ':smoke' size in place; returns the config.
+
+    As `common.apply_smoke`: tiny random CLIP, 2 layers, 2 prompts, 5 Sinkhorn iterations, ...
+    """
     _common().apply_smoke(config)
     return config
 
@@ -78,10 +80,19 @@ _repository_on_path()  # this checkout's zegot_jax, not another one installed in
 
 
 class Measured(NamedTuple):
-    """compile_s: lower + compile; run_s: best run (nan if not executed); temp_bytes: XLA temp
-    buffers; runs: how many runs; cores: process CPU seconds per wall second during the runs;
-    output: the first run's output (None if not executed); argument_bytes / output_bytes: the
-    inputs' / outputs' buffers; flops: XLA's cost analysis of the program (nan if not reported)."""
+    """What `compare` and `measure` report of one compiled program.
+
+    Attributes:
+      compile_s: lower + compile.
+      run_s: best run (nan if not executed).
+      temp_bytes: XLA temp buffers.
+      runs: how many runs.
+      cores: process CPU seconds per wall second during the runs.
+      output: the first run's output (None if not executed).
+      argument_bytes: the inputs' buffers.
+      output_bytes: the outputs' buffers.
+      flops: XLA's cost analysis of the program (nan if not reported).
+    """
 
     compile_s: float
     run_s: float

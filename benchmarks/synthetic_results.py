@@ -1,8 +1,8 @@
-"""Rank variants on the synthetic world over seeds: RESULTS.md's rows, or your own.
+r"""Rank variants on the synthetic world over seeds: RESULTS.md's rows, or your own.
 
   python benchmarks/synthetic_results.py --seeds 0 1 2 3 4 --workdir runs/results   # RESULTS.md
   python benchmarks/synthetic_results.py --only "ZegOT (defaults)" "no OT"           # a subset
-  python benchmarks/synthetic_results.py --workdir "" \\
+  python benchmarks/synthetic_results.py --workdir "" \
       --variant default --variant "eps 0.1" model.ot.epsilon=0.1     # your own, vs the first
 
 Each row is the embedded default (`configs/synthetic.py`) with a few dotted-key overrides; a seed

@@ -47,8 +47,11 @@ SETTINGS = {  # case name -> (prefix_shared, text_remat)
 
 
 class Compiled(NamedTuple):
-    """One compiled case: `run()` returns `(features [K, N, D], gradient [N, L, W])`; `flops`
-    is XLA's count for the compiled program (`cost_analysis()`, -1 when unavailable)."""
+    """One compiled case: its run, compile time, temp bytes and FLOPs.
+
+    `run()` returns `(features [K, N, D], gradient [N, L, W])`; `flops` is XLA's count for the
+    compiled program (`cost_analysis()`, -1 when unavailable).
+    """
 
     run: Any
     compile_s: float

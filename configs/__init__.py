@@ -1,0 +1,1 @@
+"""The files `--config=` reads; each re-exports its experiment's module of `zegot_jax.configs`."""

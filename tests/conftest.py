@@ -51,8 +51,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Runs the `slow` end-to-end tests first, so that xdist's workers do not end on one of them
-    while the other idles (the order is the same in every worker, as xdist requires)."""
+    """Runs the `slow` end-to-end tests first.
+
+    That way xdist's workers do not end on one of them while the other idles (the order is the same
+    in every worker, as xdist requires).
+    """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

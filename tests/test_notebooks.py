@@ -1,5 +1,7 @@
-"""Notebooks are stored without outputs and run top to bottom, as a user would run them: from an
-empty directory, on the project installed from its wheel (as in Colab), at test size.
+"""Notebooks are stored without outputs and run top to bottom, as a user would run them.
+
+They run from an empty directory, on the project installed from its wheel (as in Colab), at test
+size.
 
 The wheel is built from this checkout's files and installed (`--no-deps`) into a fresh virtual
 environment that sees the already installed dependencies through a `.pth` line but not this

@@ -59,8 +59,11 @@ def check_writable_dir(path: str, what: str) -> None:
 
 
 def _in_config_file(error: BaseException, argv: list[str]) -> str | None:
-    """`file, line N: Type: message` when the `--config=` file failed (a syntax error, or an
-    exception raised while its code ran), else None (an override, a missing file)."""
+    """`file, line N: Type: message` when the `--config=` file failed, else None.
+
+    The file fails with a syntax error, or an exception raised while its code ran; None for
+    anything else (an override, a missing file).
+    """
     files = [a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")]
     if not files:
         return None

@@ -1,5 +1,8 @@
-"""`benchmarks/accelerator.py`: the `--smoke` run's tables (the seed-vmapped ranking included), the
-time budget, out-of-memory rows and the peak FLOP/s look-up."""
+"""Tests of `benchmarks/accelerator.py`.
+
+The `--smoke` run's tables (the seed-vmapped ranking included), the time budget, out-of-memory rows
+and the peak FLOP/s look-up.
+"""
 
 import math
 import types

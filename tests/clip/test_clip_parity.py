@@ -40,8 +40,11 @@ def reference(request, tmp_path_factory):
 
 
 def load_layout(root, layout, act):
-    """Loads one layout; layouts without a config are told the activation and the heads (their
-    widths are no known variant's)."""
+    """Loads one layout.
+
+    Layouts without a config are told the activation and the heads (their widths are no known
+    variant's).
+    """
     path = {'hf_dir': root / 'hf', 'hf_file_alone': root / 'alone' / 'model.safetensors',
             'openai_pt': root / 'openai.pt',
             'openai_safetensors': root / 'openai.safetensors'}[layout]
@@ -83,8 +86,10 @@ def test_resized_positions_match_torch(reference, grid):
 
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_odd_mlp_widths_per_tower(odd_mlp, layout):
-    """MLP widths that are not 4x the width, different per tower (open_clip's mlp_ratio, HF's
-    intermediate_size): inferred from the shapes in every layout."""
+    """MLP widths that are not 4x the width, different per tower, are inferred from the shapes.
+
+    Such widths are open_clip's mlp_ratio and HF's intermediate_size; every layout is checked.
+    """
     torch_model, root = odd_mlp
     model = load_layout(root, layout, 'gelu')
     assert (model.spec.mlp_width('vision'), model.spec.mlp_width('text')) == (200, 100)

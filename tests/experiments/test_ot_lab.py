@@ -1,5 +1,7 @@
-"""The OT lab's pieces: every variant the notebook lists changes the computation; seeds, ranking,
-the plans figure."""
+"""The OT lab's pieces.
+
+Every variant the notebook lists changes the computation; seeds, ranking, the plans figure.
+"""
 
 import functools
 from pathlib import Path
@@ -44,8 +46,10 @@ def _default() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _changes(overrides: dict) -> tuple[float, float]:
-    """Largest relative change of the forward value and of the gradient against the default
-    (the synthetic config the notebook starts from)."""
+    """Largest relative change of the forward value and of the gradient against the default.
+
+    The default is the synthetic config the notebook starts from.
+    """
     value0, grad0 = _default()
     value, grad = _score_and_gradient(override(synthetic.get_config(), overrides).model.ot)
     return (abs(float(value - value0)) / abs(float(value0)),

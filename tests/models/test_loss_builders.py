@@ -1,5 +1,7 @@
-"""The loss the train step differentiates: transductive pseudo-labels, per-image and
-point-sampled forms of focal + dice (`zegot_jax.models.losses`)."""
+"""The loss the train step differentiates (`zegot_jax.models.losses`).
+
+Transductive pseudo-labels, per-image and point-sampled forms of focal + dice.
+"""
 
 import os
 import subprocess

@@ -23,8 +23,10 @@ def _similarity(seed, shape):
 
 
 def _solve_and_check_gradient(solver, **kw):
-    """The plan of a 6 x 3 problem (float64), after checking the score's gradient against
-    central differences (the same jitted solve)."""
+    """The plan of a 6 x 3 problem (float64), after checking the score's gradient.
+
+    The gradient is checked against central differences (the same jitted solve).
+    """
     s = jnp.asarray(_similarity(3, (6, 3)))
     w = jnp.asarray(_similarity(4, (6,)))
     solve = jax.jit(lambda x: zot.mpot(x, solver=solver, dtype=jnp.float64, **{

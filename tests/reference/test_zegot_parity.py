@@ -80,8 +80,11 @@ def gradient_capture() -> optax.GradientTransformation:
 
 
 def twin_config() -> ml_collections.ConfigDict:
-    """The defaults with the twin's OT: fixed log-domain Sinkhorn iterations, autodiff through
-    them (the JAX default solver and implicit backward are checked against this in test_ot)."""
+    """The defaults with the twin's OT.
+
+    Fixed log-domain Sinkhorn iterations, autodiff through them (the JAX default solver and
+    implicit backward are checked against this in test_ot).
+    """
     config = common.get_config()
     config.model.ot.update(OT_SETTINGS)
     return config
@@ -223,8 +226,11 @@ def test_training_parity_tiny(tiny, case):
 
 
 def test_twin_reads_the_right_hf_states(tiny):
-    """The twin's two readings of HF outputs: `hidden_states[i + 1]` is block i's output, and
-    contexts through `inputs_embeds` give HF's own text features when they are the tokens."""
+    """The twin's two readings of HF outputs.
+
+    `hidden_states[i + 1]` is block i's output, and contexts through `inputs_embeds` give HF's own
+    text features when they are the tokens.
+    """
     hf, _ = tiny
     twin = TorchZegOT(hf, make_config(TINY["context"]).model)
     twin._set_grid(6)  # the resized position table the other tests use
@@ -245,8 +251,10 @@ def test_twin_reads_the_right_hf_states(tiny):
 
 @pytest.mark.parametrize("ensemble", [0.0, 0.5])
 def test_label_maps_identical(tiny, ensemble):
-    """Whole-image inference through the real predictor and `evaluate`, against the twin, with
-    and without the seen penalty."""
+    """Whole-image inference through the real predictor and `evaluate`, against the twin.
+
+    With and without the seen penalty.
+    """
     hf, jclip = tiny
     config = make_config(TINY["context"], layers=(1, 2), dense_mode="value",
                          ensemble_weight=ensemble)

@@ -56,7 +56,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     """Softmax attention of T queries over T keys, and over a prefix of P earlier tokens if given.
 
     Args:
-        q, k, v: `[..., heads, T, head_dim]`, q already scaled by `head_dim ** -0.5`.
+        q: queries `[..., heads, T, head_dim]`, already scaled by `head_dim ** -0.5`.
+        k: keys `[..., heads, T, head_dim]`.
+        v: values `[..., heads, T, head_dim]`.
         causal: if True, token t sees only the tokens <= t of its own segment.
         prefix: keys and values of P tokens before these T (all of them visible), with leading
             dims that broadcast against q's (one prefix shared by many segments).

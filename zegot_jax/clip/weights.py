@@ -111,8 +111,11 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathlib.Path:
-    """A local file or directory; variant names and hub ids are fetched through huggingface_hub
-    (with `offline`, taken from its cache only)."""
+    """The local file or directory that `path_or_hub_id` names.
+
+    Variant names and hub ids are fetched through huggingface_hub (with `offline`, taken from its
+    cache only).
+    """
     path = pathlib.Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -197,8 +200,10 @@ def read_checkpoint(path: pathlib.Path, activation: str | None = None, *,
 
 
 def _known_heads(file: pathlib.Path, state: dict[str, np.ndarray], heads: dict[str, int]) -> None:
-    """Fills the heads no config declared from the known variants (in place); raises ValueError
-    for a width no variant explains."""
+    """Fills the heads no config declared from the known variants (in place).
+
+    Raises ValueError for a width no variant explains.
+    """
     widths = convert.infer_spec(state, vision_heads=1, text_heads=1)  # widths only
     for tower in ('vision', 'text'):
         if f'{tower}_heads' in heads:
@@ -272,8 +277,9 @@ def load(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jn
             unless this says otherwise).
         activation: 'quick_gelu' or 'gelu' to override what the checkpoint implies; required
             for a bare state dict with no config beside it (see `read_checkpoint`).
-        vision_heads, text_heads: attention heads of each tower, overriding what the checkpoint
+        vision_heads: attention heads of the vision tower, overriding what the checkpoint
             implies; needed for a bare state dict whose widths are not a known variant's.
+        text_heads: the same for the text tower.
         offline: a hub id or variant name is read from the Hugging Face cache only (no
             download; FileNotFoundError if it is not there).
 

@@ -11,6 +11,12 @@ from zegot_jax.configs import common
 
 
 def get_config(arg: str | None = None):
+    """Returns the ADE20K-150 config, for evaluation only (a run trained elsewhere is scored on it).
+
+    Args:
+        arg: comma-separated variants, as `common.parse_arg` reads them: e.g. 'smoke' (tiny random
+            CLIP and data, a CPU check) or 'solver=<name>' (a registered transport).
+    """
     c = common.get_config()
     c.data.name = "ade20k"
     return common.apply_variants(c, common.parse_arg(arg), transductive_steps=0)

@@ -43,6 +43,7 @@ def _is_real(v: Any) -> bool:
 
 
 def integer(lo: int) -> Callable[[Any], bool]:
+    """An int (not a bool) >= `lo`."""
     return lambda v: _is_int(v) and v >= lo
 
 
@@ -53,18 +54,22 @@ def real(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False
 
 
 def one_of(*choices: Any) -> Callable[[Any], bool]:
+    """One of `choices`."""
     return lambda v: v in choices
 
 
 def boolean(v: Any) -> bool:
+    """A bool."""
     return isinstance(v, bool)
 
 
 def text(v: Any) -> bool:
+    """A str (possibly empty)."""
     return isinstance(v, str)
 
 
 def non_empty_text(v: Any) -> bool:
+    """A str that is not empty or only whitespace."""
     return isinstance(v, str) and bool(v.strip())
 
 
@@ -75,6 +80,7 @@ def size(v: Any) -> bool:
 
 
 def pair_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A pair (a sequence of 2, not a str) whose items both pass `check`."""
     return lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(
         check(x) for x in v)
 
@@ -86,6 +92,7 @@ def int_tuple(v: Any) -> bool:
 
 
 def templates(v: Any) -> bool:
+    """A non-empty tuple of texts, each with exactly one `{}` (where the class name goes)."""
     return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
             and all(isinstance(t, str) and t.count("{}") == 1 for t in v))
 
@@ -97,19 +104,23 @@ def text_tuple(v: Any) -> bool:
 
 
 def registered(v: Any) -> bool:
+    """The name of a registered transport (`ot.registered_transports()`)."""
     return isinstance(v, str) and v in ot.registered_transports()
 
 
 def registered_must(v: Any) -> str:
+    """The `must` text for a transport `v`: the registered ones, and how to register `v`."""
     return (f"a registered transport ({', '.join(ot.registered_transports())}); register one "
             f"with zegot_jax.ot.register_transport({v!r}, fn) first")
 
 
 def section(v: Any) -> bool:
+    """A config section: a ConfigDict, FrozenConfigDict or dict."""
     return isinstance(v, ml_collections.ConfigDict | ml_collections.FrozenConfigDict | dict)
 
 
 def names(v: Any) -> bool:
+    """A tuple (possibly empty) of distinct non-empty texts."""
     return (isinstance(v, Sequence) and not isinstance(v, str)
             and all(non_empty_text(n) for n in v) and len(set(v)) == len(v))
 
@@ -254,8 +265,11 @@ def _stride(c) -> str | None:
 
 
 def patch_size(c) -> int | None:
-    """The CLIP patch size `clip.weights` names ('random:<variant>', 'synthetic', a variant or a
-    hub id with `patchNN` / `ViT-X-NN` in it), else None (known once the weights are read)."""
+    """The CLIP patch size `clip.weights` names, else None (known once the weights are read).
+
+    A name is 'random:<variant>', 'synthetic', a variant or a hub id with `patchNN` / `ViT-X-NN` in
+    it.
+    """
     weights = str(get(c, "clip.weights"))
     if weights.startswith("random:") and weights[7:] in VARIANTS:
         return VARIANTS[weights[7:]].patch_size
@@ -270,8 +284,11 @@ def patch_size(c) -> int | None:
 
 
 def patch_problems(c, patch: int) -> list[str]:
-    """The sizes that are not multiples of the CLIP patch size `patch` (the towers need whole
-    patches): the training crop, the sliding-window crop, the whole-image short side."""
+    """A message for each size that is not a multiple of the CLIP patch size `patch`.
+
+    The towers need whole patches: the training crop, the sliding-window crop, the whole-image short
+    side.
+    """
     fields = ("data.crop_size", "eval.crop" if get(c, "eval.mode") == "slide" else
               "data.eval_short_side")
     out = []
@@ -329,8 +346,10 @@ def _ot_options(c) -> str | None:
 
 
 class Relation(NamedTuple):
-    """`check(config) -> message or None`, run only when every field in `fields` is present and
-    passed its rule."""
+    """A check that reads several fields: `check(config) -> message or None`.
+
+    It runs only when every field in `fields` is present and passed its rule.
+    """
 
     fields: tuple[str, ...]
     check: Callable[[ml_collections.ConfigDict], str | None]
@@ -413,8 +432,10 @@ RESUMABLE = (
 
 
 def resume_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
-    """`(field, saved value, new value)` for every field both configs have that differs and may
-    not change on a resume (see `RESUMABLE`)."""
+    """`(field, saved value, new value)` for every field that may not change on a resume, but did.
+
+    That is every field both configs have that differs and is not in `RESUMABLE`.
+    """
     old = flatten(saved)
     new = flatten(json.loads(config.to_json_best_effort()))
     return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())

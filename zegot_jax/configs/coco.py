@@ -16,6 +16,14 @@ from zegot_jax.configs import common
 
 
 def get_config(arg: str | None = None):
+    """Returns the COCO-Stuff 164K config: inductive, 80k steps, unless `arg` says otherwise.
+
+    Args:
+        arg: comma-separated variants, as `common.parse_arg` reads them: 'inductive' (the default),
+            'transductive' (40k steps, no seen penalty), 'supervised' (the fully supervised bound),
+            'smoke' (tiny random CLIP and data, a CPU check), 'solver=<name>' (a registered
+            transport).
+    """
     c = common.get_config()
     c.data.name = "coco_stuff"
     c.train.num_steps = 80_000

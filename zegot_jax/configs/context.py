@@ -15,6 +15,14 @@ from zegot_jax.configs import common
 
 
 def get_config(arg: str | None = None):
+    """Returns the PASCAL Context-59 config at 480x480: inductive, 40k steps, unless `arg` says otherwise.
+
+    Args:
+        arg: comma-separated variants, as `common.parse_arg` reads them: 'inductive' (the default),
+            'transductive' (20k steps, no seen penalty), 'supervised' (the fully supervised bound),
+            'smoke' (tiny random CLIP and data, a CPU check), 'solver=<name>' (a registered
+            transport).
+    """
     c = common.get_config()
     c.data.name = "context"
     c.data.crop_size = 480

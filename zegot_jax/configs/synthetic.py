@@ -17,6 +17,14 @@ from zegot_jax.synthetic import pretrain, world
 
 
 def get_config(arg: str | None = None):
+    """Returns the synthetic world's config (the embedded default): inductive, 400 steps.
+
+    Args:
+        arg: comma-separated variants, as `common.parse_arg` reads them: 'inductive' (the default),
+            'transductive' (as many steps, no seen penalty), 'supervised' (the fully supervised
+            bound), 'smoke' (the same path at test size: a smoke-size pretrained CLIP, 64 training
+            images, 3 steps), 'solver=<name>' (a registered transport).
+    """
     words = common.parse_arg(arg)
     smoke = "smoke" in words
     c = common.get_config()

@@ -18,6 +18,14 @@ from zegot_jax.configs import common
 
 
 def get_config(arg: str | None = None):
+    """Returns the PASCAL VOC 2012 config: inductive, 20k steps, unless `arg` says otherwise.
+
+    Args:
+        arg: comma-separated variants, as `common.parse_arg` reads them: 'inductive' (the default),
+            'transductive' (10k steps, no seen penalty), 'supervised' (the fully supervised bound),
+            'smoke' (tiny random CLIP and data, a CPU check), 'solver=<name>' (a registered
+            transport).
+    """
     c = common.get_config()
     c.data.name = "voc"
     c.model.templates = common.TEMPLATES[:6]

@@ -12,8 +12,10 @@ ImageLike = str | os.PathLike | np.ndarray | PIL.Image.Image
 
 
 def _rgb(img: PIL.Image.Image) -> np.ndarray:
-    """uint8 RGB as a viewer shows the image: EXIF orientation applied, 16-bit grey scaled (not
-    clipped) to 0..255, float grey (TIFF) in [0, 1] scaled by 255 (in [0, 255] taken as is).
+    """uint8 RGB `[H, W, 3]` as a viewer shows the image.
+
+    EXIF orientation applied, 16-bit grey scaled (not clipped) to 0..255, float grey (TIFF) in
+    [0, 1] scaled by 255 (in [0, 255] taken as is).
 
     Raises:
       ValueError: a float image with values outside [0, 255] or not finite.

@@ -89,6 +89,7 @@ class TrainTransform(grain.RandomMapTransform):
         self.flip_prob, self.photometric, self.normalize = flip_prob, photometric, normalize
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """One record as `{'image': [h, w, 3], 'label': int32 [h, w]}` at the crop size."""
         image, label = _decode(element, self.num_classes)
         size = T.random_rescale_size(*label.shape, rng, self.base_scale, self.ratio_range)
         label = T.resize(label, size, nearest=True)
@@ -114,6 +115,7 @@ class EvalTransform(grain.MapTransform):
         self.num_classes, self.scale, self.normalize = num_classes, scale, normalize
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
+        """One record as `{'image', 'label', 'valid'}`; a padding marker gives `valid=False`."""
         if element.get('_padding'):
             image = np.zeros((1, 1, 3), np.float32 if self.normalize else np.uint8)
             return {'image': image, 'label': np.full((1, 1), T.IGNORE, np.int32), 'valid': False}
@@ -157,14 +159,20 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
             'transductive' (full-space ids; the train step pseudo-labels unseen pixels and must not
             read their ids) or 'supervised' (full-space ids).
         unseen: unseen class indices (class_names.UNSEEN[dataset]).
-        base_size, ratio_range, cat_max_ratio, flip_prob, photometric: mmseg augmentation
-            (the rescale target is ratio x base_size, aspect kept).
+        base_size: mmseg augmentation: the rescale target is ratio x base_size, aspect kept.
+        ratio_range: mmseg augmentation: the range the rescale ratio is drawn from.
+        cat_max_ratio: mmseg augmentation: crops are redrawn while one class covers at least this
+            share of them.
+        flip_prob: mmseg augmentation: the probability of a horizontal flip.
+        photometric: mmseg augmentation: apply the photometric distortion.
         normalize: True -> image float32 CLIP-normalised; False -> uint8 (normalise on device),
             padding with the mean colour.
         num_workers: decoding processes (0 = in this process); batches do not depend on it.
-        process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+        process_index: this process's index; default `jax.process_index()`.
+        process_count: the number of processes; default `jax.process_count()`.
         num_epochs: None repeats forever.
-        read_threads, read_ahead: grain's `ReadOptions` (threads, batches prefetched).
+        read_threads: grain's `ReadOptions` threads.
+        read_ahead: batches prefetched (grain's `ReadOptions`).
 
     Returns:
         Iterator of `{'image': float32|uint8 [B, h, w, 3], 'label': int32 [B, h, w]}` with
@@ -243,12 +251,21 @@ def eval_iterator(source: Any, *, short_side: int = 512, long_side: int | None =
     `max_images`); slots past its slice have `valid=False` and a 1x1 all-ignore label.
 
     Args:
+        source: random-access source (see module docstring).
+        short_side: the short side images are resized to.
+        long_side: the longest the long side may be (default 4 x short_side).
         batch_size: None yields single examples `{'image': [H', W', 3], 'label': int32 [H, W],
             'valid': bool}`; an int yields batches padded to common shapes: `{'image':
             [b, Hp, Wp, 3] (zero padded, or `pad_shape`), 'label': int32 [b, Lh, Lw] (255
             padded), 'image_size': int32 [b, 2], 'label_size': int32 [b, 2], 'valid': bool [b]}`.
         num_classes: if given, labels with other ids than 0..K-1 and 255 raise ValueError.
-        shard_index, shard_count: default jax.process_index() / jax.process_count().
+        max_images: only the first `max_images` examples of `source` are read (None or 0: all).
+        normalize: True -> image float32 CLIP-normalised; False -> uint8 (normalise on device).
+        pad_shape: with `batch_size`, the `(Hp, Wp)` every batch's images are padded to (default:
+            the largest in the batch); a larger resized image raises ValueError.
+        num_workers: decoding processes (0 = in this process).
+        shard_index: this process's slice; default jax.process_index().
+        shard_count: the number of slices; default jax.process_count().
     """
     index = jax.process_index() if shard_index is None else shard_index
     count = jax.process_count() if shard_count is None else shard_count
@@ -286,8 +303,10 @@ SPLIT_ALIASES = {'eval': 'validation', 'val': 'validation', 'test': 'validation'
 
 
 def check_prepared(dataset: str, data_dir: str | None = None) -> None:
-    """Raises FileNotFoundError, with the `prepare` command that builds it, if `dataset` is not
-    prepared in `data_dir` (None: TFDS's default). Remote data dirs are not checked."""
+    """Raises FileNotFoundError if `dataset` is not prepared in `data_dir` (None: TFDS's default).
+
+    The error gives the `prepare` command that builds it. Remote data dirs are not checked.
+    """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (slow import, only when reading TFDS)
 
     from zegot_jax.data.builders import BUILDERS  # noqa: PLC0415 (registers the builders)

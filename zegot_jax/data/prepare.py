@@ -96,6 +96,7 @@ def _existing(builder_cls: type, data_dir: Path, allow_partial: bool) -> tfds.co
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Builds (or checks) the dataset the command line names and prints its splits; returns 0."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dataset', required=True, choices=sorted(BUILDERS))
     parser.add_argument('--manual_dir', help='directory with the downloaded archives/trees')

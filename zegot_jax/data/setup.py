@@ -65,6 +65,7 @@ class DataSetup:
 
     @property
     def seen(self) -> tuple[int, ...]:
+        """Ids of the seen classes (every class not in `unseen`), in order."""
         return tuple(i for i in range(len(self.class_names)) if i not in set(self.unseen))
 
     @property
@@ -99,8 +100,10 @@ class DataSetup:
         return pipeline.tfds_source(data.name, split, data_dir=data.data_dir or None)
 
     def check_available(self, splits: Sequence[str] = ("train", "eval")) -> None:
-        """Raises FileNotFoundError (with the `prepare` command to run) if a TFDS dataset is not
-        prepared; creates nothing."""
+        """Raises FileNotFoundError if a TFDS dataset is not prepared; creates nothing.
+
+        The error gives the `prepare` command to run.
+        """
         data = self.config.data
         if data.source == "tfds" and data.name != "synthetic" and splits:
             pipeline.check_prepared(data.name, data.data_dir or None)

@@ -103,8 +103,9 @@ def streamed_scores(logits: jax.Array, penalty: jax.Array, num_valid: jax.Array,
     """Full-resolution decisions one class at a time: memory `O(H*W)`, not `O(K*H*W)`.
 
     Args:
-      logits: `[1, K, h, w]` at the scored size; penalty: `[K]` subtracted from the sigmoid
-        scores before the arg-max; num_valid: classes past it are padding and never win.
+      logits: `[1, K, h, w]` at the scored size.
+      penalty: `[K]` subtracted from the sigmoid scores before the arg-max.
+      num_valid: classes past it are padding and never win.
       size: the output `(H, W)`.
       keep_scores: also return the `[K, H, W]` sigmoid scores (then memory is `O(K*H*W)`).
       activation: logits -> scores (`score_activation`; sigmoid unless ensembling).

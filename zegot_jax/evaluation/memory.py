@@ -1,5 +1,6 @@
-"""How much memory one `segment` call needs, and how much there is, so a too-large image is
-refused with an estimate instead of dying in an allocation.
+"""How much memory one `segment` call needs, and how much there is.
+
+A too-large image is then refused with an estimate instead of dying in an allocation.
 
 Available is the tightest of what applies: the default device allocator's free bytes (an
 accelerator), the host's MemAvailable, the cgroup's memory limit (containers: v2 `memory.max`,
@@ -24,10 +25,13 @@ FIGURE_BYTES = 2000 * 2000 * 40
 def estimate_bytes(config: ml_collections.ConfigDict, num_layers: int, patch: int,
                    scored: tuple[int, int], out: tuple[int, int], num_classes: int, *,
                    full_scores: bool, figures: bool = False) -> int:
-    """A rough peak of one `segment` call: the per-prompt similarity, cost and plan tensors of every
-    window (`[L, windows, K, M, N]`, float32, about 4 live at once), the scored-size logits, the
+    """A rough peak of one `segment` call, in bytes.
+
+    It counts the per-prompt similarity, cost and plan tensors of every window
+    (`[L, windows, K, M, N]`, float32, about 4 live at once), the scored-size logits, the
     full-resolution maps (`[K, H, W]` when the scores are kept, else a few `[H, W]`), the label map
-    and its 8-bit copy, and with `figures` the overlay and prompt grid (`FIGURE_BYTES`)."""
+    and its 8-bit copy, and with `figures` the overlay and prompt grid (`FIGURE_BYTES`).
+    """
     ev = config.eval
     if ev.mode == "slide":
         windows = (len(sliding.window_starts(scored[0], ev.crop, ev.stride))
@@ -85,8 +89,10 @@ def _device() -> int | None:
 
 def available_bytes(*, proc: Path = Path("/proc"),
                     cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The tightest free memory of the device, MemAvailable, the cgroup and the rlimit (None if
-    none can be read)."""
+    """The tightest free memory of the device, MemAvailable, the cgroup and the rlimit.
+
+    None if none can be read.
+    """
     found = [v for v in (_device(), _meminfo(proc), _cgroup(cgroup), _rlimit(proc))
              if v is not None]
     return max(min(found), 0) if found else None

@@ -65,8 +65,10 @@ def prompt_statistics(graphdef: Any, params: Any, frozen: Any, text_features: ja
 
 def labelled_crops(examples: Iterable[dict[str, np.ndarray]], patch: int, num_classes: int,
                    max_images: int) -> Iterator[tuple[jax.Array, list[int]]]:
-    """`(image [1, h, w, 3] cropped to whole patches, the classes < num_classes it has)` for the
-    valid examples among the first `max_images` that have a labelled class."""
+    """Yields `(image [1, h, w, 3] cropped to whole patches, the classes < num_classes it has)`.
+
+    One for each valid example among the first `max_images` that has a labelled class.
+    """
     for count, ex in enumerate(examples):
         if count >= max_images:
             break

@@ -74,8 +74,9 @@ class SegmentationResult(NamedTuple):
 
 def processed_size(height: int, width: int, *, short_side: int, patch: int,
                    whole: bool) -> tuple[int, int]:
-    """The size an image is scored at, as in evaluation: aspect kept, short side `short_side`
-    (long side at most 4 x `short_side`).
+    """The size an image is scored at, as in evaluation.
+
+    Aspect kept, short side `short_side` (long side at most 4 x `short_side`).
 
     For a whole-image pass (`whole=True`) both sides are rounded to multiples of the patch size; the
     sliding window pads crops itself.
@@ -96,7 +97,9 @@ class Segmenter:
 
         Args:
           config: the run's config (reads `clip`, `model`, `data.eval_short_side`, `eval`).
-          params: the `Trainable` state; graphdef, frozen: from `state.split_model`.
+          params: the `Trainable` state.
+          graphdef: the model graph, from `functional.split_model`.
+          frozen: the frozen state (CLIP), from `functional.split_model`.
           vocab_bucket: vocabularies are padded to a multiple of this (fewer recompilations).
           text_cache_size: how many vocabularies' text features are kept.
         """

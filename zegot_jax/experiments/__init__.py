@@ -1,5 +1,7 @@
-"""Experiments over the library: rankings of variants over seeds and their report, the
-training-free probes of a CLIP, and the OT lab's tour and figures.
+"""Experiments over the library.
+
+Rankings of variants over seeds and their report, the training-free probes of a CLIP, and the OT
+lab's tour and figures.
 
 - `ranking`: `rank_variants` (variants x seeds, the seeds of a variant in one vmapped program);
   `compare_variants` (one resumable, checkpointed run per variant).

@@ -176,8 +176,11 @@ def rank_variants(base_config: ml_collections.ConfigDict,
 def _train_and_score(config: ml_collections.ConfigDict, source_config: ml_collections.ConfigDict,
                      source: str, seeds: list[int], trained: dict[str, Any], statistics: bool
                      ) -> list[dict[str, Any]]:
-    """The rows of `seeds` of one variant: `source`'s runs (trained now unless `trained` has
-    them) scored under `config`, with the variant's times."""
+    """The rows of `seeds` of one variant.
+
+    `source`'s runs (trained now unless `trained` has them) scored under `config`, with the
+    variant's times.
+    """
     from zegot_jax.train import seeds as train_seeds  # noqa: PLC0415
 
     start = time.perf_counter()
@@ -237,8 +240,11 @@ def usable_cores() -> list[int]:
 
 
 def default_jobs() -> int:
-    """`rank_variants`'s `jobs` to use here: one worker per usable core on a CPU backend, one
-    process on an accelerator (whose workers would share the device)."""
+    """`rank_variants`'s `jobs` to use here.
+
+    One worker per usable core on a CPU backend, one process on an accelerator (whose workers would
+    share the device).
+    """
     if jax.default_backend() != "cpu":
         return 1
     return len(usable_cores()) or os.cpu_count() or 1
@@ -250,8 +256,10 @@ def _print_now(line: str) -> None:
 
 
 def _start_worker(queue: Any, plugins: tuple[str, ...]) -> None:
-    """A ranking worker: pinned to its core before JAX starts (its CPU client then runs one
-    thread), with the plugins' transports registered."""
+    """Starts a ranking worker, with the plugins' transports registered.
+
+    It is pinned to its core before JAX starts (its CPU client then runs one thread).
+    """
     core = queue.get()
     if core is not None:
         os.sched_setaffinity(0, {core})

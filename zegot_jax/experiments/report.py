@@ -1,5 +1,6 @@
-"""Tables of a ranking (`ranking.rank_variants`): mean ± std over seeds, 95% Student-t
-intervals, and differences paired by seed.
+"""Tables of a ranking (`ranking.rank_variants`).
+
+Mean ± std over seeds, 95% Student-t intervals, and differences paired by seed.
 
 `rows` maps a variant's name to its per-seed rows `{'seed', 'miou_seen', 'miou_unseen', 'hiou',
 'prompt_diversity', 'plan_entropy', ...}` (scores in [0, 1]; printed in points).
@@ -60,6 +61,7 @@ def paired_table(rows: dict[str, list[dict]],
     """Mean paired (same-seed) differences A - B with 95% t-intervals, in points.
 
     Args:
+      rows: a variant's name -> its per-seed rows (see the module docstring).
       pairs: `(A, B, label)`; default every variant against the first (`against_first`). Pairs
         naming a variant not in `rows` are left out.
       deterministic: variants whose single run stands for every seed.

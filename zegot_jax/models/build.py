@@ -22,8 +22,10 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 
 def load_clip(config: ml_collections.ConfigDict, *, offline: bool = False) -> clip_lib.CLIP:
-    """The frozen backbone named by `clip.weights` (with `offline`, a hub id comes from the local
-    cache only: a run loaded for inference fetches nothing).
+    """The frozen backbone named by `clip.weights`.
+
+    With `offline`, a hub id comes from the local cache only: a run loaded for inference fetches
+    nothing.
 
     'random:<variant>' builds a randomly initialised CLIP (tests, smoke runs); 'synthetic' is the
     synthetic world's small CLIP (pretrained and cached on first use); anything else is a path or a

@@ -1,5 +1,7 @@
-"""ZegOT as pure functions of its states: split into graph, `Trainable` and frozen state, merge
-back, and the resize of score maps to label resolution that training and evaluation share.
+"""ZegOT as pure functions of its states.
+
+Split into graph, `Trainable` and frozen state, merge back, and the resize of score maps to label
+resolution that training and evaluation share.
 
 `nnx.split(model, Trainable, ...)` gives the static graph, the `Trainable` state (prompt contexts
 and DLFA projections: the only thing differentiated, optimised and checkpointed) and the frozen

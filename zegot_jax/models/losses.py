@@ -209,8 +209,11 @@ def importance_points(key: jax.Array, logits: jax.Array, num_points: int, oversa
 
 def point_loss_sums(logits: jax.Array, labels: jax.Array, points: jax.Array, **options
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`segmentation_loss_sums` of one image read at `points [P, 2]` (logits `[K, h, w]`, bilinear;
-    labels `[H, W]`, nearest), never building the `[K, H, W]` maps."""
+    """`segmentation_loss_sums` of one image read at `points [P, 2]`.
+
+    Logits `[K, h, w]` are read bilinearly, labels `[H, W]` at the nearest pixel, never building the
+    `[K, H, W]` maps.
+    """
     height, width = labels.shape
     rows = jnp.clip(jnp.floor(points[:, 0] * height).astype(jnp.int32), 0, height - 1)
     cols = jnp.clip(jnp.floor(points[:, 1] * width).astype(jnp.int32), 0, width - 1)
@@ -238,8 +241,9 @@ def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) ->
 
 
 def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
-    """`loss(logits [B, K, h, w], labels [B, H, W], key=None) -> (loss, aux)`: focal + dice at
-    the labels' resolution.
+    """Returns `loss(logits [B, K, h, w], labels [B, H, W], key=None) -> (loss, aux)`.
+
+    The loss is focal + dice at the labels' resolution.
 
     With `loss.num_points > 0` the loss reads `num_points` points per image (`key` picks them;
     PointRend's importance sampling, see `losses.importance_points`): the logits bilinearly at
@@ -323,8 +327,10 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
 
 def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
                  pseudo_label_ids: Sequence[int] = ()) -> Callable:
-    """Returns `loss_fn(params, frozen, batch, text_inputs) -> (loss, aux)`, what the step
-    differentiates with respect to `params` (arguments as in `make_train_step`)."""
+    """Returns `loss_fn(params, frozen, batch, text_inputs) -> (loss, aux)`.
+
+    What the step differentiates with respect to `params` (arguments as in `make_train_step`).
+    """
     loss_cfg = config.loss
     consistency = float(config.model.text_consistency_weight)
     pseudo = tuple(int(i) for i in pseudo_label_ids)

@@ -279,8 +279,11 @@ def _outputs(s: jax.Array, plan: jax.Array, iterations: jax.Array,
 
 
 def warn_if_unconverged(marginal_error: float | None, where: str) -> None:
-    """Prints one warning per process the first time a balanced plan's marginal error (a host
-    float, e.g. `ZegOTOutput.ot_marginal_error`) exceeds `MARGINAL_ERROR_WARNING` or is NaN."""
+    """Prints one warning per process, the first time a balanced plan's marginal error is too big.
+
+    That is when the marginal error (a host float, e.g. `ZegOTOutput.ot_marginal_error`) exceeds
+    `MARGINAL_ERROR_WARNING` or is NaN.
+    """
     if marginal_error is None or "marginal" in _warned or marginal_error <= MARGINAL_ERROR_WARNING:
         return  # NaN goes on to the warning
     _warned.add("marginal")

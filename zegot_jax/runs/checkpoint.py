@@ -167,8 +167,9 @@ class Checkpointer:
             raise self._read_error(e, step) from e
 
     def restore_intact(self, abstract_state: Any) -> tuple[int, tuple[Any, Any, dict]]:
-        """Restores the newest step that reads back whole; damaged newer steps are moved to
-        `workdir/corrupt_checkpoints/` with a note on stderr.
+        """Restores the newest step that reads back whole.
+
+        Damaged newer steps are moved to `workdir/corrupt_checkpoints/` with a note on stderr.
 
         Raises:
           ValueError: no step is intact (each one named with its damaged file).

@@ -68,10 +68,13 @@ class _Filter:
 
 
 def quiet_after_failure() -> None:
-    """After a failed read or write: the operations it abandoned fail too, in futures nobody
-    awaits; asyncio would log each ("... exception was never retrieved", a screen of tensorstore
-    specs), so its logger keeps to critical messages, and `sys.stderr` is wrapped (once per
-    process) to drop the closed-event-loop tracebacks."""
+    """Quiets asyncio and stderr after a failed read or write.
+
+    The operations it abandoned fail too, in futures nobody awaits; asyncio would log each
+    ("... exception was never retrieved", a screen of tensorstore specs), so its logger keeps to
+    critical messages, and `sys.stderr` is wrapped (once per process) to drop the closed-event-loop
+    tracebacks.
+    """
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if not isinstance(sys.stderr, _Filter):
         sys.stderr = _Filter(sys.stderr)

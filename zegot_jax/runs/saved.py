@@ -60,8 +60,10 @@ def run_config(eval_config: ml_collections.ConfigDict, workdir: str) -> ml_colle
 
 
 def read_params(workdir: str, abstract_params: Any) -> Any:
-    """The trainable parameters of `workdir`'s latest step, restored into `abstract_params`'
-    structure (shapes, dtypes and shardings)."""
+    """The trainable parameters of `workdir`'s latest step.
+
+    Restored into `abstract_params`' structure (shapes, dtypes and shardings).
+    """
     ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, create=False)
     try:
         return ckpt.restore_params(abstract_params)
@@ -71,8 +73,10 @@ def read_params(workdir: str, abstract_params: Any) -> Any:
 
 def trained_params(config: ml_collections.ConfigDict, workdir: str, *, offline: bool = False
                    ) -> tuple[functional.SplitModel, Any]:
-    """The model of `config` and the trainable parameters of `workdir`'s latest step (with
-    `offline`, a hub id in `clip.weights` is read from the local cache only)."""
+    """The model of `config` and the trainable parameters of `workdir`'s latest step.
+
+    With `offline`, a hub id in `clip.weights` is read from the local cache only.
+    """
     clip = build_lib.load_clip(config, offline=offline)
     parts = functional.split_model(build_lib.build_model(config, clip))
     return parts, read_params(workdir, ckpt_lib.abstract(parts.params))

@@ -143,8 +143,11 @@ def acquire(workdir: str) -> Held | None:
 
 
 def release(held: Held | None) -> None:
-    """Removes the lock file and drops the OS lock (in that order, so no one locks a removed file
-    without noticing: `acquire` checks that the file it locked is still the one at the path)."""
+    """Removes the lock file and drops the OS lock.
+
+    In that order, so no one locks a removed file without noticing: `acquire` checks that the file
+    it locked is still the one at the path.
+    """
     if held is None:
         return
     with contextlib.suppress(OSError):

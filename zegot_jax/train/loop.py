@@ -36,8 +36,10 @@ class _Preempted(Exception):
 
 
 class _Preemption:
-    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step; during the
-    final evaluation (`raise_from_now`), into `_Preempted`."""
+    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step.
+
+    During the final evaluation (`raise_from_now`), SIGTERM raises `_Preempted` instead.
+    """
 
     def __init__(self):
         self.requested = False

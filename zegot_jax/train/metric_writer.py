@@ -14,9 +14,11 @@ class MetricWriter:
     """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
 
     def __init__(self, workdir: str, *, restored_step: int = 0):
-        """Appends to `workdir/metrics.jsonl`, first dropping its rows after `restored_step`:
-        a resumed run writes them again (a run killed after step 5 and resumed from its step-3
-        checkpoint logs steps 4 and 5 once, as the resumed run computed them)."""
+        """Appends to `workdir/metrics.jsonl`, first dropping its rows after `restored_step`.
+
+        A resumed run writes them again (a run killed after step 5 and resumed from its step-3
+        checkpoint logs steps 4 and 5 once, as the resumed run computed them).
+        """
         self.workdir = workdir
         self.enabled = jax.process_index() == 0
         self._tb = None
@@ -40,10 +42,12 @@ class MetricWriter:
         self._tb.flush()
 
     def write_text(self, message: str) -> None:
+        """Prints `message` (process 0 only)."""
         if self.enabled:
             print(message, flush=True)
 
     def close(self) -> None:
+        """Closes `metrics.jsonl` and the TensorBoard writer (process 0 only)."""
         if self.enabled:
             self._file.close()
             self._tb.close()

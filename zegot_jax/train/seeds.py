@@ -61,8 +61,10 @@ def unstack(tree: Any, index: int) -> Any:
 
 def init_states(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
                 ) -> tuple[functional.SplitModel, dict[str, Any]]:
-    """Builds the model once per seed around one CLIP; returns seed 0's parts and the stacked
-    train states (each exactly `step.init_state` of the model `loop.train` builds for that seed).
+    """Builds the model once per seed around one CLIP.
+
+    Returns seed 0's parts and the stacked train states (each exactly `step.init_state` of the model
+    `loop.train` builds for that seed).
 
     Returns:
       `(parts, state)`: `parts.frozen` is shared; `state` leaves are `[S, ...]`.

@@ -29,7 +29,8 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
 
     Args:
       graphdef: the model graph from `split_model`.
-      tx: the optimiser; schedule: its learning rate (for logging).
+      tx: the optimiser.
+      schedule: its learning rate (for logging).
       config: the experiment config (reads `loss` and `model.text_consistency_weight`).
       pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
     """

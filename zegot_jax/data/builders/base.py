@@ -168,6 +168,7 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray, source: object) -> np.ndarray:
 
 
 def encode_png(label: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 `[H, W]` label map (one grey channel)."""
     buffer = io.BytesIO()
     PIL.Image.fromarray(label, mode='L').save(buffer, format='PNG')
     return buffer.getvalue()
