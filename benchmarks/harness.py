@@ -83,15 +83,15 @@ class Measured(NamedTuple):
     """What `compare` and `measure` report of one compiled program.
 
     Attributes:
-      compile_s: lower + compile.
-      run_s: best run (nan if not executed).
-      temp_bytes: XLA temp buffers.
-      runs: how many runs.
-      cores: process CPU seconds per wall second during the runs.
-      output: the first run's output (None if not executed).
-      argument_bytes: the inputs' buffers.
-      output_bytes: the outputs' buffers.
-      flops: XLA's cost analysis of the program (nan if not reported).
+        compile_s: lower + compile.
+        run_s: best run (nan if not executed).
+        temp_bytes: XLA temp buffers.
+        runs: how many runs.
+        cores: process CPU seconds per wall second during the runs.
+        output: the first run's output (None if not executed).
+        argument_bytes: the inputs' buffers.
+        output_bytes: the outputs' buffers.
+        flops: XLA's cost analysis of the program (nan if not reported).
     """
 
     compile_s: float
@@ -159,13 +159,13 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
     A case whose compiled temp + argument buffers exceed `free_bytes()` is compiled, not run.
 
     Args:
-      cases: name -> case.
-      execute: False: compile only (memory without running).
-      rounds: most rounds; no new round starts once the runs took `budget_s` seconds.
-      budget_s: see `rounds`.
+        cases: name -> case.
+        execute: False: compile only (memory without running).
+        rounds: most rounds; no new round starts once the runs took `budget_s` seconds.
+        budget_s: see `rounds`.
 
     Returns:
-      name -> `Measured` with the best run of each case (run_s nan when not run).
+        name -> `Measured` with the best run of each case (run_s nan when not run).
     """
     compiled, compile_s = {}, {}
     for name, case in cases.items():

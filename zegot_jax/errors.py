@@ -40,8 +40,8 @@ def check_writable_dir(path: str, what: str) -> None:
     """Raises ValueError unless `path` is a directory we can write into, or can be created.
 
     Args:
-      path: a local directory (remote `scheme://` paths are not checked).
-      what: how the user named it, e.g. '--out' or '--workdir'.
+        path: a local directory (remote `scheme://` paths are not checked).
+        what: how the user named it, e.g. '--out' or '--workdir'.
     """
     if "://" in path:
         return

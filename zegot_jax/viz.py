@@ -110,11 +110,11 @@ def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None
     """Per-prompt maps of chosen classes: one row per (class, kind), one column per prompt.
 
     Args:
-      result: from `Segmenter.segment(..., details=True)`.
-      classes: class names to show (default: the `limit` largest in the label map).
-      kinds: 'similarity' (cosine maps before OT) and/or 'plan' (each pixel's share of the prompt).
-      layer: position in `result.layers` to show; None averages the layers.
-      limit: how many classes when `classes` is None.
+        result: from `Segmenter.segment(..., details=True)`.
+        classes: class names to show (default: the `limit` largest in the label map).
+        kinds: 'similarity' (cosine maps before OT) and/or 'plan' (each pixel's share of the prompt).
+        layer: position in `result.layers` to show; None averages the layers.
+        limit: how many classes when `classes` is None.
     """
     if result.similarity is None or result.plan is None:
         raise ValueError("This result has no per-prompt maps: call segment(..., details=True).")

@@ -380,9 +380,9 @@ def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     """One message per invalid value or inconsistent group of values (empty when all is well).
 
     Args:
-      config: an experiment config.
-      num_devices: devices of the training mesh; `train.global_batch_size` must divide over them.
-      sections: check only fields in these top-level sections (default: all).
+        config: an experiment config.
+        num_devices: devices of the training mesh; `train.global_batch_size` must divide over them.
+        sections: check only fields in these top-level sections (default: all).
     """
     def wanted(field: str) -> bool:
         return sections is None or field.split(".")[0] in sections

@@ -58,7 +58,7 @@ def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | N
     """A copy of `config` with dotted-key overrides, e.g. `{'model.ot.epsilon': 0.1}`.
 
     Raises:
-      KeyError: a key that is not a field of the config (typos fail here, not later).
+        KeyError: a key that is not a field of the config (typos fail here, not later).
     """
     config = ml_collections.ConfigDict(config.to_dict())
     for key, value in (overrides or {}).items():

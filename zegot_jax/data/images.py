@@ -18,7 +18,7 @@ def _rgb(img: PIL.Image.Image) -> np.ndarray:
     [0, 1] scaled by 255 (in [0, 255] taken as is).
 
     Raises:
-      ValueError: a float image with values outside [0, 255] or not finite.
+        ValueError: a float image with values outside [0, 255] or not finite.
     """
     img = PIL.ImageOps.exif_transpose(img)
     if img.mode == "F":
@@ -47,9 +47,9 @@ def load_image(image: ImageLike) -> np.ndarray:
     channel is dropped.
 
     Raises:
-      FileNotFoundError: a path that does not exist.
-      ValueError: a file that is not a readable image, or an array of the wrong shape.
-      TypeError: an array that is not uint8, or an unsupported type.
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file that is not a readable image, or an array of the wrong shape.
+        TypeError: an array that is not uint8, or an unsupported type.
     """
     if isinstance(image, str | os.PathLike):
         path = Path(image)

@@ -103,16 +103,16 @@ def streamed_scores(logits: jax.Array, penalty: jax.Array, num_valid: jax.Array,
     """Full-resolution decisions one class at a time: memory `O(H*W)`, not `O(K*H*W)`.
 
     Args:
-      logits: `[1, K, h, w]` at the scored size.
-      penalty: `[K]` subtracted from the sigmoid scores before the arg-max.
-      num_valid: classes past it are padding and never win.
-      size: the output `(H, W)`.
-      keep_scores: also return the `[K, H, W]` sigmoid scores (then memory is `O(K*H*W)`).
-      activation: logits -> scores (`score_activation`; sigmoid unless ensembling).
+        logits: `[1, K, h, w]` at the scored size.
+        penalty: `[K]` subtracted from the sigmoid scores before the arg-max.
+        num_valid: classes past it are padding and never win.
+        size: the output `(H, W)`.
+        keep_scores: also return the `[K, H, W]` sigmoid scores (then memory is `O(K*H*W)`).
+        activation: logits -> scores (`score_activation`; sigmoid unless ensembling).
 
     Returns:
-      label map `[H, W]` int32 (the first class on ties, as `argmax`), per-class mean and max
-      sigmoid score `[K]`, and the scores or None.
+        label map `[H, W]` int32 (the first class on ties, as `argmax`), per-class mean and max
+        sigmoid score `[K]`, and the scores or None.
     """
     k = logits.shape[1]
 
@@ -218,7 +218,7 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
     images) add theirs once at the end. Every image is predicted exactly as alone.
 
     Returns:
-      The summary of `metrics.summarize` plus `num_images`.
+        The summary of `metrics.summarize` plus `num_images`.
     """
     mesh = sharding.local_mesh()
     devices = mesh.devices.size

@@ -58,23 +58,23 @@ def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any
     """Scores `examples` with each of S seeds' parameters (leaves `[S, ...]`).
 
     Args:
-      config: the config the seeds are scored under (reads `model`, `eval` and
-        `clip.text_context_length`).
-      graphdef: the model graph, from `functional.split_model`.
-      params: the seeds' `Trainable` states, leaves `[S, ...]`.
-      frozen: the frozen state (CLIP), shared by every seed.
-      examples: `{'image': [H', W', 3] normalised, 'label': [H, W]}` of one size, as
-        `DataSetup.eval_iterator()` gives for the synthetic world.
-      class_names: the K classes scored.
-      unseen: ids of the unseen classes (not penalised; `metrics.summarize`'s split).
-      seen_penalty: subtracted from the seen classes' scores before the arg-max.
-      num_seeds: S.
-      chunk: images per call of the compiled program (the last chunk may be smaller: one more
-        compile).
-      text: the seeds' text features `[S, K, N, D]` if already computed (`text_features_seeds`).
+        config: the config the seeds are scored under (reads `model`, `eval` and
+          `clip.text_context_length`).
+        graphdef: the model graph, from `functional.split_model`.
+        params: the seeds' `Trainable` states, leaves `[S, ...]`.
+        frozen: the frozen state (CLIP), shared by every seed.
+        examples: `{'image': [H', W', 3] normalised, 'label': [H, W]}` of one size, as
+          `DataSetup.eval_iterator()` gives for the synthetic world.
+        class_names: the K classes scored.
+        unseen: ids of the unseen classes (not penalised; `metrics.summarize`'s split).
+        seen_penalty: subtracted from the seen classes' scores before the arg-max.
+        num_seeds: S.
+        chunk: images per call of the compiled program (the last chunk may be smaller: one more
+          compile).
+        text: the seeds' text features `[S, K, N, D]` if already computed (`text_features_seeds`).
 
     Returns:
-      One `metrics.summarize` summary per seed, plus `num_images` and `seen_penalty`.
+        One `metrics.summarize` summary per seed, plus `num_images` and `seen_penalty`.
     """
     if text is None:
         text = text_features_seeds(graphdef, params, frozen, class_names,

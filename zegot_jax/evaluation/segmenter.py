@@ -44,19 +44,19 @@ class SegmentationResult(NamedTuple):
     """What `Segmenter.segment` returns (numpy arrays on the host).
 
     Attributes:
-      class_names: the K names, in the order of the class axis.
-      image: the input as uint8 `[H, W, 3]`.
-      label_map: `[H, W]` int32, the arg-max class per pixel (after calibration).
-      scores: `[K, H, W]` float32 sigmoid scores (before calibration); None when asked not to keep
-        them (`full_scores=False`).
-      layers: the CLIP layers (0-indexed) of the per-layer maps.
-      layer_logits: `[L, K, h, w]` refined per-layer scores at token resolution, or None.
-      similarity: `[L, K, h, w, N]` per-prompt cosine maps before OT, or None.
-      plan: `[L, K, h, w, N]` transport plans (each pixel's row is its distribution over prompts),
-        or None.
-      score_mean, score_max: `[K]` mean and max of each class's full-resolution sigmoid score.
-      ot_marginal_error: with details, the largest marginal error of the image's balanced MPOT
-        plans (near 0 when converged; a one-time warning above `ot.MARGINAL_ERROR_WARNING`).
+        class_names: the K names, in the order of the class axis.
+        image: the input as uint8 `[H, W, 3]`.
+        label_map: `[H, W]` int32, the arg-max class per pixel (after calibration).
+        scores: `[K, H, W]` float32 sigmoid scores (before calibration); None when asked not to keep
+          them (`full_scores=False`).
+        layers: the CLIP layers (0-indexed) of the per-layer maps.
+        layer_logits: `[L, K, h, w]` refined per-layer scores at token resolution, or None.
+        similarity: `[L, K, h, w, N]` per-prompt cosine maps before OT, or None.
+        plan: `[L, K, h, w, N]` transport plans (each pixel's row is its distribution over prompts),
+          or None.
+        score_mean, score_max: `[K]` mean and max of each class's full-resolution sigmoid score.
+        ot_marginal_error: with details, the largest marginal error of the image's balanced MPOT
+          plans (near 0 when converged; a one-time warning above `ot.MARGINAL_ERROR_WARNING`).
     """
 
     class_names: tuple[str, ...]
@@ -96,12 +96,12 @@ class Segmenter:
         """Wraps the pieces of a split model.
 
         Args:
-          config: the run's config (reads `clip`, `model`, `data.eval_short_side`, `eval`).
-          params: the `Trainable` state.
-          graphdef: the model graph, from `functional.split_model`.
-          frozen: the frozen state (CLIP), from `functional.split_model`.
-          vocab_bucket: vocabularies are padded to a multiple of this (fewer recompilations).
-          text_cache_size: how many vocabularies' text features are kept.
+            config: the run's config (reads `clip`, `model`, `data.eval_short_side`, `eval`).
+            params: the `Trainable` state.
+            graphdef: the model graph, from `functional.split_model`.
+            frozen: the frozen state (CLIP), from `functional.split_model`.
+            vocab_bucket: vocabularies are padded to a multiple of this (fewer recompilations).
+            text_cache_size: how many vocabularies' text features are kept.
         """
         if vocab_bucket < 1:
             raise ValueError(f"vocab_bucket must be >= 1, got {vocab_bucket}.")
@@ -142,13 +142,13 @@ class Segmenter:
         """Loads a training workdir.
 
         Args:
-          workdir: the run's directory; its saved config and latest trainable parameters are used.
-          clip_weights: CLIP weights to load instead of the config's `clip.weights`. Without
-            them, a hub id saved in the config is read from the local Hugging Face cache only:
-            loading a run fetches nothing (pass the hub id here to allow the download).
-          overrides: dotted-key config changes for inference, e.g. `{'model.ot.epsilon': 0.2}`
-            or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
-          **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
+            workdir: the run's directory; its saved config and latest trainable parameters are used.
+            clip_weights: CLIP weights to load instead of the config's `clip.weights`. Without
+              them, a hub id saved in the config is read from the local Hugging Face cache only:
+              loading a run fetches nothing (pass the hub id here to allow the download).
+            overrides: dotted-key config changes for inference, e.g. `{'model.ot.epsilon': 0.2}`
+              or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
+            **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
         """
         saved.check_run(workdir)
         config = ckpt_lib.saved_config(str(workdir))
@@ -228,20 +228,20 @@ class Segmenter:
         """Segments one image over a vocabulary.
 
         Args:
-          image: a path, a PIL image or a uint8 array `[H, W, 3]` of any size.
-          class_names: the vocabulary; None uses the run's own class list.
-          details: also return per-layer maps, per-prompt similarities and transport plans.
-          calibrate: subtract `eval.seen_penalty` from the scores of classes the run was trained
-            on (as its evaluation does for inductive runs) before the arg-max.
-          full_scores: return `scores` `[K, H, W]`; False leaves it None (the label map and the
-            per-class mean and max are the same) and holds one class at full resolution at a
-            time, for large images and vocabularies.
+            image: a path, a PIL image or a uint8 array `[H, W, 3]` of any size.
+            class_names: the vocabulary; None uses the run's own class list.
+            details: also return per-layer maps, per-prompt similarities and transport plans.
+            calibrate: subtract `eval.seen_penalty` from the scores of classes the run was trained
+              on (as its evaluation does for inductive runs) before the arg-max.
+            full_scores: return `scores` `[K, H, W]`; False leaves it None (the label map and the
+              per-class mean and max are the same) and holds one class at full resolution at a
+              time, for large images and vocabularies.
 
         Raises:
-          ValueError: the image would need more memory than is available (with the estimate).
+            ValueError: the image would need more memory than is available (with the estimate).
 
         Returns:
-          A `SegmentationResult` at the image's resolution.
+            A `SegmentationResult` at the image's resolution.
         """
         names = prompts_lib.check_vocabulary(
             self.run_class_names if class_names is None else class_names,

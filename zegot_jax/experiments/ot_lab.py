@@ -38,13 +38,13 @@ def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *,
     """Each transport's plan for one class, side by side: a row per transport, a column per prompt.
 
     Args:
-      results: transport name -> `Segmenter.segment(..., details=True)` of the same image and
-        vocabulary (the same number of prompts).
-      class_name: the class to show (in every result's vocabulary).
-      layer: the position in `result.layers` to show.
+        results: transport name -> `Segmenter.segment(..., details=True)` of the same image and
+          vocabulary (the same number of prompts).
+        class_name: the class to show (in every result's vocabulary).
+        layer: the position in `result.layers` to show.
 
     Returns:
-      The figure; each cell is each pixel's share of that prompt, on one scale (0 to 1) for all.
+        The figure; each cell is each pixel's share of that prompt, on one scale (0 to 1) for all.
     """
     if not results:
         raise ValueError("plan_figure: give at least one result.")

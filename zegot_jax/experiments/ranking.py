@@ -46,7 +46,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
     `~/.cache/zegot_jax/jax_compilation`: beside the synthetic CLIP, never in the repository.
 
     Returns:
-      The cache directory in use.
+        The cache directory in use.
     """
     current = jax.config.jax_compilation_cache_dir
     if not current:
@@ -109,34 +109,34 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     `default_jobs`); each worker loads the CLIP and compiles its own step.
 
     Args:
-      base_config: the experiment config every variant starts from (the synthetic world's,
-        or any config whose evaluation images share one size).
-      variants: name -> dotted-key overrides, e.g. `{'model.ot.epsilon': 0.01}`; the first is
-        the reference of `report`'s paired differences.
-      seeds: the seeds; seed s sets the initialisation and the data order (`config.seed`).
-      workdir: if given, each (variant, seed) row is kept in `workdir/run_dir(name, seed)/
-        row.json`, and rows found there are read, not trained again.
-      deterministic: variants without randomness (no training): one seed, the first, stands for
-        every seed.
-      eval_only: variant -> the variant whose trained parameters it scores (a change of
-        inference only); that variant is trained here if needed.
-      statistics: also measure prompt diversity and plan entropy (`prompt_stats`).
-      log: called with one JSON line per finished (variant, seed); None is silent. (With
-        `jobs > 1` the workers print their lines instead.)
-      jobs: worker processes (1: train in this process).
-      plugins: modules or `.py` files each worker imports before training (`load_plugins`), for
-        transports registered outside the package; with `jobs=1` register them in this process.
+        base_config: the experiment config every variant starts from (the synthetic world's,
+          or any config whose evaluation images share one size).
+        variants: name -> dotted-key overrides, e.g. `{'model.ot.epsilon': 0.01}`; the first is
+          the reference of `report`'s paired differences.
+        seeds: the seeds; seed s sets the initialisation and the data order (`config.seed`).
+        workdir: if given, each (variant, seed) row is kept in `workdir/run_dir(name, seed)/
+          row.json`, and rows found there are read, not trained again.
+        deterministic: variants without randomness (no training): one seed, the first, stands for
+          every seed.
+        eval_only: variant -> the variant whose trained parameters it scores (a change of
+          inference only); that variant is trained here if needed.
+        statistics: also measure prompt diversity and plan entropy (`prompt_stats`).
+        log: called with one JSON line per finished (variant, seed); None is silent. (With
+          `jobs > 1` the workers print their lines instead.)
+        jobs: worker processes (1: train in this process).
+        plugins: modules or `.py` files each worker imports before training (`load_plugins`), for
+          transports registered outside the package; with `jobs=1` register them in this process.
 
     Returns:
-      name -> one row per seed: `{'seed', 'miou_seen', 'miou_unseen', 'hiou', 'miou',
-      'pixel_acc', 'per_class_iou', 'prompt_diversity', 'plan_entropy', 'final_loss',
-      'seconds' (the variant's wall time / its seeds), 'compile_s' (its train step's), 'train_s'
-      (its training after compiling), 'eval_s' (scoring all its seeds)}` (scores in [0, 1]).
+        name -> one row per seed: `{'seed', 'miou_seen', 'miou_unseen', 'hiou', 'miou',
+        'pixel_acc', 'per_class_iou', 'prompt_diversity', 'plan_entropy', 'final_loss',
+        'seconds' (the variant's wall time / its seeds), 'compile_s' (its train step's), 'train_s'
+        (its training after compiling), 'eval_s' (scoring all its seeds)}` (scores in [0, 1]).
 
     Raises:
-      KeyError: an override names a field the config does not have (before any training).
-      ValueError: no variants or seeds, an `eval_only` source that is not a variant, or
-        `jobs < 1`.
+        KeyError: an override names a field the config does not have (before any training).
+        ValueError: no variants or seeds, an `eval_only` source that is not a variant, or
+          `jobs < 1`.
     """
     seeds, eval_only = tuple(int(s) for s in seeds), dict(eval_only or {})
     if not variants or not seeds:
@@ -298,18 +298,18 @@ def compare_variants(base_config: ml_collections.ConfigDict,
     """Trains and evaluates each variant; returns one row per variant.
 
     Args:
-      base_config: the experiment config every variant starts from.
-      variants: name -> dotted-key overrides, e.g. `{'model.ot.epsilon': 0.01}`.
-      workdir_root: each variant trains in `workdir_root/slug(name)`.
-      train_fn: `(config, workdir) -> evaluation summary`; default `loop.train`.
+        base_config: the experiment config every variant starts from.
+        variants: name -> dotted-key overrides, e.g. `{'model.ot.epsilon': 0.01}`.
+        workdir_root: each variant trains in `workdir_root/slug(name)`.
+        train_fn: `(config, workdir) -> evaluation summary`; default `loop.train`.
 
     Returns:
-      Rows `{'variant', 'overrides', 'miou_seen', 'miou_unseen', 'hiou', 'miou', 'pixel_acc',
-      'seconds', 'workdir'}`.
+        Rows `{'variant', 'overrides', 'miou_seen', 'miou_unseen', 'hiou', 'miou', 'pixel_acc',
+        'seconds', 'workdir'}`.
 
     Raises:
-      KeyError: an override names a field the config does not have (checked before any training).
-      ValueError: no variants, or two names with the same directory.
+        KeyError: an override names a field the config does not have (checked before any training).
+        ValueError: no variants, or two names with the same directory.
     """
     if not variants:
         raise ValueError("No variants to compare: give {name: {dotted.key: value}}.")

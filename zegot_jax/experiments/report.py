@@ -61,10 +61,10 @@ def paired_table(rows: dict[str, list[dict]],
     """Mean paired (same-seed) differences A - B with 95% t-intervals, in points.
 
     Args:
-      rows: a variant's name -> its per-seed rows (see the module docstring).
-      pairs: `(A, B, label)`; default every variant against the first (`against_first`). Pairs
-        naming a variant not in `rows` are left out.
-      deterministic: variants whose single run stands for every seed.
+        rows: a variant's name -> its per-seed rows (see the module docstring).
+        pairs: `(A, B, label)`; default every variant against the first (`against_first`). Pairs
+          naming a variant not in `rows` are left out.
+        deterministic: variants whose single run stands for every seed.
     """
     lines = []
     for a, b, label in against_first(rows) if pairs is None else pairs:

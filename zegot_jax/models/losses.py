@@ -226,13 +226,13 @@ def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) ->
     """Transductive self-training: pixels of unseen classes take the model's own argmax over them.
 
     Args:
-      logits: `[B, K, H, W]` scores over all classes.
-      labels: `[B, H, W]` full-space ids (255 ignore).
-      unseen: ids of the unseen classes.
+        logits: `[B, K, H, W]` scores over all classes.
+        labels: `[B, H, W]` full-space ids (255 ignore).
+        unseen: ids of the unseen classes.
 
     Returns:
-      labels with every unseen-class pixel replaced by the unseen class the model scores highest
-      (no gradient, no threshold).
+        labels with every unseen-class pixel replaced by the unseen class the model scores highest
+        (no gradient, no threshold).
     """
     ids = jnp.asarray(unseen, jnp.int32)
     best = jnp.argmax(jax.lax.stop_gradient(logits[:, ids]), axis=1)

@@ -61,13 +61,13 @@ def prompt_token_table(class_names: Sequence[str], *, num_context: int,
     """Token ids of `[SOS] X*L name . [EOT]` per class, and the EOT positions.
 
     Args:
-      class_names: K class names.
-      num_context: L, the number of context slots after SOS (filled by learned vectors).
-      context_length: the (possibly shortened) text context length.
+        class_names: K class names.
+        num_context: L, the number of context slots after SOS (filled by learned vectors).
+        context_length: the (possibly shortened) text context length.
 
     Returns:
-      tokens `[K, T]` int32 (slots hold a placeholder id; T <= context_length covers the longest
-      prompt) and eot `[K]` int32.
+        tokens `[K, T]` int32 (slots hold a placeholder id; T <= context_length covers the longest
+        prompt) and eot `[K]` int32.
     """
     placeholder = clip_lib.encode("X")[0]
     period = clip_lib.encode(".")
@@ -113,13 +113,13 @@ def template_context(clip: clip_lib.CLIP, templates: Sequence[str], num_context:
     shorter than L leaves its first slots at `noise` (the random initialisation).
 
     Args:
-      clip: the frozen CLIP (its token embedding table).
-      templates: one text per prompt, without the class name.
-      num_context: L, slots per prompt.
-      noise: `[N, L, W]` random initial contexts.
+        clip: the frozen CLIP (its token embedding table).
+        templates: one text per prompt, without the class name.
+        num_context: L, slots per prompt.
+        noise: `[N, L, W]` random initial contexts.
 
     Raises:
-      ValueError: fewer templates than prompts, or a template longer than L tokens.
+        ValueError: fewer templates than prompts, or a template longer than L tokens.
     """
     num_prompts = noise.shape[0]
     if len(templates) < num_prompts:
@@ -165,12 +165,12 @@ class PromptLearner(nnx.Module):
         """Encodes every (class, prompt) pair with the frozen text tower.
 
         Args:
-          clip: the frozen CLIP model.
-          tokens: `[K, Lt]` int32 from `prompt_token_table` (every row starts with SOS).
-          eot: `[K]` EOT positions.
+            clip: the frozen CLIP model.
+            tokens: `[K, Lt]` int32 from `prompt_token_table` (every row starts with SOS).
+            eot: `[K]` EOT positions.
 
         Returns:
-          L2-normalised text features `[K, N, D]`.
+            L2-normalised text features `[K, N, D]`.
         """
         embedded = clip.embed_tokens(tokens)  # [K, Lt, W]
         context = self.context[...].astype(embedded.dtype)  # [N, L, W]

@@ -133,9 +133,9 @@ class ZegOT(nnx.Module):
         """Builds the trainable parts around an already loaded (frozen) CLIP.
 
         Args:
-          clip: the CLIP model; its `nnx.Param`s stay frozen by type.
-          config: the `model` section of an experiment config.
-          rngs: initialisation randomness for the prompts and the projections.
+            clip: the CLIP model; its `nnx.Param`s stay frozen by type.
+            config: the `model` section of an experiment config.
+            rngs: initialisation randomness for the prompts and the projections.
         """
         spec = clip.spec
         bad = [i for i in config.layers if not 0 <= i < spec.vision_layers]

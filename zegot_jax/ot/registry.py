@@ -21,13 +21,13 @@ class Problem(NamedTuple):
     """One pixel-to-prompt problem, as a transport sees it (arrays in `mpot`'s dtype, float32).
 
     Attributes:
-      similarity: `S [M, N]`, cosine similarities of M pixels to N prompts.
-      grid: `(h, w)` with `h * w == M` (pixel `m` is at row `m // w`, column `m % w`), or None
-        when the caller did not give one (`mpot` called on bare similarities).
-      pixels: `[M, D]` pixel features (L2-normalised), or None (not given, or a transport declared
-        `balanced_entropic`, whose plan depends on the similarity alone).
-      prompts: `[N, D]` prompt features (L2-normalised), or None (as for `pixels`).
-      shared: what the transport's `prepare` returned for the whole batch (None without one).
+        similarity: `S [M, N]`, cosine similarities of M pixels to N prompts.
+        grid: `(h, w)` with `h * w == M` (pixel `m` is at row `m // w`, column `m % w`), or None
+          when the caller did not give one (`mpot` called on bare similarities).
+        pixels: `[M, D]` pixel features (L2-normalised), or None (not given, or a transport declared
+          `balanced_entropic`, whose plan depends on the similarity alone).
+        prompts: `[N, D]` prompt features (L2-normalised), or None (as for `pixels`).
+        shared: what the transport's `prepare` returned for the whole batch (None without one).
     """
 
     similarity: jax.Array
@@ -46,12 +46,12 @@ class Settings(NamedTuple):
     """The `model.ot` values a transport may read (Python scalars: static under jit).
 
     Attributes:
-      epsilon: entropic (or other) regularisation strength, > 0.
-      tau: marginal relaxation in ott's convention, 1.0 = balanced.
-      num_iterations: iteration (Newton: step) budget.
-      threshold: 0 = fixed iterations; > 0 = a convergence tolerance (Sinkhorn).
-      domain: 'log', 'kernel' or 'auto' (Sinkhorn).
-      options: `model.ot.options` over the transport's declared defaults (read-only).
+        epsilon: entropic (or other) regularisation strength, > 0.
+        tau: marginal relaxation in ott's convention, 1.0 = balanced.
+        num_iterations: iteration (Newton: step) budget.
+        threshold: 0 = fixed iterations; > 0 = a convergence tolerance (Sinkhorn).
+        domain: 'log', 'kernel' or 'auto' (Sinkhorn).
+        options: `model.ot.options` over the transport's declared defaults (read-only).
     """
 
     epsilon: float
@@ -92,20 +92,20 @@ def register_transport(name: str, fn: Transport | None = None, *, balanced_entro
     keep the old one for the shapes they have seen, so build them after registering.
 
     Args:
-      name: what `model.ot.solver` says to use it.
-      fn: the transport (see the `zegot_jax.ot` docstring for the contract).
-      balanced_entropic: the plan is entropic OT of cost `1 - S` with `settings.epsilon` and
-        uniform marginals relaxed by `settings.tau` (1 = balanced), and depends on nothing else;
-        then `backward='implicit'` uses the exact implicit backward. Otherwise gradients come
-        from autodiff through `fn`.
-      options: defaults of the transport's `model.ot.options` fields; when given, any other field
-        is refused (typos fail at launch). None accepts any fields.
-      prepare: `prepare(similarity [..., M, N], settings)`, run once per `mpot` call on the whole
-        batch (no gradient); its result reaches every problem as `problem.shared`.
-      builtin: marks the library's own transports (not replaceable).
+        name: what `model.ot.solver` says to use it.
+        fn: the transport (see the `zegot_jax.ot` docstring for the contract).
+        balanced_entropic: the plan is entropic OT of cost `1 - S` with `settings.epsilon` and
+          uniform marginals relaxed by `settings.tau` (1 = balanced), and depends on nothing else;
+          then `backward='implicit'` uses the exact implicit backward. Otherwise gradients come
+          from autodiff through `fn`.
+        options: defaults of the transport's `model.ot.options` fields; when given, any other field
+          is refused (typos fail at launch). None accepts any fields.
+        prepare: `prepare(similarity [..., M, N], settings)`, run once per `mpot` call on the whole
+          batch (no gradient); its result reaches every problem as `problem.shared`.
+        builtin: marks the library's own transports (not replaceable).
 
     Returns:
-      `fn` (or, without `fn`, a decorator that registers and returns its argument).
+        `fn` (or, without `fn`, a decorator that registers and returns its argument).
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"register_transport: name must be a non-empty string, got {name!r}.")
@@ -153,8 +153,8 @@ def require_registered(name: str, what: str) -> None:
     """For loading a saved run: ValueError saying which name to register when `name` is missing.
 
     Args:
-      name: the run's `model.ot.solver`.
-      what: the run, as the user named it (e.g. its workdir).
+        name: the run's `model.ot.solver`.
+        what: the run, as the user named it (e.g. its workdir).
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
@@ -193,8 +193,8 @@ def load_plugins(plugins: Sequence[str]) -> None:
     file is registered wherever a run that uses it is loaded.
 
     Raises:
-      FileNotFoundError: a `.py` file that does not exist.
-      ValueError: a module that cannot be imported.
+        FileNotFoundError: a `.py` file that does not exist.
+        ValueError: a module that cannot be imported.
     """
     for plugin in plugins:
         if plugin.endswith(".py"):

@@ -37,7 +37,7 @@ def semi_relaxed(problem: Problem, settings: Settings):
     grows the plan tends to the balanced one. Options: `rho` (> 0, cost units).
 
     Returns:
-      The plan `[M, N]` (rows sum to `1/M`, so the total mass is 1) and the iteration count.
+        The plan `[M, N]` (rows sum to `1/M`, so the total mass is 1) and the iteration count.
     """
     rho = float(settings.options["rho"])
     if not rho > 0:
@@ -52,12 +52,12 @@ def simplex_threshold(x: jax.Array, mass: float, axis: int) -> jax.Array:
     """`t` with `sum([x - t]_+, axis) == mass` (> 0), by sorting: the sparsemax threshold.
 
     Args:
-      x: values `[..., K, ...]`; the sum runs over `axis`.
-      mass: the target sum.
-      axis: the axis to sum over.
+        x: values `[..., K, ...]`; the sum runs over `axis`.
+        mass: the target sum.
+        axis: the axis to sum over.
 
     Returns:
-      The thresholds, `x`'s shape without `axis`.
+        The thresholds, `x`'s shape without `axis`.
     """
     top = -jnp.sort(-x, axis=axis)  # descending
     shape = [1] * x.ndim
@@ -82,7 +82,7 @@ def sparse(problem: Problem, settings: Settings):
     ending with the rows (so `T 1 = 1/M` exactly); differentiated by autodiff through them.
 
     Returns:
-      The plan `[M, N]`, the share of its cells that are zero and the iteration count.
+        The plan `[M, N]`, the share of its cells that are zero and the iteration count.
     """
     cost = problem.cost
     m, n = cost.shape
@@ -119,7 +119,7 @@ def partial(problem: Problem, settings: Settings):
     in (0, 1].
 
     Returns:
-      The plan `[M, N]` (total mass `s`) and the iteration count.
+        The plan `[M, N]` (total mass `s`) and the iteration count.
     """
     s = float(settings.options["fraction"])
     if not 0.0 < s <= 1.0:
@@ -166,7 +166,7 @@ def weighted_prompts(problem: Problem, settings: Settings):
     `temperature` (> 0, cosine units).
 
     Returns:
-      The plan `[M, N]` (total mass 1), the prompt marginal `b [N]` and the iteration count.
+        The plan `[M, N]` (total mass 1), the prompt marginal `b [N]` and the iteration count.
     """
     temperature = float(settings.options["temperature"])
     if not temperature > 0:
@@ -208,7 +208,7 @@ def fused_gw(problem: Problem, settings: Settings):
     (towards 0: MPOT's plan), `outer_iterations` >= 2.
 
     Returns:
-      The plan `[M, N]` (total mass 1) and the outer iteration count.
+        The plan `[M, N]` (total mass 1) and the outer iteration count.
     """
     alpha = float(settings.options["alpha"])
     outer = int(settings.options["outer_iterations"])

@@ -148,8 +148,8 @@ class Checkpointer:
         """The trainable parameters alone at `step` (default: the latest): no optimizer needed.
 
         Raises:
-          FileNotFoundError: no checkpoint. ValueError: the step is damaged or holds parameters of
-            other shapes (as `restore`).
+            FileNotFoundError: no checkpoint. ValueError: the step is damaged or holds parameters of
+              other shapes (as `restore`).
         """
         step = self.latest_step() if step is None else step
         if step is None:
@@ -172,7 +172,7 @@ class Checkpointer:
         Damaged newer steps are moved to `workdir/corrupt_checkpoints/` with a note on stderr.
 
         Raises:
-          ValueError: no step is intact (each one named with its damaged file).
+            ValueError: no step is intact (each one named with its damaged file).
         """
         failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -197,7 +197,7 @@ class Checkpointer:
         earlier `N` is there): nothing is deleted, and nothing moves through a link.
 
         Raises:
-          ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
+            ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
         """
         if "://" in self.workdir:
             self.manager.delete(step)

@@ -84,7 +84,7 @@ def _open_locked(workdir: str, path: Path) -> int | None:
     """Opens `path` and takes its OS lock; None if the file was replaced meanwhile (retry).
 
     Raises:
-      ValueError: another process holds the lock.
+        ValueError: another process holds the lock.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
@@ -113,7 +113,7 @@ def acquire(workdir: str) -> Held | None:
     """Takes the lock of `workdir` (which must exist) for this process (None: not lockable).
 
     Raises:
-      ValueError: another process holds it, or a description from another host is there.
+        ValueError: another process holds it, or a description from another host is there.
     """
     if "://" in workdir:
         return None

@@ -77,12 +77,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
 
     Returns:
-      The final evaluation summary (also the last row of `workdir/metrics.jsonl`), or
-      `{'preempted_at': step}` after a SIGTERM.
+        The final evaluation summary (also the last row of `workdir/metrics.jsonl`), or
+        `{'preempted_at': step}` after a SIGTERM.
 
     Raises:
-      ValueError, FileNotFoundError: a bad config value, workdir, resume or dataset, before
-        anything is built or written (see `launch.check`); the workdir is busy.
+        ValueError, FileNotFoundError: a bad config value, workdir, resume or dataset, before
+          anything is built or written (see `launch.check`); the workdir is busy.
     """
     sharding.maybe_initialize_distributed()
     launch.check(config, workdir, num_devices=jax.device_count())
@@ -183,7 +183,7 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
     """Trains from `start` to `train.num_steps`, logging, checkpointing and evaluating on the way.
 
     Returns:
-      The final state, and the step at which a SIGTERM stopped it after saving (else None).
+        The final state, and the step at which a SIGTERM stopped it after saving (else None).
     """
     num_steps, last_saved = config.train.num_steps, start or None
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,

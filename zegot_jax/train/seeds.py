@@ -31,13 +31,13 @@ class SeedRuns(NamedTuple):
     """S trained runs of one config.
 
     Attributes:
-      seeds: the S seeds, in stack order.
-      graphdef: the model graph (the same for every seed).
-      params: the trainable state, every leaf `[S, ...]`.
-      frozen: the frozen state (CLIP), shared, no seed axis.
-      losses: `[num_steps, S]` float32 training loss of every step (host).
-      compile_s: seconds spent tracing and compiling the step (0 when nothing trained).
-      train_s: seconds of the training loop after compilation.
+        seeds: the S seeds, in stack order.
+        graphdef: the model graph (the same for every seed).
+        params: the trainable state, every leaf `[S, ...]`.
+        frozen: the frozen state (CLIP), shared, no seed axis.
+        losses: `[num_steps, S]` float32 training loss of every step (host).
+        compile_s: seconds spent tracing and compiling the step (0 when nothing trained).
+        train_s: seconds of the training loop after compilation.
     """
 
     seeds: tuple[int, ...]
@@ -67,7 +67,7 @@ def init_states(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: A
     `loop.train` builds for that seed).
 
     Returns:
-      `(parts, state)`: `parts.frozen` is shared; `state` leaves are `[S, ...]`.
+        `(parts, state)`: `parts.frozen` is shared; `state` leaves are `[S, ...]`.
     """
     clip = clip if clip is not None else build_lib.load_clip(config)
     tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -95,11 +95,11 @@ class SeedProgram(NamedTuple):
     """What `train_seeds` steps: the parts, the stacked state, the vmapped step and the inputs.
 
     Attributes:
-      parts: seed 0's split model (`parts.frozen` is shared by every seed).
-      state: the stacked train states, leaves `[S, ...]`.
-      step: `vmap(step)(state, frozen, batch, text_inputs) -> (state, metrics)`, not jitted.
-      text_inputs: the training classes' prompt inputs (shared).
-      next_batch: `() -> {key: [S, B, ...]}`, each seed's next batch from its own data order.
+        parts: seed 0's split model (`parts.frozen` is shared by every seed).
+        state: the stacked train states, leaves `[S, ...]`.
+        step: `vmap(step)(state, frozen, batch, text_inputs) -> (state, metrics)`, not jitted.
+        text_inputs: the training classes' prompt inputs (shared).
+        next_batch: `() -> {key: [S, B, ...]}`, each seed's next batch from its own data order.
     """
 
     parts: functional.SplitModel
@@ -134,18 +134,18 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip
     """Trains `config` once per seed, all seeds in one vmapped, jitted step.
 
     Args:
-      config: the experiment config (its `seed` is ignored: `seeds` replaces it).
-      seeds: S distinct seeds; seed s sets the initialisation and the data order as `seed` does.
-      clip: the frozen CLIP (loaded from the config when not given).
-      num_steps: train only this many steps (default `train.num_steps`; the schedule still
-        spans `train.num_steps`).
+        config: the experiment config (its `seed` is ignored: `seeds` replaces it).
+        seeds: S distinct seeds; seed s sets the initialisation and the data order as `seed` does.
+        clip: the frozen CLIP (loaded from the config when not given).
+        num_steps: train only this many steps (default `train.num_steps`; the schedule still
+          spans `train.num_steps`).
 
     Returns:
-      The `SeedRuns`.
+        The `SeedRuns`.
 
     Raises:
-      ValueError: no seeds, or a seed given twice.
-      FloatingPointError: a seed's loss became NaN or Inf (checked every `train.log_every` steps).
+        ValueError: no seeds, or a seed given twice.
+        FloatingPointError: a seed's loss became NaN or Inf (checked every `train.log_every` steps).
     """
     seeds = tuple(int(s) for s in seeds)
     if not seeds or len(set(seeds)) != len(seeds):

@@ -28,11 +28,11 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
     """Returns `step(state, frozen, batch, text_inputs) -> (state, metrics)` (not yet jitted).
 
     Args:
-      graphdef: the model graph from `split_model`.
-      tx: the optimiser.
-      schedule: its learning rate (for logging).
-      config: the experiment config (reads `loss` and `model.text_consistency_weight`).
-      pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
+        graphdef: the model graph from `split_model`.
+        tx: the optimiser.
+        schedule: its learning rate (for logging).
+        config: the experiment config (reads `loss` and `model.text_consistency_weight`).
+        pseudo_label_ids: unseen class ids to pseudo-label (transductive training), else empty.
     """
     loss_fn = make_loss_fn(graphdef, config, pseudo_label_ids=pseudo_label_ids)
 
