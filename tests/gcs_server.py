@@ -54,8 +54,11 @@ def client_env(url: str) -> dict[str, str]:
         "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,  # array_record's C++ client (google-cloud-cpp)
         # gcsfs: no credentials search (it would ping the GCE metadata server), anonymous requests.
         "FSSPEC_GCS_TOKEN": "anon",
-        # google-auth (orbax, tensorstore's callers): never probe the GCE metadata server.
+        # google-auth: never probe the GCE metadata server (169.254.169.254).
         "NO_GCE_CHECK": "true",
+        # tensorstore: a fixed token instead of its credentials search, which looks up
+        # metadata.google.internal (it logs one INFO line saying so).
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "anon",
         # gcsfs's default extended filesystem asks a storage-control gRPC endpoint for each bucket's
         # type; the server has none, and each such call waits 60 s. Read when gcsfs is imported.
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
