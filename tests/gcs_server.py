@@ -82,7 +82,8 @@ class Server(NamedTuple):
             urllib.request.urlopen(request, timeout=10).close()
         except urllib.error.HTTPError as e:
             if e.code != 409:  # 409: it exists already
-                raise
+                raise ValueError(f"The GCS server refused bucket {name!r}: {e.code} "
+                                 f"{e.read().decode(errors='replace')[:300]}") from None
         return f"gs://{name}"
 
 

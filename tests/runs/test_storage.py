@@ -300,6 +300,8 @@ def test_the_heartbeat_rewrites_the_lock(gs):
         assert held._beats >= 2 and held.generation != first and held.lost is None
     finally:
         held.release()
+    time.sleep(0.15)  # three beats' time: a heartbeat left running would write the lock again
+    assert not held._thread.is_alive() and not storage.exists(f"{gs}/{gcs_lock.LOCK_NAME}")
 
 
 def test_a_stale_lock_is_taken_over_with_a_note_and_its_old_holder_learns_it(gs, capsys):
@@ -317,6 +319,19 @@ def test_a_stale_lock_is_taken_over_with_a_note_and_its_old_holder_learns_it(gs,
         new.renew()
     finally:
         new.release()
+
+
+def test_a_holder_that_missed_the_takeover_releases_without_deleting_the_new_lock(gs):
+    old = gcs_lock.acquire(gs, heartbeat_s=3600)
+    time.sleep(0.05)
+    new = gcs_lock.acquire(gs, stale_after_s=0.01)
+    old.release()  # never renewed since: it does not know
+    try:
+        assert storage.exists(f"{gs}/{gcs_lock.LOCK_NAME}")
+        new.renew()
+    finally:
+        new.release()
+    assert not storage.exists(f"{gs}/{gcs_lock.LOCK_NAME}")
 
 
 def test_a_renewal_whose_retried_write_had_landed_keeps_the_lock(gs, monkeypatch):

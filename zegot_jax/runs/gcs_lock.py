@@ -148,7 +148,11 @@ class Held:
             if self.lost or self.generation is None:
                 return
             with contextlib.suppress(exceptions.PreconditionFailed, exceptions.NotFound):
-                self._blob.delete(if_generation_match=self.generation)
+                current = self._blob.bucket.get_blob(self._blob.name)
+                if current is not None and current.generation == self.generation:
+                    # The precondition is what protects a lock taken over since that look (the
+                    # look alone protects on servers that ignore it: fake-gcs-server does).
+                    self._blob.delete(if_generation_match=self.generation)
 
 
 def _age_s(blob) -> float:
