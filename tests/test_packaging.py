@@ -25,7 +25,8 @@ def _lock() -> dict[str, str]:
 
 def _requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"].values()  # test, gcs, ...
+    return [*project["dependencies"], *(r for extra in extras for r in extra)]
 
 
 def test_every_requirement_is_a_lower_bound_at_the_locked_version():
