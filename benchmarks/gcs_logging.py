@@ -30,7 +30,7 @@ import harness
 harness._repository_on_path()
 
 from tests import gcs_server  # noqa: E402 (after the repository is on the path)
-from zegot_jax.runs import storage  # noqa: E402
+from zegot_jax import storage  # noqa: E402
 
 SCALARS = 12  # a log row: loss terms, norms, learning rate, step time...
 

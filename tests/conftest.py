@@ -23,6 +23,7 @@ import tempfile
 import jax
 import pytest
 from flax import nnx
+from gcs_server import gcs  # noqa: F401 (the run's one GCS server, a session fixture)
 
 from configs import common
 from zegot_jax import clip as clip_lib

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from zegot_jax.runs import storage
+from zegot_jax import storage
 
 LOCK_NAME = "train.lock"
 HEARTBEAT_S = 60.0
@@ -110,7 +110,8 @@ class Held:
 
     def _written_by_me(self) -> bool:
         """After a 412: whether the object is this holder's latest write all the same (a retried
-        request whose first attempt had landed); if so, its generation is taken as ours."""
+        request whose first attempt had landed); if so, its generation is taken as ours.
+        """
         blob = self._blob.bucket.get_blob(self._blob.name)
         if blob is None:
             return False
@@ -217,7 +218,8 @@ def release(held: Held | None) -> None:
 @contextlib.contextmanager
 def hold(workdir: str, *, enabled: bool = True) -> Iterator[Held | None]:
     """Holds the lock of gs:// `workdir` for the duration of the block (nothing when not
-    `enabled`: processes other than 0)."""
+    `enabled`: processes other than 0).
+    """
     held = acquire(workdir) if enabled else None
     try:
         yield held

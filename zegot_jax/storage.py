@@ -69,7 +69,8 @@ def bucket(p: str | os.PathLike) -> str | None:
 
 def require_gcs(p: str | os.PathLike) -> None:
     """Raises MissingDependency, naming the install command, if `p` is gs:// and the GCS packages
-    (gcsfs for epath, google-cloud-storage for orbax and the lock) are missing."""
+    (gcsfs for epath, google-cloud-storage for orbax and the lock) are missing.
+    """
     if not is_remote(p):
         return
     missing = [name for name, module in (("gcsfs", "gcsfs"),
@@ -89,7 +90,8 @@ def _find(module: str):
 
 def _gcsfs():
     """The gcsfs filesystem epath uses for gs:// (its listing cache cleared: other processes,
-    orbax's tensorstore and the lock write to the bucket behind its back)."""
+    orbax's tensorstore and the lock write to the bucket behind its back).
+    """
     from etils.epath import backend  # noqa: PLC0415 (gs:// only)
 
     fs = backend.fsspec_backend.fs("gs://")
@@ -100,7 +102,8 @@ def _gcsfs():
 @contextlib.contextmanager
 def gcs_errors(p: str | os.PathLike) -> Iterator[None]:
     """Turns GCS failures on `p` into one line naming the bucket and what to check (a missing
-    object stays a plain FileNotFoundError). Local paths pass through unchanged."""
+    object stays a plain FileNotFoundError). Local paths pass through unchanged.
+    """
     try:
         yield
     except Exception as e:
@@ -114,7 +117,8 @@ def gcs_errors(p: str | os.PathLike) -> Iterator[None]:
 
 def explain(error: Exception, p: str | os.PathLike) -> Exception:
     """The one-line error for a GCS failure `error` on gs:// path `p` (`error` itself if it is
-    not a credentials, permission or missing-bucket failure)."""
+    not a credentials, permission or missing-bucket failure).
+    """
     name = bucket(p)
     code = getattr(error, "code", None)  # gcsfs's HttpError and google.api_core's exceptions
     kind = type(error).__name__
@@ -152,7 +156,8 @@ def bucket_exists(name: str) -> bool:
 def check_no_links(p: str | os.PathLike, root: str | os.PathLike) -> None:
     """Raises ValueError if a folder between local `root` (excluded) and `p` is a symbolic link,
     through which a write would land outside the run. `p` itself may be a link: whole-file writes
-    replace a link, never what it points to. Does nothing for gs://."""
+    replace a link, never what it points to. Does nothing for gs://.
+    """
     if is_remote(p):
         return
     target, top = os.path.abspath(path(p)), os.path.abspath(path(root))
@@ -227,7 +232,8 @@ def exists(p: str | os.PathLike) -> bool:
 
 def listdir(p: str | os.PathLike) -> list[str]:
     """The sorted names directly in folder `p`; [] if there is none (on gs:// a folder exists only
-    through the objects under it)."""
+    through the objects under it).
+    """
     target = path(p)
     if not is_remote(target):
         return sorted(os.listdir(target)) if os.path.isdir(target) else []
@@ -253,7 +259,8 @@ def _objects(root: epath.Path) -> list[str]:
 
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     """Copies folder `src` to `dst` (which must not exist), both local or both gs://; returns the
-    copied files relative to `src`. Local links are copied as links, never followed."""
+    copied files relative to `src`. Local links are copied as links, never followed.
+    """
     source, target = path(src), path(dst)
     if is_remote(source) != is_remote(target):
         raise ValueError(f"Cannot copy {src} to {dst}: both must be local or both gs://.")
@@ -279,7 +286,8 @@ def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,
     `corrupt_checkpoints/`. Locally a rename (of a link itself, never its target). On gs://, where
     nothing renames, every object is copied and checked at `dst` (same size) before the copied
     objects, and only those, are removed from `src`: nothing is deleted that was not copied.
-    `root`: the local run folder; a link between it and `dst` is refused (`check_no_links`)."""
+    `root`: the local run folder; a link between it and `dst` is refused (`check_no_links`).
+    """
     source, target = path(src), path(dst)
     if not is_remote(source):
         if root is not None:
@@ -300,7 +308,8 @@ def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,
 
 def remove_tree(p: str | os.PathLike) -> None:
     """Removes folder `p` and everything under it (nothing if absent; a local link is removed
-    itself, never what it points to)."""
+    itself, never what it points to).
+    """
     target = path(p)
     if not is_remote(target):
         if os.path.islink(target) or os.path.isfile(target):

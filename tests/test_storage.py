@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from zegot_jax import storage
 from zegot_jax.errors import MissingDependency
-from zegot_jax.runs import gcs_lock, storage
+from zegot_jax.runs import gcs_lock
 
 
 @pytest.fixture
@@ -245,7 +246,8 @@ def _errors():
                          + [("permission", i) for i in range(3)])
 def test_credential_and_permission_failures_read_as_one_line_naming_the_bucket(kind, index):
     """The fake server checks no credentials or permissions: these are the clients' own errors
-    (gcsfs's, google-cloud-storage's, google-auth's) as they raise them against real GCS."""
+    (gcsfs's, google-cloud-storage's, google-auth's) as they raise them against real GCS.
+    """
     error = _errors()[kind][index]
     explained = storage.explain(error, "gs://zegot-bkt/run/metrics.jsonl")
     assert isinstance(explained, ValueError) and "\n" not in str(explained)
