@@ -13,18 +13,20 @@ vocabulary, missing run, unregistered transport). ZEGOT_DEBUG=1 shows tracebacks
 """
 
 import argparse
+import io
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import errors, inference, strict_json, viz
+from zegot_jax import errors, inference, storage, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.ot.registry import load_plugins
 
@@ -84,7 +86,7 @@ def _output_stems(images: Sequence[str]) -> list[str]:
     return out
 
 
-def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
+def save_label_map(label_map: np.ndarray, num_classes: int, path: str | os.PathLike) -> None:
     """Palette PNG (class indices as pixel values) or 16-bit grey PNG above 256 classes."""
     if num_classes <= 256:
         img = PIL.Image.fromarray(label_map.astype(np.uint8), mode="P")
@@ -92,7 +94,9 @@ def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
         img.putpalette(colours.ravel().tolist() + [0] * (3 * (256 - num_classes)))
     else:
         img = PIL.Image.fromarray(label_map.astype(np.uint16))
-    img.save(path)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def summarize(result: inference.SegmentationResult) -> dict:
@@ -114,7 +118,7 @@ def summarize(result: inference.SegmentationResult) -> dict:
     }
 
 
-def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path,
+def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Any,
                 args: argparse.Namespace, classes: list[str] | None,
                 grid_classes: list[str] | None) -> dict:
     """Segments one image and writes its four outputs; returns its JSON summary."""
@@ -129,7 +133,7 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Path
     viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
     summary = {"image": str(image), **summarize(result), "outputs": files,
                "seconds": round(time.perf_counter() - start, 3)}
-    (out / f"{stem}.json").write_text(strict_json.dumps(summary, indent=2))
+    storage.write_text(out / f"{stem}.json", strict_json.dumps(summary, indent=2), root=args.out)
     return summary
 
 
@@ -140,7 +144,8 @@ def segment_command(args: argparse.Namespace) -> int:
         grid = parse_classes(args.grid_classes) if args.grid_classes else None
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
-        errors.check_writable_dir(args.out, "--out")
+        args.out, args.run = storage.normalise(args.out), storage.normalise(args.run)
+        storage.check_writable(args.out, "--out")
         load_plugins(args.plugin)
         inference.check_run(args.run)
         segmenter = inference.Segmenter.from_run(args.run, clip_weights=args.clip_weights)
@@ -155,8 +160,7 @@ def segment_command(args: argparse.Namespace) -> int:
             raise
         print(f"zegot-jax segment: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.path(args.out)
     failures = []
     stems = _output_stems(args.images)
     for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment",

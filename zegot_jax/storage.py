@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
+from zegot_jax import errors
 from zegot_jax.errors import MissingDependency
 
 SUPPORTED = "a local path or gs://BUCKET/PATH"
@@ -55,6 +56,35 @@ def path(p: str | os.PathLike) -> epath.Path:
         raise ValueError(f"{text}: etils.epath reads a local path under /{local.parts[1]}/ as "
                          f"{local.parts[1]}://...; use another local folder.")
     return local
+
+
+def normalise(p: str | os.PathLike) -> str:
+    """`p` as the text every reader and writer of a run gets: `~` expanded, the scheme checked."""
+    return os.fspath(path(p))
+
+
+def check_writable(p: str | os.PathLike, what: str) -> None:
+    """Raises unless a run may write into folder `p` (creating it if needed), local or gs://.
+
+    Args:
+        p: the folder.
+        what: how the user named it, e.g. '--out' or '--workdir'.
+
+    Raises:
+        ValueError: another scheme; a local file, or a folder that cannot be made or written;
+            a gs:// bucket that does not exist or refuses this account.
+        MissingDependency: gs:// without the GCS packages (the message names the install line).
+    """
+    text = normalise(p)
+    if not is_remote(text):
+        errors.check_writable_dir(text, what)
+        return
+    require_gcs(text)
+    with gcs_errors(text):
+        if not bucket_exists(bucket(text)):
+            raise FileNotFoundError(f"{what} {text}: bucket {bucket(text)} does not exist (or is "
+                                    "not visible to this account); check the name, or create it "
+                                    f"with `gcloud storage buckets create gs://{bucket(text)}`.")
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -258,14 +288,19 @@ def _objects(root: epath.Path) -> list[str]:
 
 
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
-    """Copies folder `src` to `dst` (which must not exist), both local or both gs://; returns the
-    copied files relative to `src`. Local links are copied as links, never followed.
+    """Copies folder `src` to `dst` (which must not exist); returns the copied files relative to
+    `src`.
+
+    Both local (links are copied as links, never followed), both gs:// (server-side copies), or
+    a local `src` uploaded to a gs:// `dst` (its regular files; links are refused).
     """
     source, target = path(src), path(dst)
-    if is_remote(source) != is_remote(target):
-        raise ValueError(f"Cannot copy {src} to {dst}: both must be local or both gs://.")
+    if is_remote(source) and not is_remote(target):
+        raise ValueError(f"Cannot copy {src} to {dst}: copy a bucket's folder to a bucket.")
     if exists(target):
         raise FileExistsError(f"Cannot copy {src} to {dst}: {dst} exists.")
+    if is_remote(target) and not is_remote(source):
+        return _upload_tree(source, target)
     if not is_remote(source):
         shutil.copytree(source, target, symlinks=True)
         return sorted(os.path.relpath(os.path.join(d, f), source)
@@ -278,6 +313,20 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
         for name in names:  # server-side copies, object by object
             fs.copy(f"{source}/{name}", f"{target}/{name}")
         return names
+
+
+def _upload_tree(source: epath.Path, target: epath.Path) -> list[str]:
+    """`copy_tree` of a local folder into a bucket, file by file."""
+    names = []
+    for folder, dirs, files in os.walk(source):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(folder, name)):
+                raise ValueError(f"Cannot upload {source}: {os.path.join(folder, name)} is a link.")
+        for name in sorted(files):
+            relative = os.path.relpath(os.path.join(folder, name), source)
+            write_bytes(target / relative, (source / relative).read_bytes())
+            names.append(relative)
+    return sorted(names)
 
 
 def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,

@@ -7,6 +7,7 @@ backend switch), so they work headless, in scripts and in notebooks (a Figure di
 from __future__ import annotations
 
 import colorsys
+import io
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from zegot_jax import storage
 
 if TYPE_CHECKING:  # only annotations: the pictures sit below the segmenter that they draw
     from zegot_jax.evaluation.segmenter import SegmentationResult
@@ -153,5 +156,8 @@ def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None
 
 
 def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> None:
-    """Writes the figure (format from the file extension)."""
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    """Writes the figure to a local path or `gs://` (format from the file extension), whole."""
+    buffer = io.BytesIO()
+    kind = os.path.splitext(os.fspath(path))[1][1:] or "png"
+    fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format=kind)
+    storage.write_bytes(path, buffer.getvalue())

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zegot_jax import storage
 from zegot_jax.clip import convert
 from zegot_jax.clip.model import CLIP
 from zegot_jax.clip.variants import ACTIVATIONS, HUB_IDS, CLIPSpec, known_heads
@@ -114,8 +115,10 @@ def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathli
     """The local file or directory that `path_or_hub_id` names.
 
     Variant names and hub ids are fetched through huggingface_hub (with `offline`, taken from its
-    cache only).
+    cache only); a `gs://` file or folder is copied into the local cache first (`_from_bucket`).
     """
+    if storage.is_remote(path_or_hub_id):
+        return _from_bucket(storage.normalise(path_or_hub_id))
     path = pathlib.Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -143,6 +146,26 @@ def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathli
         raise FileNotFoundError(f'No local file or directory {name!r}, and fetching {repo_id!r} '
                                 'from the Hugging Face hub failed (offline and not cached, or no '
                                 f'such repository?): {e}') from e
+
+
+def _from_bucket(url: str) -> pathlib.Path:
+    """A local copy of the weights file or folder at gs:// `url`, kept under the cache
+    (`$ZEGOT_CACHE`, else `~/.cache/zegot_jax`) and fetched again when an object's size changes.
+    """
+    storage.require_gcs(url)
+    root = pathlib.Path(os.environ.get("ZEGOT_CACHE") or pathlib.Path.home() / ".cache" / "zegot_jax")
+    local = root / "gcs" / url[len("gs://"):]
+    remote = storage.path(url)
+    with storage.gcs_errors(url):
+        names = [] if remote.is_file() else storage.listdir(url)
+        if not names and not remote.is_file():
+            raise FileNotFoundError(f"No CLIP checkpoint at {url!r} (no such object or folder).")
+        files = [(remote, local)] if not names else [
+            (remote / n, local / n) for n in names if (remote / n).is_file()]
+        for source, target in files:
+            if not target.is_file() or target.stat().st_size != source.stat().length:
+                storage.write_bytes(target, storage.read_bytes(source))
+    return local
 
 
 def _pick_file(directory: pathlib.Path) -> pathlib.Path:

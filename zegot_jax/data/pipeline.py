@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -28,6 +27,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from zegot_jax import storage
 from zegot_jax.data import transforms as T
 
 
@@ -305,7 +305,7 @@ SPLIT_ALIASES = {'eval': 'validation', 'val': 'validation', 'test': 'validation'
 def check_prepared(dataset: str, data_dir: str | None = None) -> None:
     """Raises FileNotFoundError if `dataset` is not prepared in `data_dir` (None: TFDS's default).
 
-    The error gives the `prepare` command that builds it. Remote data dirs are not checked.
+    The error gives the `prepare` command that builds it; a gs:// `data_dir` is checked too.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (slow import, only when reading TFDS)
 
@@ -313,12 +313,13 @@ def check_prepared(dataset: str, data_dir: str | None = None) -> None:
 
     if dataset not in BUILDERS:
         raise ValueError(f'Unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}.')
-    root = str(data_dir or tfds.core.constants.DATA_DIR)
-    if '://' in root:
-        return
+    root = storage.normalise(data_dir or tfds.core.constants.DATA_DIR)
+    storage.require_gcs(root)
     builder = BUILDERS[dataset]
-    folder = Path(root).expanduser() / builder.name / str(builder.VERSION)
-    if not (folder / 'dataset_info.json').is_file():
+    folder = storage.path(root) / builder.name / str(builder.VERSION)
+    with storage.gcs_errors(root):
+        prepared = storage.exists(folder / 'dataset_info.json')
+    if not prepared:
         raise FileNotFoundError(
             f'Dataset {dataset!r} is not prepared in {root} (no {folder}). Build it once with: '
             f'python -m zegot_jax.data.prepare --dataset={dataset} --manual_dir=<downloaded files> '

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from zegot_jax import errors
+from zegot_jax import errors, storage
 from zegot_jax.data.builders import BUILDERS
 
 
@@ -41,8 +42,12 @@ def prepare(dataset: str, manual_dir: str | Path, data_dir: str | Path, *,
     if not manual_dir.is_dir():
         raise FileNotFoundError(f'--manual_dir {manual_dir} does not exist. Download the files '
                                 f'below into it:\n{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    storage.check_writable(data_dir, '--data_dir')
+    if storage.is_remote(data_dir):
+        return _prepare_remote(dataset, manual_dir, storage.normalise(data_dir),
+                               allow_partial=allow_partial, overwrite=overwrite,
+                               num_threads=num_threads)
     data_dir = Path(data_dir).expanduser()
-    errors.check_writable_dir(str(data_dir), '--data_dir')
     final = final_dir(dataset, data_dir)
     _remove_unfinished(data_dir / builder_cls.name)
     if final.exists() and not overwrite:
@@ -66,6 +71,28 @@ def prepare(dataset: str, manual_dir: str | Path, data_dir: str | Path, *,
         shutil.rmtree(build_dir)
         builder = builder_cls(data_dir=str(data_dir))
     return builder
+
+
+def _prepare_remote(dataset: str, manual_dir: Path, data_dir: str, *, allow_partial: bool,
+                    overwrite: bool, num_threads: int | None) -> tfds.core.DatasetBuilder:
+    """`prepare` into a gs:// `data_dir`: built in a local folder, then copied into the bucket.
+
+    array_record writes local files only, so the shards are made here and uploaded; an existing
+    copy is replaced only once the new one is whole in the bucket.
+    """
+    builder_cls = BUILDERS[dataset]
+    final = f'{data_dir}/{builder_cls.name}/{builder_cls.VERSION}'
+    if storage.exists(f'{final}/dataset_info.json') and not overwrite:
+        return _existing(builder_cls, data_dir, allow_partial)
+    with tempfile.TemporaryDirectory(prefix='zegot-prepare-') as local:
+        built = prepare(dataset, manual_dir, local, allow_partial=allow_partial,
+                        num_threads=num_threads)
+        staged = f'{final}.rebuild' if storage.exists(final) else final
+        storage.copy_tree(built.data_dir, staged)
+    if staged != final:
+        storage.remove_tree(final)
+        storage.move_tree(staged, final)
+    return builder_cls(data_dir=data_dir)
 
 
 def final_dir(dataset: str, data_dir: str | Path) -> Path:
@@ -114,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.manual_dir or not args.data_dir:
         parser.error('--manual_dir and --data_dir are required')
-    existed = final_dir(args.dataset, args.data_dir).exists() and not args.overwrite
+    existed = not args.overwrite and storage.exists(
+        f'{storage.normalise(args.data_dir)}/{BUILDERS[args.dataset].name}/'
+        f'{BUILDERS[args.dataset].VERSION}/dataset_info.json')
     with errors.user_errors():
         builder = prepare(args.dataset, args.manual_dir, args.data_dir,
                           allow_partial=args.allow_partial, overwrite=args.overwrite,

@@ -8,7 +8,6 @@ Images of equal size are scored in batches sharded over every local device (`eva
 
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -19,7 +18,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from zegot_jax import sharding, strict_json
+from zegot_jax import sharding, storage, strict_json
 from zegot_jax.evaluation import metrics, sliding
 from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
@@ -320,10 +319,14 @@ def markdown(summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
 
 
 def write_results(out_dir: str, summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-    """Writes `results.md` and `results.json` into `out_dir`; returns the Markdown."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes `results.md` and `results.json` into `out_dir` (local or `gs://`) from process 0.
+
+    Returns:
+        The Markdown (every process gets it; only process 0 writes).
+    """
     text = markdown(summary, config)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(strict_json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        out = storage.path(out_dir)
+        storage.write_text(out / "results.md", text, root=out_dir)
+        storage.write_text(out / "results.json", strict_json.dumps(summary, indent=2), root=out_dir)
     return text

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zegot_jax import ot
+from zegot_jax import ot, storage
 from zegot_jax.configs.overrides import override
 from zegot_jax.data import transforms
 from zegot_jax.data.images import ImageLike, load_image
@@ -150,8 +150,9 @@ class Segmenter:
               or `{'eval.mode': 'whole'}` (not ones that change parameter shapes).
             **kwargs: passed to the constructor (`vocab_bucket`, `text_cache_size`).
         """
+        workdir = storage.normalise(workdir)
         saved.check_run(workdir)
-        config = ckpt_lib.saved_config(str(workdir))
+        config = ckpt_lib.saved_config(workdir)
         if "model.ot.solver" not in (overrides or {}):  # else the caller chose another one
             ot.require_registered(config.model.ot.solver, f"The run {str(workdir)!r}")
         config = override(config, overrides)

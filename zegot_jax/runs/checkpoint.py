@@ -20,6 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from zegot_jax import storage
 from zegot_jax.configs.overrides import from_json
 from zegot_jax.runs import orbax_errors
 
@@ -191,17 +192,23 @@ class Checkpointer:
             reason for _, reason in failures) + ". Delete the checkpoints/ folder to start over.")
 
     def _set_aside(self, step: int) -> str:
-        """Moves a damaged step out of the way (deletes it on remote storage); says what it did.
+        """Moves a damaged step into `workdir/corrupt_checkpoints/`; says what it did.
 
-        Locally it is renamed into `workdir/corrupt_checkpoints/` (to `N-2`, `N-3`... when an
-        earlier `N` is there): nothing is deleted, and nothing moves through a link.
+        It becomes `corrupt_checkpoints/N` (`N-2`, `N-3`... when an earlier `N` is there). Locally
+        it is renamed, and nothing moves through a link; in a bucket each object is copied and
+        only then removed. Nothing is deleted that was not copied.
 
         Raises:
             ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
         """
-        if "://" in self.workdir:
-            self.manager.delete(step)
-            return "deleted it"
+        if storage.is_remote(self.workdir):  # copied whole, then removed: nothing lost
+            target = f"{self.workdir}/corrupt_checkpoints/{step}"
+            n = 1
+            while storage.exists(target):
+                n += 1
+                target = f"{self.workdir}/corrupt_checkpoints/{step}-{n}"
+            storage.move_tree(f"{directory(self.workdir)}/{step}", target)
+            return f"moved it to {target}"
         aside = Path(self.workdir) / "corrupt_checkpoints"
         source = Path(directory(self.workdir)) / str(step)
         if aside.is_symlink() or (aside.exists() and not aside.is_dir()):

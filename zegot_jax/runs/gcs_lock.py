@@ -9,8 +9,9 @@ preconditions (google-cloud-storage's `if_generation_match`): the lock is create
 write or delete names the generation this holder last wrote, so a holder that lost the lock finds
 out instead of overwriting the new holder. The object describes its holder (host, pid, start time,
 a heartbeat count); a daemon thread rewrites it every `HEARTBEAT_S` seconds, through compiles,
-evaluations and checkpoint waits alike. A preempted TPU VM never releases its lock: a lock whose
-object was last written more than `STALE_AFTER_S` ago may be taken over, with a note, and the
+evaluations and checkpoint waits alike. A killed training never releases its lock: a lock whose
+holder ran on this host and has ended is taken over at once, and one whose object was last written
+more than `STALE_AFTER_S` ago (a preempted or lost VM) may be taken over, each with a note; the
 takeover is conditioned on the stale generation too (of two trainings taking over, one wins).
 """
 
@@ -156,6 +157,21 @@ class Held:
                     self._blob.delete(if_generation_match=self.generation)
 
 
+def _died_here(holder: dict) -> bool:
+    """Whether the lock's holder ran on this host and its process has ended (a SIGKILL or a
+    crash never releases the lock; the same command then resumes at once)."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _age_s(blob) -> float:
     return (datetime.datetime.now(datetime.UTC) - blob.updated).total_seconds()
 
@@ -185,17 +201,19 @@ def acquire(workdir: str, *, heartbeat_s: float = HEARTBEAT_S,
                 if current is None:
                     held._write(if_generation_match=0)
                     break
-                if (age := _age_s(current)) <= stale_after_s:
+                holder = _holder_of(current)
+                gone = _died_here(holder)
+                if (age := _age_s(current)) <= stale_after_s and not gone:
                     raise ValueError(
-                        f"{workdir} is in use by another training ({_describe(_holder_of(current))}, "
+                        f"{workdir} is in use by another training ({_describe(holder)}, "
                         f"heartbeat {age:.0f} s ago); wait for it to finish or stop it, or pick "
                         f"another --workdir (a lock not renewed for {stale_after_s / 60:g} min "
                         "is taken over).")
-                holder = _holder_of(current)
                 held._write(if_generation_match=current.generation)
-                print(f"note: taking over the lock of {workdir}: its holder "
-                      f"({_describe(holder)}) last renewed it {age / 60:.0f} min ago.",
-                      file=sys.stderr, flush=True)
+                why = "is no longer running on this host" if gone else \
+                    f"last renewed it {age / 60:.0f} min ago"
+                print(f"note: taking over the lock of {workdir}: its holder ({_describe(holder)}) "
+                      f"{why}.", file=sys.stderr, flush=True)
                 break
             except exceptions.NotFound as e:
                 if (missing := storage.explain(e, lock)) is not e:

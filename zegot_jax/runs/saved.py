@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from zegot_jax import ot
+from zegot_jax import ot, storage
 from zegot_jax.configs.overrides import update_from_saved
 from zegot_jax.models import build as build_lib
 from zegot_jax.models import functional
@@ -25,8 +25,13 @@ MODEL_SECTIONS = ("clip", "model", "seed")
 
 def check_run(workdir: str | os.PathLike) -> None:
     """Raises FileNotFoundError unless `workdir` looks like a training run with checkpoints."""
-    workdir = str(workdir)
-    if "://" in workdir:
+    workdir = storage.normalise(workdir)
+    storage.require_gcs(workdir)
+    if storage.is_remote(workdir):
+        with storage.gcs_errors(workdir):
+            if not storage.listdir(ckpt_lib.directory(workdir)):
+                raise FileNotFoundError(f"{workdir!r} holds no {ckpt_lib.CHECKPOINTS}/ folder: is "
+                                        "it the --workdir of a train.py run?")
         return
     if not Path(workdir).is_dir():
         raise FileNotFoundError(f"Run directory {workdir!r} does not exist: pass the --workdir of "

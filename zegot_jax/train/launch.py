@@ -9,7 +9,7 @@ import sys
 
 import ml_collections
 
-from zegot_jax import errors
+from zegot_jax import storage
 from zegot_jax.configs import checks as config_checks
 from zegot_jax.data.setup import DataSetup
 from zegot_jax.runs import checkpoint as ckpt_lib
@@ -52,7 +52,7 @@ def schedule_change(config: ml_collections.ConfigDict, before: int, step: int) -
 def check(config: ml_collections.ConfigDict, workdir: str, *, num_devices: int) -> None:
     """Everything `train` verifies before it starts; raises the first kind of problem found."""
     config_checks.check(config, num_devices=num_devices)
-    errors.check_writable_dir(workdir, "--workdir")
+    storage.check_writable(workdir, "--workdir")
     DataSetup.from_config(config).check_available()
     check_resume(config, workdir)
     if not ckpt_lib.has_checkpoint(workdir):

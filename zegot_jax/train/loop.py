@@ -17,15 +17,15 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax import ot, sharding
+from zegot_jax import ot, sharding, storage
 from zegot_jax.configs import checks as config_checks
 from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, figure
 from zegot_jax.models import build as build_lib
 from zegot_jax.models import functional
 from zegot_jax.runs import checkpoint as ckpt_lib
+from zegot_jax.runs import gcs_lock, workdir_lock
 from zegot_jax.runs import saved as saved_run
-from zegot_jax.runs import workdir_lock
 from zegot_jax.train import launch, optim
 from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
@@ -85,11 +85,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           anything is built or written (see `launch.check`); the workdir is busy.
     """
     sharding.maybe_initialize_distributed()
+    workdir = storage.normalise(workdir)  # `~` expanded; a scheme other than gs:// refused
     launch.check(config, workdir, num_devices=jax.device_count())
-    created = "://" not in workdir and not Path(workdir).exists()
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    remote = storage.is_remote(workdir)
+    created = not remote and not os.path.lexists(workdir)
+    if not remote:  # an object store has no folders to make
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = gcs_lock if remote else workdir_lock
     try:
-        with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        with lock.hold(workdir, enabled=jax.process_index() == 0):
             return _train(config, workdir)
     except BaseException:
         if created:  # a run that failed before writing anything leaves nothing behind
@@ -208,6 +212,7 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
                 writer.write(step, host)
                 bar.set_postfix(loss=f"{host['loss']:.4f}")
             if should_save:
+                writer.flush()  # the rows up to a checkpoint are stored before it
                 ckpt.save(step, state, train_iter.get_state(), config)
                 last_saved = step
             if preempted:
@@ -230,7 +235,7 @@ def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str
         if config.eval.training_free_baseline:
             clip = functional.merge(graphdef, state["params"], frozen).clip
             baseline = evaluator.training_free_parts(config, clip)
-        figure.write_results_figure(str(Path(writer.workdir) / "predictions.png"), config,
+        figure.write_results_figure(os.fspath(storage.path(writer.workdir) / "predictions.png"), config,
                                     (graphdef, state["params"], frozen),
                                     data.source("eval"), data.class_names, data.unseen,
                                     baseline_parts=baseline)
