@@ -31,10 +31,15 @@ SCREENSHOT = ROOT / "docs" / "demo.png"
 
 
 @pytest.fixture(scope="module")
-def segmenter(tmp_path_factory, tiny_clip):
+def run(tmp_path_factory, tiny_clip):
     workdir = str(tmp_path_factory.mktemp("run"))
     save_run(workdir, smoke_config(), tiny_clip)
-    return inference.Segmenter.from_run(workdir)
+    return workdir, inference.Segmenter.from_run(workdir)
+
+
+@pytest.fixture(scope="module")
+def segmenter(run):
+    return run[1]
 
 
 def _request(segmenter, tmp_path, image, vocabulary="cat, dog", **kwargs):
@@ -119,6 +124,11 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"{reason} {hint}")
 
 
+def _require_gradio() -> None:
+    if importlib.util.find_spec("gradio") is None:
+        _unavailable("gradio not installed")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,11 +156,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page_url(segmenter):
-    if importlib.util.find_spec("gradio") is None:
-        _unavailable("gradio not installed")
-    page = demo.build(segmenter)
+    """The page served by `demo.launch` (as in a notebook) on a free port of 127.0.0.1.
+
+    Started outside the tests: a server started under `capsys` writes to its closed stream later.
+    """
+    _require_gradio()
     port = _free_port()
-    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    page = demo.launch(segmenter, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}"
     page.close()
 
@@ -184,23 +196,27 @@ def _offered_label_map(driver, wait, previous: str | None) -> tuple[str, np.ndar
 
 def _screenshot(driver, path: Path) -> None:
     """The whole page, reduced to a palette (a small PNG for the README)."""
-    height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1280, height + 40)
+    height = driver.execute_script(
+        "return Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))")
+    driver.set_window_size(1280, height + 120)
     shot = PIL.Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     shot.quantize(colors=64, method=PIL.Image.Quantize.MEDIANCUT).save(path, optimize=True)
     driver.set_window_size(1280, 1700)
 
 
 @pytest.mark.slow
-def test_the_page_in_a_browser(segmenter, page_url, browser, tmp_path):
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, capsys):
     """Upload, classes, button: the offered label map is `Segmenter.segment`'s; a bad vocabulary
-    shows its message and the next request works without compiling again."""
+    shows its message and the next request works without compiling again; `zegot-jax demo` on
+    the page's port says in one line that it is taken."""
+    workdir, segmenter = run
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
     image = tmp_path / "scene.png"
     PIL.Image.fromarray(world.render(0, "test", 5, size=96)["image"]).save(image)
-    wait = WebDriverWait(browser, 120)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.1)
     browser.get(page_url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(image))
@@ -232,3 +248,9 @@ def test_the_page_in_a_browser(segmenter, page_url, browser, tmp_path):
     _, labels = _offered_label_map(browser, wait, href)
     np.testing.assert_array_equal(labels, segmenter.segment(image, second).label_map)
     assert segmenter.num_compilations() == compiled
+
+    monkeypatch.setattr(inference.Segmenter, "from_run", lambda *_, **__: segmenter)
+    port = page_url.rsplit(":", 1)[1]
+    assert cli.main(["demo", "--run", workdir, "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot serve on 127.0.0.1:{port}" in err and err.rstrip().endswith("pick another --port.")
