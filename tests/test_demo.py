@@ -83,11 +83,15 @@ def test_bad_input_is_one_line_naming_the_problem(segmenter, tmp_path, monkeypat
     assert demo._shown(KeyError("a bug")) is None  # re-raised: gradio reports it as an error
 
 
-def test_the_seen_penalty_is_set_per_request_and_restored(segmenter):
-    assert segmenter.config.eval.seen_penalty == 0.1
-    with demo.seen_penalty(segmenter, 0.0):
-        assert segmenter.config.eval.seen_penalty == 0.0
-    assert segmenter.config.eval.seen_penalty == 0.1
+def test_the_seen_penalty_is_per_request(segmenter):
+    image = random_image(20, 30)
+    plain = segmenter.segment(image, ["cat", "dog", "grass"], calibrate=False)  # cat, dog: seen
+    for penalty in (0.0, 0.3, 1.0):
+        view = demo.with_seen_penalty(segmenter, penalty)
+        lowered = plain.scores - penalty * np.asarray([1.0, 1.0, 0.0])[:, None, None]
+        np.testing.assert_array_equal(view.segment(image, ["cat", "dog", "grass"]).label_map,
+                                      np.argmax(lowered, axis=0))
+    assert segmenter.config.eval.seen_penalty == 0.1  # the run's own is left alone
     unseen = set(class_names.VOC20) - set(demo.seen_classes(segmenter))
     assert unseen == {"pottedplant", "sheep", "sofa", "train", "tvmonitor"}
     note = demo.classes_note(segmenter)
@@ -232,7 +236,13 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     assert column(0) == first  # the table: class, mean, max, pixel share
     share = np.bincount(labels.ravel(), minlength=len(first)) / labels.size
     np.testing.assert_allclose([float(x) for x in column(3)], share, atol=1e-4)
-    assert browser.find_elements(By.CSS_SELECTOR, "#prompts img")
+    drawn = browser.find_element(By.CSS_SELECTOR, "#prompts img").get_attribute("src")
+    browser.find_element(By.CSS_SELECTOR, "#grid-class input").click()  # another class's maps
+    wait.until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#grid-class li")
+                          if o.text.strip() == "sky"])[0].click()
+    redrawn = wait.until(lambda d: (src := d.find_element(By.CSS_SELECTOR, "#prompts img")
+                                    .get_attribute("src")) not in (drawn, None) and src)
+    assert "prompts-sky.png" in redrawn
     if os.environ.get("ZEGOT_WRITE_SCREENSHOT") == "1":
         _screenshot(browser, SCREENSHOT)
     compiled = segmenter.num_compilations()

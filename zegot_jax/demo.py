@@ -20,11 +20,12 @@ built.
 from __future__ import annotations
 
 import atexit
-import contextlib
+import copy
+import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,25 +74,21 @@ def parse_vocabulary(text: str) -> list[str]:
     return names
 
 
-@contextlib.contextmanager
-def seen_penalty(segmenter: Segmenter, penalty: float) -> Iterator[None]:
-    """Scores with `eval.seen_penalty = penalty` inside the block, then restores the run's value.
+def with_seen_penalty(segmenter: Segmenter, penalty: float) -> Segmenter:
+    """The same model scoring with `eval.seen_penalty = penalty`; `segmenter` is left as it is.
 
-    The penalty is an argument of the compiled function, so changing it compiles nothing. Not
-    thread-safe: the page runs one request at a time.
+    A shallow copy with its own config: parameters, compiled functions and the text cache are
+    shared (the penalty is an argument of the compiled function, so no value compiles anew).
     """
-    saved = segmenter.config.eval.seen_penalty
-    segmenter.config.eval.seen_penalty = float(penalty)
-    try:
-        yield
-    finally:
-        segmenter.config.eval.seen_penalty = saved
+    view = copy.copy(segmenter)
+    view.config = copy.deepcopy(segmenter.config)
+    view.config.eval.seen_penalty = float(penalty)
+    return view
 
 
 def seen_classes(segmenter: Segmenter) -> tuple[str, ...]:
     """The run's classes that the seen penalty lowers (those labelled in an inductive training)."""
-    with seen_penalty(segmenter, 1.0):  # `seen_class_names` is empty while the penalty is 0
-        return segmenter.seen_class_names
+    return with_seen_penalty(segmenter, 1.0).seen_class_names  # empty while the penalty is 0
 
 
 def classes_note(segmenter: Segmenter) -> str:
@@ -172,9 +169,8 @@ def segment_request(segmenter: Segmenter, image_path: str | None, vocabulary: st
         pixels = load_image(image_path)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise ValueError(str(e).replace(repr(str(image_path)), repr(name))) from None
-    with seen_penalty(segmenter, penalty):
-        result = segmenter.segment(pixels, names, details=True, calibrate=penalty > 0,
-                                   full_scores=False)  # the same label map, less memory
+    result = with_seen_penalty(segmenter, penalty).segment(
+        pixels, names, details=True, full_scores=False)  # the same label map, less memory
     seconds = time.perf_counter() - start
     stem = Path(name).stem or "image"
     files = {key: out / f"{stem}_{key}.png" for key in ("overlay", "labels", "prompts")}
@@ -207,52 +203,78 @@ def _payload_path(payload: Any) -> tuple[str | None, str]:
     return data.get("path"), data.get("orig_name") or Path(data.get("path") or "image").name
 
 
-def build(segmenter: Segmenter) -> gr.Blocks:
-    """The page (a `gr.Blocks`, queued one request at a time) for a loaded segmenter."""
-    gr = require_gradio()
-    root = Path(tempfile.mkdtemp(prefix="zegot-demo-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    examples = write_examples(root)
-    count = iter(range(1 << 62))
+class _Files:
+    """The page's folder: the examples, and one folder per request for its pictures.
+
+    Starting a request removes the previous requests' folders: Gradio has copied their files into
+    its own cache by then, as requests run one at a time.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="zegot-demo-"))
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+        (self.root / "examples").mkdir()
+        self.examples = write_examples(self.root / "examples")
+        self._count = itertools.count()
+
+    def fresh(self) -> Path:
+        """An empty folder for one request."""
+        for old in self.root.glob("request-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        path = self.root / f"request-{next(self._count)}"
+        path.mkdir()
+        return path
+
+
+def _handlers(gr: Any, segmenter: Segmenter, files: _Files) -> tuple[Callable, Callable]:
+    """The functions behind the button and the class menu."""
 
     def on_segment(payload, vocabulary, penalty):
         image_path, name = _payload_path(payload)
-        out = root / f"request-{next(count)}"
-        out.mkdir()
         try:
-            page = segment_request(segmenter, image_path, vocabulary, penalty, out, name)
+            page = segment_request(segmenter, image_path, vocabulary, penalty, files.fresh(), name)
         except Exception as e:  # noqa: BLE001 (user errors become the page's message)
             if (message := _shown(e)) is None:
                 raise
             raise gr.Error(message, print_exception=False) from None
-        choices = list(page["result"].class_names)
+        result = page["result"]
+        kept = result._replace(image=None, label_map=None)  # what the class menu redraws from
         return (page["overlay"], page["labels"], page["table"],
-                gr.Dropdown(choices=choices, value=page["grid_class"]), page["prompts"],
-                page["status"], page["result"])
+                gr.Dropdown(choices=list(result.class_names), value=page["grid_class"]),
+                page["prompts"], page["status"], kept)
 
     def on_grid_class(name, result):
         if result is None or name not in result.class_names:
             return gr.skip()
-        path = root / f"prompts-{next(count)}.png"
+        path = files.fresh() / f"prompts-{name}.png"
         save_prompt_maps(result, name, path)
         return str(path)
 
-    run_penalty = float(segmenter.config.eval.seen_penalty)
-    with gr.Blocks(title="zegot_jax: zero-shot segmentation", analytics_enabled=False) as page:
+    return on_segment, on_grid_class
+
+
+def build(segmenter: Segmenter) -> gr.Blocks:
+    """The page (a `gr.Blocks`, queued: one request at a time) for a loaded segmenter."""
+    gr = require_gradio()
+    files = _Files()
+    on_segment, on_grid_class = _handlers(gr, segmenter, files)
+    with gr.Blocks(title="zegot_jax: zero-shot segmentation", analytics_enabled=False,
+                   delete_cache=(3600, 86400)) as page:
         gr.Markdown("## zegot_jax: segment an image with any vocabulary")
         gr.Markdown(classes_note(segmenter))
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(label="image", type="filepath", format="png", elem_id="image")
-                gr.Examples(examples=[[p] for p in examples], inputs=[image],
+                gr.Examples(examples=[[p] for p in files.examples], inputs=[image],
                             label="synthetic world test images")
                 vocabulary = gr.Textbox(label="vocabulary (comma-separated)", lines=3,
                                         value=", ".join(segmenter.run_class_names),
                                         elem_id="vocabulary")
-                penalty = gr.Slider(0.0, 1.0, value=run_penalty, step=0.01,
+                penalty = gr.Slider(0.0, 1.0, value=float(segmenter.config.eval.seen_penalty),
+                                    step=0.01, elem_id="penalty",
                                     label="seen penalty (subtracted from the seen classes' scores)",
-                                    interactive=bool(seen_classes(segmenter)), elem_id="penalty")
+                                    interactive=bool(seen_classes(segmenter)))
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column(scale=2):
                 overlay = gr.Image(label="overlay", format="png", interactive=False,
@@ -268,8 +290,9 @@ def build(segmenter: Segmenter) -> gr.Blocks:
                            format="png", interactive=False, elem_id="prompts")
         button.click(on_segment, [image, vocabulary, penalty],
                      [overlay, labels, table, grid_class, prompts, status, state],
-                     preprocess=False)  # the image is read here, to word a bad file's message
-        grid_class.input(on_grid_class, [grid_class, state], [prompts])
+                     preprocess=False,  # the image is read here, to word a bad file's message
+                     concurrency_id="model")
+        grid_class.input(on_grid_class, [grid_class, state], [prompts], concurrency_id="model")
     return page.queue(default_concurrency_limit=1)
 
 
