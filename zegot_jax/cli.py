@@ -18,6 +18,7 @@ without Gradio, or with a missing run or a port in use, it prints one line and e
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import errors, inference, strict_json, viz
+from zegot_jax import demo, errors, inference, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.ot.registry import load_plugins
 
@@ -179,13 +180,11 @@ def segment_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     """Runs `zegot-jax demo`: serves the page until interrupted; returns the exit status."""
     try:
-        from zegot_jax import demo  # noqa: PLC0415 (the page is the one command that needs it)
-
         demo.require_gradio()  # before the run is loaded
         inference.check_run(args.run)
         segmenter = inference.Segmenter.from_run(args.run)
-        print(f"Serving {args.run} on http://{args.host}:{args.port} (Ctrl-C stops).",
-              file=sys.stderr, flush=True)
+        # A service manager's stop closes the server and cleans up as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         demo.serve(segmenter, host=args.host, port=args.port)
     except (*errors.USER_ERRORS, OSError) as e:
         if os.environ.get("ZEGOT_DEBUG"):

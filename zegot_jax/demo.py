@@ -23,6 +23,7 @@ import atexit
 import copy
 import itertools
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -312,11 +313,14 @@ def serve(segmenter: Segmenter, *, host: str = "127.0.0.1", port: int = 7860) ->
     """Serves the page at http://host:port until interrupted (Ctrl-C).
 
     Raises:
-      OSError: the port is taken (with the flag to change it).
+      OSError: the port is taken or the host is not this machine's (naming the flags).
     """
     page = build(segmenter)
     try:
-        page.launch(server_name=host, server_port=port, inline=False, inbrowser=False)
+        page.launch(server_name=host, server_port=port, inline=False, quiet=True,
+                    prevent_thread_lock=True)
     except OSError as e:
-        raise OSError(f"Cannot serve on {host}:{port} ({str(e).splitlines()[0]}): pick another "
-                      "--port.") from e
+        raise OSError(f"Cannot serve on {host}:{port}: the port is taken or the address is not "
+                      "this machine's; pick another --port or --host.") from e
+    print(f"Serving the page on {page.local_url} (Ctrl-C stops).", file=sys.stderr, flush=True)
+    page.block_thread()
