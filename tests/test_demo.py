@@ -200,12 +200,11 @@ def _offered_label_map(driver, wait, previous: str | None) -> tuple[str, np.ndar
 
 def _screenshot(driver, path: Path) -> None:
     """The whole page once idle, reduced to a palette (a small PNG for the README)."""
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
-    WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: all(
-        "hide" in t.get_attribute("class")
-        for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']")))
+    WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll(\"[data-testid='status-tracker']\")]"
+        ".every(t => t.classList.contains('hide'))"))
     height = driver.execute_script(
         "return Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))")
     driver.set_window_size(1280, height + 120)
@@ -220,13 +219,18 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     """Upload, classes, button: the offered label map is `Segmenter.segment`'s; a bad vocabulary
     shows its message and the next request works without compiling again; `zegot-jax demo` on
     the page's port says in one line that it is taken."""
-    workdir, segmenter = run
+    from selenium.common.exceptions import (  # noqa: PLC0415
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
+    workdir, segmenter = run
     image = tmp_path / "scene.png"
     PIL.Image.fromarray(world.render(0, "test", 5, size=96)["image"]).save(image)
-    wait = WebDriverWait(browser, 120, poll_frequency=0.1)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.1,  # the page re-renders what it updates
+                         ignored_exceptions=[NoSuchElementException, StaleElementReferenceException])
     browser.get(page_url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(image))
@@ -236,10 +240,10 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     _press(browser, ", ".join(first))
     href, labels = _offered_label_map(browser, wait, None)
     np.testing.assert_array_equal(labels, segmenter.segment(image, first).label_map)
-    assert "5 classes, segmented in" in browser.find_element(By.ID, "status").text
+    wait.until(lambda d: "5 classes, segmented in" in d.find_element(By.ID, "status").text)
     column = lambda c: [e.text for e in browser.find_elements(
         By.CSS_SELECTOR, f"#scores [role=gridcell][data-col='{c}']")]
-    assert column(0) == first  # the table: class, mean, max, pixel share
+    wait.until(lambda d: column(0) == first)  # the table: class, mean, max, pixel share
     share = np.bincount(labels.ravel(), minlength=len(first)) / labels.size
     np.testing.assert_allclose([float(x) for x in column(3)], share, atol=1e-4)
     if os.environ.get("ZEGOT_WRITE_SCREENSHOT") == "1":
@@ -254,10 +258,8 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     compiled = segmenter.num_compilations()
 
     _press(browser, "cat, dog, Cat")
-    toast = wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR,
-                                                             "[data-testid='toast-body']")
-                                  if "Duplicate class names ['Cat']" in t.text])
-    assert toast[0].is_displayed()
+    wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
+                          if "Duplicate class names ['Cat']" in t.text and t.is_displayed()])
 
     second = ["grass", "sky", "person", "car", "water", "ice"]  # another vocabulary, same bucket
     _press(browser, ", ".join(second))

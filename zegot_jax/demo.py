@@ -4,17 +4,11 @@
     from zegot_jax.inference import Segmenter
     demo.launch(Segmenter.from_run("runs/synthetic"))   # the page in the cell's output (Colab too)
 
-Upload an image or pick one of the synthetic world's test images, type a vocabulary
-(comma-separated; the run's classes by default) and a seen penalty; the page shows the overlay with
-its legend, the label map to download (a palette PNG of class indices, as `zegot-jax segment`
-writes), the per-class scores and, for a chosen class, the per-prompt similarity maps and transport
-plans of each layer. Requests are queued and run one at a time on the one model in memory; the
-compiled functions are reused across vocabularies of a similar size (`Segmenter` pads them).
-Bad input (an unreadable image, an empty or repeated vocabulary, more classes than
-`model.max_classes`, an image too large for memory) shows one line and the page goes on serving.
-
-Gradio is the optional `demo` extra (`pip install 'zegot-jax[demo]'`), imported only when a page is
-built.
+An image (uploaded, or one of the synthetic world's test images), a vocabulary and a seen penalty
+in; the overlay with its legend, the label map to download (the palette PNG of `zegot-jax
+segment`), per-class scores and one class's per-prompt maps and plans of each layer out. Requests
+run one at a time on the one model; bad input shows one line and the page goes on serving. Gradio
+is the optional `demo` extra (`pip install 'zegot-jax[demo]'`), imported when a page is built.
 """
 
 from __future__ import annotations
@@ -46,11 +40,7 @@ SCORE_HEADERS = ["class", "mean", "max", "pixel share"]
 
 
 def require_gradio() -> Any:
-    """The gradio module.
-
-    Raises:
-      MissingDependency: Gradio is not installed (the message names the extra to install).
-    """
+    """The gradio module; MissingDependency (naming the extra to install) without it."""
     try:
         import gradio  # noqa: PLC0415 (optional: the base package works without it)
     except ImportError as e:
