@@ -52,8 +52,8 @@ def parse_vocabulary(text: str) -> list[str]:
     """'cat, dog,grass' -> ['cat', 'dog', 'grass'].
 
     Raises:
-      ValueError: no names, or an empty name (two commas in a row, a trailing comma). Repeated
-        names and too many are refused by `Segmenter.segment`.
+        ValueError: no names, or an empty name (two commas in a row, a trailing comma). Repeated
+            names and too many are refused by `Segmenter.segment`.
     """
     names = [n.strip() for n in (text or "").split(",")]
     if all(not n for n in names):
@@ -139,18 +139,18 @@ def segment_request(segmenter: Segmenter, image_path: str | None, vocabulary: st
     """One press of the page's button: segments and writes the pictures and the label map.
 
     Args:
-      segmenter: the model.
-      image_path: the uploaded (or example) image file; None when none was given.
-      vocabulary: comma-separated class names.
-      penalty: the seen penalty (0 scores every class alike).
-      out: an empty directory for this request's files.
-      name: the image's file name as the user knows it (messages and the download's name).
+        segmenter: the model.
+        image_path: the uploaded (or example) image file; None when none was given.
+        vocabulary: comma-separated class names.
+        penalty: the seen penalty (0 scores every class alike).
+        out: an empty directory for this request's files.
+        name: the image's file name as the user knows it (messages and the download's name).
 
     Raises:
-      ValueError, TypeError: bad input, with the message to show.
+        ValueError, TypeError: bad input, with the message to show.
 
     Returns:
-      result, overlay, labels, prompts (paths), table, grid_class, status.
+        result, overlay, labels, prompts (paths), table, grid_class, status.
     """
     start = time.perf_counter()
     if image_path is None:
@@ -291,8 +291,8 @@ def launch(segmenter: Segmenter, **kwargs: Any) -> gr.Blocks:
     """Shows the page inline in a notebook (Colab included) and returns it.
 
     Args:
-      segmenter: the loaded model, e.g. `Segmenter.from_run("runs/synthetic")`.
-      **kwargs: passed to `gr.Blocks.launch` (e.g. `share=True`, `server_port=7861`).
+        segmenter: the loaded model, e.g. `Segmenter.from_run("runs/synthetic")`.
+        **kwargs: passed to `gr.Blocks.launch` (e.g. `share=True`, `server_port=7861`).
     """
     page = build(segmenter)
     page.launch(**{"prevent_thread_lock": True, **kwargs})
@@ -303,7 +303,7 @@ def serve(segmenter: Segmenter, *, host: str = "127.0.0.1", port: int = 7860) ->
     """Serves the page at http://host:port until interrupted (Ctrl-C).
 
     Raises:
-      OSError: the port is taken or the host is not this machine's (naming the flags).
+        OSError: the port is taken or the host is not this machine's (naming the flags).
     """
     page = build(segmenter)
     try:
