@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sys
+import types
 import urllib.request
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def test_the_command_without_gradio_names_the_extra(monkeypatch, capsys, tmp_pat
     assert cli.main(["demo", "--run", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'zegot-jax[demo]'" in err
+    folder = types.ModuleType("gradio")  # a folder named gradio (Gradio's /tmp/gradio) on the path
+    folder.__path__ = [str(tmp_path / "gradio")]
+    monkeypatch.setitem(sys.modules, "gradio", folder)
+    assert cli.main(["demo", "--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"finds {tmp_path / 'gradio'}, which is not the package" in err
 
 
 def test_the_command_reports_a_missing_run_before_loading(monkeypatch, capsys, tmp_path):

@@ -45,6 +45,10 @@ def require_gradio() -> Any:
         import gradio  # noqa: PLC0415 (optional: the base package works without it)
     except ImportError as e:
         raise errors.MissingDependency(f"The demo page needs Gradio: {INSTALL}") from e
+    if not hasattr(gradio, "Blocks"):  # e.g. Gradio's cache folder /tmp/gradio, run from /tmp
+        where = ", ".join(getattr(gradio, "__path__", None) or [str(gradio.__file__)])
+        raise errors.MissingDependency(f"The demo page needs Gradio: {INSTALL} ('import gradio' "
+                                       f"finds {where}, which is not the package)")
     return gradio
 
 
