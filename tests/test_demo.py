@@ -187,6 +187,14 @@ def _press(driver, vocabulary: str) -> None:
     driver.find_element(By.ID, "segment").click()
 
 
+def _toast(wait, message: str) -> None:
+    """Waits for a visible notice (gr.Error) containing `message`."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
+                          if message in t.text and t.is_displayed()])
+
+
 def _offered_label_map(driver, wait, previous: str | None) -> tuple[str, np.ndarray]:
     """Waits for a new label map to download (after the overlay) and reads it."""
     from selenium.webdriver.common.by import By  # noqa: PLC0415
@@ -209,9 +217,12 @@ def _screenshot(driver, path: Path) -> None:
     """The whole page once idle, reduced to a palette (a small PNG for the README)."""
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
+    driver.execute_script("document.querySelectorAll(\"[data-testid='toast-close']\")"
+                          ".forEach(b => b.click())")  # the earlier notices
     WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: d.execute_script(
         "return [...document.querySelectorAll(\"[data-testid='status-tracker']\")]"
-        ".every(t => t.classList.contains('hide'))"))
+        ".every(t => t.classList.contains('hide'))"
+        " && !document.querySelector(\"[data-testid='toast-body']\")"))
     height = driver.execute_script(
         "return Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))")
     driver.set_window_size(1280, height + 120)
@@ -223,9 +234,9 @@ def _screenshot(driver, path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
 def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, capsys):
-    """Upload, classes, button: the offered label map is `Segmenter.segment`'s; a bad vocabulary
-    shows its message and the next request works without compiling again; `zegot-jax demo` on
-    the page's port says in one line that it is taken."""
+    """Upload, classes, button: the offered label map is `Segmenter.segment`'s; an unreadable
+    upload and a bad vocabulary show their messages and the next request works without compiling
+    again; `zegot-jax demo` on the page's port says in one line that it is taken."""
     from selenium.common.exceptions import (  # noqa: PLC0415
         NoSuchElementException,
         StaleElementReferenceException,
@@ -238,13 +249,18 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     PIL.Image.fromarray(world.render(0, "test", 5, size=96)["image"]).save(image)
     wait = WebDriverWait(browser, 120, poll_frequency=0.1,  # the page re-renders what it updates
                          ignored_exceptions=[NoSuchElementException, StaleElementReferenceException])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
     browser.get(page_url)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
-    browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(image))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image img"))  # uploaded
-
     first = ["cucumber", "grape", "lime", "sky", "water"]
-    _press(browser, ", ".join(first))
+    for upload in (broken, image):
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(upload))
+        wait.until(lambda d, name=upload.name: [i for i in d.find_elements(By.CSS_SELECTOR, "#image img")
+                                              if name in (i.get_attribute("src") or "")])
+        _press(browser, ", ".join(first))
+        if upload == broken:  # read by the page's own code: its message names the file
+            _toast(wait, "Cannot read 'broken.png' as an image")
     href, labels = _offered_label_map(browser, wait, None)
     np.testing.assert_array_equal(labels, segmenter.segment(image, first).label_map)
     wait.until(lambda d: "5 classes, segmented in" in d.find_element(By.ID, "status").text)
@@ -265,8 +281,7 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     compiled = segmenter.num_compilations()
 
     _press(browser, "cat, dog, Cat")
-    wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
-                          if "Duplicate class names ['Cat']" in t.text and t.is_displayed()])
+    _toast(wait, "Duplicate class names ['Cat']")
 
     second = ["grass", "sky", "person", "car", "water", "ice"]  # another vocabulary, same bucket
     _press(browser, ", ".join(second))
