@@ -157,7 +157,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,1700"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
