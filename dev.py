@@ -2,9 +2,9 @@
 """The two Quick-start commands: `python3 dev.py demo` and `python3 dev.py test`.
 
 Each creates `.venv/` beside this file on first use (standard library `venv` + pip only), installs the
-project into it (plus the test extra for `test`) at the exact versions of `requirements-lock.txt`,
-and re-installs only when pyproject.toml or the lock changes, so both commands are safe to run
-again. Extra arguments are passed on: `python3 dev.py test -k ot`,
+project into it (plus the test and demo extras for `test`) at the exact versions of
+`requirements-lock.txt`, and re-installs only when pyproject.toml or the lock changes, so both
+commands are safe to run again. Extra arguments are passed on: `python3 dev.py test -k ot`,
 `python3 dev.py demo --config.train.num_steps=50`.
 
 `test` runs ruff and every test, spread over the cores (pytest-xdist), and prints the 15 slowest.
@@ -32,6 +32,8 @@ LOCK = ROOT / "requirements-lock.txt"
 # Test processes: pytest-xdist workers, each given whole tests as it frees up (the durations are
 # uneven: a few end-to-end tests take 10-30 s, most well under 1 s).
 PYTEST_ARGS = ["-q", "-n", "auto", "--dist", "worksteal", "--durations=15"]
+# `test` installs the demo extra too: tests/test_demo.py drives the page (Gradio) in a browser.
+TEST_EXTRAS = "test,demo"
 
 
 def _run(cmd: list[str], **kwargs) -> None:
@@ -54,7 +56,7 @@ def ensure_env(extra: str | None) -> None:
     target = f".[{extra}]" if extra else "."
     pip = [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-c", LOCK]
     _run([*pip, "-e", target])
-    if extra == "test":
+    if extra == TEST_EXTRAS:
         _run([*pip, "--no-deps", *NO_DEPS_TEST_PACKAGES])
     stamp.write_text(digest)
 
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> int:
         ensure_env(None)
         args = ["train.py", "--config=configs/synthetic.py", "--workdir=runs/synthetic", *rest]
         return subprocess.run([str(PYTHON), *args], cwd=ROOT).returncode
-    ensure_env("test")
+    ensure_env(TEST_EXTRAS)
     if "--quick" in rest:
         rest = [a for a in rest if a != "--quick"] + ["-m", "not slow"]
     lint = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT).returncode

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zegot_jax"
 
 # Top to bottom; a part may import only parts on lower rows (and itself).
 LAYERS = (
-    ("cli", "demo"),
+    ("cli",),
+    ("demo",),
     ("experiments",),
     ("inference",),
     ("train",),

@@ -25,8 +25,9 @@ def _lock() -> dict[str, str]:
 
 def _requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"].values()  # test, gcs, ...
-    return [*project["dependencies"], *(r for extra in extras for r in extra)]
+    extras = project["optional-dependencies"]
+    assert {"test", "gcs", "demo"} <= set(extras), f"pyproject.toml's extras are {sorted(extras)}"
+    return [*project["dependencies"], *(r for group in extras.values() for r in group)]
 
 
 def test_every_requirement_is_a_lower_bound_at_the_locked_version():

@@ -1,6 +1,7 @@
 """The `zegot-jax` command line.
 
     zegot-jax segment photo.jpg more/*.png --classes "cat,dog,grass" --run runs/synthetic --out out/
+    zegot-jax demo --run runs/synthetic [--port 7860] [--host 127.0.0.1]
 
 For each image it writes `<name>_overlay.png` (image, colour overlay, legend), `<name>_labels.png`
 (the label map: palette PNG whose pixel values are class indices, 16-bit grey above 256 classes),
@@ -10,11 +11,14 @@ class list is used. `--plugin` imports a module (or runs a .py file) first, e.g.
 the transport a run was trained with (`zegot_jax.ot.register_transport`). An image that fails is
 reported and skipped; the exit status is 1 if any did, 2 when nothing could start (bad
 vocabulary, missing run, unregistered transport). ZEGOT_DEBUG=1 shows tracebacks.
+
+`demo` serves the interactive page of `zegot_jax.demo` (the `demo` extra: Gradio) until Ctrl-C;
+without Gradio, or with a missing run or a port in use, it prints one line and exits with 2.
 """
 
 import argparse
-import io
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -22,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 from absl import logging
 from tqdm.auto import tqdm
 
-from zegot_jax import errors, inference, storage, strict_json, viz
+from zegot_jax import demo, errors, inference, storage, strict_json, viz
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.ot.registry import load_plugins
 
@@ -64,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="A Python module to import (or a .py file to run) before loading the "
                           "run, e.g. one that registers the run's transport with "
                           "zegot_jax.ot.register_transport. Repeatable.")
+    page = sub.add_parser("demo", help="Serve the interactive segmentation page (needs the demo "
+                                       "extra: pip install 'zegot-jax[demo]').")
+    page.add_argument("--run", required=True, help="A training workdir (its latest checkpoint).")
+    page.add_argument("--port", type=int, default=7860, help="Port to serve on (default 7860).")
+    page.add_argument("--host", default="127.0.0.1",
+                      help="Address to serve on (default 127.0.0.1: this machine only).")
     return parser
 
 
@@ -84,19 +93,6 @@ def _output_stems(images: Sequence[str]) -> list[str]:
         used.add(name.lower())
         out.append(name)
     return out
-
-
-def save_label_map(label_map: np.ndarray, num_classes: int, path: str | os.PathLike) -> None:
-    """Palette PNG (class indices as pixel values) or 16-bit grey PNG above 256 classes."""
-    if num_classes <= 256:
-        img = PIL.Image.fromarray(label_map.astype(np.uint8), mode="P")
-        colours = viz.palette(num_classes)
-        img.putpalette(colours.ravel().tolist() + [0] * (3 * (256 - num_classes)))
-    else:
-        img = PIL.Image.fromarray(label_map.astype(np.uint16))
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    storage.write_bytes(path, buffer.getvalue())
 
 
 def summarize(result: inference.SegmentationResult) -> dict:
@@ -129,7 +125,7 @@ def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Any,
              "prompts": f"{stem}_prompts.png"}
     viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name),
              out / files["overlay"])
-    save_label_map(result.label_map, len(result.class_names), out / files["labels"])
+    viz.save_label_map(result.label_map, len(result.class_names), out / files["labels"])
     viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
     summary = {"image": str(image), **summarize(result), "outputs": files,
                "seconds": round(time.perf_counter() - start, 3)}
@@ -182,11 +178,30 @@ def segment_command(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def demo_command(args: argparse.Namespace) -> int:
+    """Runs `zegot-jax demo`: serves the page until interrupted; returns the exit status."""
+    try:
+        demo.require_gradio()  # before the run is loaded
+        inference.check_run(args.run)
+        segmenter = inference.Segmenter.from_run(args.run)
+        # A service manager's stop closes the server and cleans up as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        demo.serve(segmenter, host=args.host, port=args.port)
+    except (*errors.USER_ERRORS, OSError) as e:
+        if os.environ.get("ZEGOT_DEBUG"):
+            raise
+        print(f"zegot-jax demo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `zegot-jax` console script."""
     args = _parser().parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    commands = {"segment": segment_command}
+    commands = {"segment": segment_command, "demo": demo_command}
     return commands[args.command](args)
 
 

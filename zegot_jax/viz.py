@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -160,4 +161,21 @@ def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> None:
     buffer = io.BytesIO()
     kind = os.path.splitext(os.fspath(path))[1][1:] or "png"
     fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format=kind)
+    storage.write_bytes(path, buffer.getvalue())
+
+
+def save_label_map(label_map: np.ndarray, num_classes: int, path: str | os.PathLike) -> None:
+    """A label map `[H, W]` as a PNG whose pixel values are the class indices (local or gs://).
+
+    Up to 256 classes: a palette PNG coloured with `palette(num_classes)` (viewers show colours,
+    `np.asarray(PIL.Image.open(path))` gives the indices); above: 16-bit grey.
+    """
+    if num_classes <= 256:
+        img = PIL.Image.fromarray(np.asarray(label_map).astype(np.uint8), mode="P")
+        colours = palette(num_classes)
+        img.putpalette(colours.ravel().tolist() + [0] * (3 * (256 - num_classes)))
+    else:
+        img = PIL.Image.fromarray(np.asarray(label_map).astype(np.uint16))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
     storage.write_bytes(path, buffer.getvalue())

@@ -159,7 +159,8 @@ class Held:
 
 def _died_here(holder: dict) -> bool:
     """Whether the lock's holder ran on this host and its process has ended (a SIGKILL or a
-    crash never releases the lock; the same command then resumes at once)."""
+    crash never releases the lock; the same command then resumes at once).
+    """
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
         return False
