@@ -21,6 +21,7 @@ LAYERS = (
     ("models", "data", "viz"),
     ("synthetic",),
     ("clip", "ot"),
+    ("distributed",),
     ("errors", "sharding", "strict_json", "tables"),
 )
 LEVEL = {part: len(LAYERS) - row for row, parts in enumerate(LAYERS) for part in parts}
