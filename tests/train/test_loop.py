@@ -6,6 +6,7 @@ Every run here is `train.py` in a subprocess at the ':smoke' size (tiny random C
 except the in-process check of the divergence message.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -145,16 +146,32 @@ def test_a_nan_gradient_of_a_finite_loss_names_epsilon():
 
 
 # One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses. Long enough for a
-# SIGTERM or SIGKILL to land mid-run in the two-process tests (JAX's notifier polls once a second).
-SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=120",
+# SIGTERM sent after step 1 to be agreed mid-run in the two-process test (JAX's notifier polls
+# once a second; a step took 0.03-0.1 s here).
+SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=80",
          "--config.train.checkpoint_every=40"]
-STEPS = list(range(1, 121))
+STEPS = list(range(1, 81))
+
+
+def _once_per_test_run(name: str, train) -> dict[int, float]:
+    """`train(workdir)`'s losses, trained by the first pytest-xdist worker that asks.
+
+    The others wait for it and read them (`ZEGOT_TEST_RUN_DIR`, which every worker shares).
+    """
+    shared = Path(os.environ["ZEGOT_TEST_RUN_DIR"])
+    done = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            losses = train(shared / name)
+            done.write_text(json.dumps(losses))
+    return {int(step): loss for step, loss in json.loads(done.read_text()).items()}
 
 
 @pytest.fixture(scope="module")
-def one_device_losses(tmp_path_factory):
-    """The reference both split runs compare with (trained once per test process)."""
-    return _train_losses(tmp_path_factory.mktemp("one_device"), *SPLIT)
+def one_device_losses():
+    """The reference both split runs compare with (trained once per test run)."""
+    return _once_per_test_run("one_device", lambda work: _train_losses(work, *SPLIT))
 
 
 @pytest.mark.slow
@@ -209,13 +226,18 @@ def _wait_for_row(procs, workdir, step, timeout=240):
     pytest.fail(f"no metrics row for step {step}")
 
 
-@pytest.fixture(scope="module")
-def two_process_losses(tmp_path_factory):
-    """An uninterrupted two-process run (the explicit variables' path), trained once."""
-    work = tmp_path_factory.mktemp("two") / "run"
+def _train_pair(workdir) -> dict[int, float]:
+    workdir.mkdir()
+    work = workdir / "run"
     for status, _, err in _finish(_pair(work, *SPLIT), work):
         assert status == 0, err[-3000:]
     return _losses(work)
+
+
+@pytest.fixture(scope="module")
+def two_process_losses():
+    """An uninterrupted two-process run (the explicit variables' path), trained once per run."""
+    return _once_per_test_run("two_processes", _train_pair)
 
 
 @pytest.mark.slow
@@ -230,7 +252,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(
         tmp_path, two_process_losses):
     work = tmp_path / "run"
     procs = _pair(work, *SPLIT)
-    _wait_for_row(procs, work, 2)
+    _wait_for_row(procs, work, 1)
     procs[1].send_signal(signal.SIGTERM)  # process 0 is never signalled
     results = _finish(procs, work)
     assert [status for status, _, _ in results] == [PREEMPTED_EXIT_STATUS] * 2, results
