@@ -188,28 +188,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pair(workdir, *extra) -> list[subprocess.Popen]:
+def _pair(workdir, *extra, tag: str = "") -> list[subprocess.Popen]:
     """Two processes of one training (explicit variables, a coordinator on localhost).
 
-    Their output goes to `workdir`.out<i> and .err<i>.
+    Their output goes to `workdir``tag`.out<i> and .err<i>.
     """
     port, procs = _free_port(), []
     for pid in range(2):
         env = _env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
-        with open(f"{workdir}.out{pid}", "w") as out, open(f"{workdir}.err{pid}", "w") as err:
+        with open(f"{workdir}{tag}.out{pid}", "w") as out, \
+                open(f"{workdir}{tag}.err{pid}", "w") as err:
             procs.append(subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=env, stdout=out,
                                           stderr=err, text=True))
     return procs
 
 
-def _finish(procs, workdir, timeout=300) -> list[tuple[int, str, str]]:
+def _finish(procs, workdir, timeout=300, tag: str = "") -> list[tuple[int, str, str]]:
     """(exit status, stdout, stderr) of each process of `_pair`, once it ended."""
     done = []
     for pid, p in enumerate(procs):
         p.wait(timeout=timeout)
-        done.append((p.returncode, Path(f"{workdir}.out{pid}").read_text(),
-                     Path(f"{workdir}.err{pid}").read_text()))
+        done.append((p.returncode, Path(f"{workdir}{tag}.out{pid}").read_text(),
+                     Path(f"{workdir}{tag}.err{pid}").read_text()))
     return done
 
 
@@ -261,7 +262,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(
     stopped = int(stops[0][0])
     assert stopped < STEPS[-1], "the run ended before the SIGTERM was agreed: it proves nothing"
     assert _checkpoint_steps(work)[-1] == stopped == max(_losses(work))
-    for status, _, err in _finish(_pair(work, *SPLIT), work):  # the same command resumes
+    resumed = _finish(_pair(work, *SPLIT, tag=".resumed"), work, tag=".resumed")
+    for status, _, err in resumed:  # the same command resumes
         assert status == 0, err[-3000:]
     resumed = _losses(work)
     assert sorted(resumed) == STEPS

@@ -225,7 +225,7 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
                 _evaluate(config, run.data, run.graphdef, state, run.frozen, writer, step)
                 clock.exclude(time.perf_counter() - began)
     finally:
-        profile.stop(state)
+        profile.stop()  # stopped early (preempted, failed): without waiting on the state
         bar.close()
     return state, None
 
