@@ -7,6 +7,7 @@ import jax
 import pytest
 
 from zegot_jax import distributed
+from zegot_jax.configs import common
 
 EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": "1"}
@@ -24,6 +25,12 @@ def calls(monkeypatch):
     for name in CLUSTER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return made
+
+
+def test_the_config_default_is_the_documented_bound():
+    defaults = common.get_config().distributed
+    assert defaults.initialize == "auto"
+    assert defaults.heartbeat_timeout_s == distributed.HEARTBEAT_TIMEOUT_S == 60  # README
 
 
 def test_one_host_never_initializes(calls):

@@ -409,8 +409,8 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
         raise ValueError(f"Invalid config ({len(found)} problems):\n  " + "\n  ".join(found))
 
 
-# The fields a resumed run may change: how long and how often, evaluation-only settings, and how
-# (not what) the text tower computes. Anything else alters the model, the data or the
+# The fields a resumed run may change: how long and how often, evaluation-only settings, how
+# (not what) the text tower computes, how processes start and which steps are traced. Anything else alters the model, the data or the
 # optimisation, and is refused.
 RESUMABLE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
