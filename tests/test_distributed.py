@@ -77,6 +77,18 @@ def test_a_detected_cluster_lets_jax_find_the_rest(calls, monkeypatch):
     assert distributed.start("auto") == "one process" and len(calls) == 1
 
 
+def test_a_cluster_whose_size_cannot_be_read_names_the_way_out(calls, monkeypatch):
+    from jax._src.clusters import slurm_cluster  # noqa: PLC0415
+
+    monkeypatch.setattr(slurm_cluster.SlurmCluster, "is_env_present", classmethod(lambda cls: True))
+    monkeypatch.setattr(slurm_cluster.SlurmCluster, "get_process_count",
+                        classmethod(lambda cls: int("not a number")))
+    with pytest.raises(ValueError, match="detects a SlurmCluster but cannot read how many .*"
+                                         "initialize=off"):
+        distributed.start("auto")
+    assert distributed.start("off") == "off" and calls == []
+
+
 def test_lost_peer_is_recognised_only_with_peers(monkeypatch):
     gloo = jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Connection closed by peer")
     assert not distributed.lost_peer(gloo)  # one process: nothing to lose
