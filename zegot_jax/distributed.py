@@ -59,15 +59,16 @@ def detected_cluster() -> tuple[str, int] | None:
     from jax._src import clusters  # noqa: PLC0415 (JAX's cluster detection has no public name)
 
     for env in clusters.ClusterEnv._cluster_types:
-        if not env.opt_in_only_method and env.is_env_present():
-            try:
+        if env.opt_in_only_method:
+            continue
+        try:
+            if env.is_env_present():
                 return env.__name__, int(env.get_process_count())
-            except Exception as e:  # the cluster's own look-up (metadata server, API) failed
-                first = " ".join(str(e).split())[:200]
-                raise ValueError(f"JAX detects a {env.__name__} but cannot read how many "
-                                 f"processes it has ({type(e).__name__}: {first}); fix that, or "
-                                 "train on this host alone with "
-                                 "--config.distributed.initialize=off.") from e
+        except Exception as e:  # the cluster's own look-up (metadata server, API) failed
+            first = " ".join(str(e).split())[:200]
+            raise ValueError(f"JAX detects a {env.__name__} but cannot read how many processes "
+                             f"it has ({type(e).__name__}: {first}); fix that, or train on this "
+                             "host alone with --config.distributed.initialize=off.") from e
     return None
 
 
