@@ -20,9 +20,10 @@ Tables (Markdown):
    bfloat16 (OT and losses stay float32).
    Compiled ahead of time, run up to `--rounds` times, best run. MFU = XLA's cost-analysis FLOPs
    of the compiled step / step time / the device's peak dense FLOP/s (`zegot_jax.train.perf`, the
-   FLOP count and peak table training logs with; 'n/a' for a device not listed). Peak memory: `memory_stats()['peak_bytes_in_use']`, the process's peak so
-   far, so rows run smallest first and a row during which it did not rise reads '<= X'; where the
-   device reports none (CPU), the compiled temp size. Out of memory is a row, not a crash.
+   FLOP count and peak table training logs with; 'n/a' for a device not listed). Peak memory:
+   `memory_stats()['peak_bytes_in_use']`, the process's peak so far, so rows run smallest first
+   and a row during which it did not rise reads '<= X'; where the device reports none (CPU), the
+   compiled temp size. Out of memory is a row, not a crash.
 
 4. Evaluation: `evaluator.make_batch_scorer` (what `evaluate` runs per batch: sliding window,
    upsampling to the label size, arg-max, confusion matrix) on `--eval-batch` images of 512x683

@@ -410,8 +410,8 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
 
 
 # The fields a resumed run may change: how long and how often, evaluation-only settings, how
-# (not what) the text tower computes, how processes start and which steps are traced. Anything else alters the model, the data or the
-# optimisation, and is refused.
+# (not what) the text tower computes, how processes start and which steps are traced. Anything
+# else alters the model, the data or the optimisation, and is refused.
 RESUMABLE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.init_from", "train.profile_steps", "train.profile_process",
