@@ -3,7 +3,8 @@
 Flags only; everything else is `zegot_jax.train.loop.train`. Override any field with
 `--config.a.b=value`; a mistyped or wrongly typed field fails at launch (the config is locked).
 Exit status: 0 done, 1 a fixable mistake (one line on stderr), 75 stopped by SIGTERM after saving
-a checkpoint (run the same command again to resume).
+a checkpoint (run the same command again to resume; on several hosts, all stop at one step), 69 a
+peer process of a multi-host run was lost (one line; run the same command again on every host).
 """
 
 import sys

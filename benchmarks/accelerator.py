@@ -21,10 +21,11 @@ Tables (Markdown):
    backward), the first K=15 and K=156 seen COCO-Stuff classes, `clip.dtype` float32 and
    bfloat16 (OT and losses stay float32).
    Compiled ahead of time, run up to `--rounds` times, best run. MFU = XLA's cost-analysis FLOPs
-   of the compiled step / step time / the device's peak dense FLOP/s (`device_peaks.py`; 'n/a' for
-   a device not listed). Peak memory: `memory_stats()['peak_bytes_in_use']`, the process's peak so
-   far, so rows run smallest first and a row during which it did not rise reads '<= X'; where the
-   device reports none (CPU), the compiled temp size. Out of memory is a row, not a crash.
+   of the compiled step / step time / the device's peak dense FLOP/s (`zegot_jax.train.perf`, the
+   FLOP count and peak table training logs with; 'n/a' for a device not listed). Peak memory:
+   `memory_stats()['peak_bytes_in_use']`, the process's peak so far, so rows run smallest first
+   and a row during which it did not rise reads '<= X'; where the device reports none (CPU), the
+   compiled temp size. Out of memory is a row, not a crash.
 
 4. Evaluation: `evaluator.make_batch_scorer` (what `evaluate` runs per batch: sliding window,
    upsampling to the label size, arg-max, confusion matrix) on `--eval-batch` images of 512x683
@@ -48,7 +49,6 @@ import contextlib
 import math
 import time
 
-import device_peaks
 import harness
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,7 @@ from train_step import Setup, make_config, random_batch, seen_classes
 from zegot_jax import tables
 from zegot_jax.configs.overrides import override
 from zegot_jax.models import losses
+from zegot_jax.train import perf
 
 SMOKE = {"variant": "tiny", "size": 32, "classes": [3, 5]}  # and `harness.apply_smoke`
 TINY = {"classes": 5, "size": 32, "batch": 2}  # the agreement check, on the ':smoke' model
@@ -95,7 +96,7 @@ def device_rows() -> list[list]:
     """The device table's rows."""
     devices = jax.devices()
     first = devices[0]
-    peaks = device_peaks.peaks(first.device_kind)
+    peaks = perf.peaks(first.device_kind)
     stats = first.memory_stats() or {}
     tflops = " / ".join("n/a" if p is None else f"{p / 1e12:,.1f}" for p in peaks)
     return [["platform", first.platform], ["device kind", first.device_kind],
@@ -163,6 +164,12 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
     return rows
 
 
+def mfu_cell(flops: float, seconds: float, peak: float | None) -> str:
+    """`perf.mfu` as a percentage cell; 'n/a' when the peak or the FLOPs are unknown."""
+    fraction = perf.mfu(flops, seconds, peak)
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
 def step_row(setup: Setup, dtype: str, k: int, args: argparse.Namespace, budget: Budget,
              memory: PeakMemory) -> list:
     """Compiles and times the step for K classes; one table row (out of memory included)."""
@@ -181,12 +188,12 @@ def step_row(setup: Setup, dtype: str, k: int, args: argparse.Namespace, budget:
                 f"{harness.gib(m.temp_bytes + m.argument_bytes)} GiB exceed the free "
                 f"{harness.gib(harness.free_bytes())} GiB"] + [""] * 8
     budget.record(k, m)
-    peaks = device_peaks.peaks(jax.devices()[0].device_kind)
+    peaks = perf.peaks(jax.devices()[0].device_kind)
     peak = getattr(peaks, "bfloat16" if dtype == "bfloat16" else "float32")
-    tf32 = device_peaks.mfu(m.flops, m.run_s, peaks.tf32) if dtype == "float32" else ""
+    tf32 = mfu_cell(m.flops, m.run_s, peaks.tf32) if dtype == "float32" else ""
     return [dtype, k, f"{m.compile_s:.1f}", f"{1e3 * m.run_s:,.1f}", f"{args.batch / m.run_s:,.1f}",
             f"{m.flops / 1e9:,.4g}", f"{m.flops / m.run_s / 1e12:,.2f}",
-            device_peaks.mfu(m.flops, m.run_s, peak), tf32, memory.cell(m),
+            mfu_cell(m.flops, m.run_s, peak), tf32, memory.cell(m),
             f"{float(m.output[1]['loss']):.5g}", m.runs]
 
 

@@ -126,15 +126,6 @@ class Case(NamedTuple):
     donate_argnums: tuple[int, ...] = ()
 
 
-def flops(compiled: Any) -> float:
-    """FLOPs of one run of a compiled program by XLA's cost analysis (nan when not reported)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-        analysis = analysis[0] if analysis else None
-    value = (analysis or {}).get("flops", -1.0)
-    return float(value) if value >= 0 else float("nan")
-
-
 def quick_compile() -> None:
     """Sets XLA's backend optimisation level to 0 (about half the compile time on a CPU).
 
@@ -167,6 +158,8 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
     Returns:
         name -> `Measured` with the best run of each case (run_s nan when not run).
     """
+    from zegot_jax.train import perf  # noqa: PLC0415 (after the repository is on the path)
+
     compiled, compile_s = {}, {}
     for name, case in cases.items():
         start = time.perf_counter()
@@ -196,7 +189,7 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
     return {name: Measured(compile_s[name], best[name], memory_bytes(compiled[name]), runs[name],
                            cpu[name] / wall[name] if runs[name] else float("nan"), outputs[name],
                            memory_bytes(compiled[name], "argument"),
-                           memory_bytes(compiled[name], "output"), flops(compiled[name]))
+                           memory_bytes(compiled[name], "output"), perf.flops(compiled[name]))
             for name in cases}
 
 

@@ -23,6 +23,7 @@ LAYERS = (
     ("synthetic",),
     ("clip", "ot"),
     ("storage",),
+    ("distributed",),
     ("errors", "sharding", "strict_json", "tables"),
 )
 LEVEL = {part: len(LAYERS) - row for row, parts in enumerate(LAYERS) for part in parts}

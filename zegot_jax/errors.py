@@ -16,14 +16,28 @@ class MissingDependency(ImportError):
     """An optional package a particular input needs (e.g. torch for `.pt` weights)."""
 
 
+class LostPeer(RuntimeError):
+    """Another process of a multi-process job is gone (its message is one line)."""
+
+
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError, MissingDependency)
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns `USER_ERRORS` into `error: <message>` on stderr and exit status 1."""
+    """Turns `USER_ERRORS` into `error: <message>` on stderr and exit status 1.
+
+    `LostPeer` becomes its line and `LOST_PEER_EXIT_STATUS` at once (`os._exit`: JAX's exit
+    handler would wait for the lost process at a shutdown barrier, then abort with a stack trace).
+    """
     try:
         yield
+    except LostPeer as e:
+        if os.environ.get("ZEGOT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(LOST_PEER_EXIT_STATUS)
     except USER_ERRORS as e:
         if os.environ.get("ZEGOT_DEBUG"):
             raise
@@ -34,6 +48,9 @@ def user_errors():
 # Exit status of a training stopped by SIGTERM (preemption) after saving its checkpoint: EX_TEMPFAIL,
 # "try again later". Schedulers can requeue on it; running the same command again resumes.
 PREEMPTED_EXIT_STATUS = 75
+# Exit status of a process of a multi-process training whose peer was lost (EX_UNAVAILABLE):
+# nothing is wrong with the command; run it again on every host to resume.
+LOST_PEER_EXIT_STATUS = 69
 
 
 def check_writable_dir(path: str, what: str) -> None:

@@ -6,7 +6,6 @@ Evaluation uses a mesh over this process's devices alone (`local_mesh`): process
 images, whose shapes differ between processes, and reduce their counts once at the end.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -14,25 +13,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
-
-
-def maybe_initialize_distributed() -> None:
-    """Calls `jax.distributed.initialize()` when launched as one of several processes.
-
-    Cloud TPU pods are detected by JAX itself; elsewhere set `JAX_COORDINATOR_ADDRESS`,
-    `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (the test suite does this for two local processes).
-    """
-    if jax.distributed.is_initialized():
-        return
-    num = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-    if num > 1:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=num,
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
 
 
 def make_mesh() -> Mesh:

@@ -1,7 +1,6 @@
-"""Tests of `benchmarks/accelerator.py`.
-
-The `--smoke` run's tables (the seed-vmapped ranking included), the time budget, out-of-memory rows
-and the peak FLOP/s look-up.
+"""`benchmarks/accelerator.py`: the `--smoke` run's tables (the seed-vmapped ranking included), the
+time budget, out-of-memory rows and the peak FLOP/s look-up (`zegot_jax.train.perf`, which training
+logs `mfu` with).
 """
 
 import math
@@ -11,16 +10,17 @@ import jax
 import pytest
 from md_tables import ROOT, run_script, tables
 
+from zegot_jax.train import perf
+
 
 @pytest.fixture
 def bench(monkeypatch):
     """The benchmark modules, imported as the scripts import them (from `benchmarks/`)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import accelerator  # noqa: PLC0415
-    import device_peaks  # noqa: PLC0415
     import harness  # noqa: PLC0415
 
-    return types.SimpleNamespace(accelerator=accelerator, peaks=device_peaks, harness=harness)
+    return types.SimpleNamespace(accelerator=accelerator, harness=harness)
 
 
 @pytest.mark.slow
@@ -95,15 +95,19 @@ def test_out_of_memory_is_a_row_and_other_errors_propagate(bench, monkeypatch):
 
 
 def test_peak_lookup_tells_card_variants_apart(bench):
-    peaks = bench.peaks.peaks
+    peaks = perf.peaks
     sxm, pcie = peaks("NVIDIA H100 80GB HBM3"), peaks("NVIDIA H100 PCIe")
     assert sxm.bfloat16 > pcie.bfloat16 > 0 and sxm.tf32 > sxm.float32 > 0
     assert peaks("NVIDIA H200") == sxm  # same GH100 compute
     assert peaks("TPU v5 lite").bfloat16 < peaks("TPU v5").bfloat16 == peaks("TPU v5p").bfloat16
     assert peaks("TPU v4").float32 is None  # no float32 figure published for TPUs
     assert peaks("cpu") == peaks("NVIDIA H200 NVL") == (None, None, None)
-    assert bench.peaks.mfu(1e12, 0.5, 4e12) == "50.0%"
-    assert bench.peaks.mfu(1e12, 0.5, None) == bench.peaks.mfu(float("nan"), 0.5, 1.0) == "n/a"
+    assert perf.mfu(1e12, 0.5, 4e12) == 0.5 and bench.accelerator.mfu_cell(1e12, 0.5, 4e12) == "50.0%"
+    assert perf.mfu(1e12, 0.5, None) is perf.mfu(float("nan"), 0.5, 1.0) is None
+    assert bench.accelerator.mfu_cell(1e12, 0.5, None) == "n/a"
+    assert perf.peak_for("NVIDIA H100 80GB HBM3", "bfloat16") == sxm.bfloat16
+    assert perf.peak_for("NVIDIA H100 80GB HBM3", "float32") == sxm.tf32  # default precision
+    assert perf.peak_for("TPU v5 lite", "float32") is None and perf.peak_for("cpu", "bfloat16") is None
 
 
 def test_relative_difference_is_per_leaf_against_the_reference(bench):

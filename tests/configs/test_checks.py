@@ -43,6 +43,11 @@ def test_shipped_configs_pass(name, arg):
     ("loss.dice_weight", float("inf"), "finite"),
     ("model.layers", (), "non-empty"),
     ("eval.mode", "sliding", "'slide' or 'whole'"),
+    ("train.profile_steps", (5, 3), "1 <= first <= last"),
+    ("train.profile_steps", (0, 2), "1 <= first <= last"),
+    ("train.profile_steps", (4,), "() (off) or (first, last)"),
+    ("distributed.initialize", "yes", "'auto', 'on' or 'off'"),
+    ("distributed.heartbeat_timeout_s", 0, "integer >= 1"),
 ])
 def test_one_message_naming_the_field(smoke_config, field, value, words):
     section, key = field.rsplit(".", 1)

@@ -58,12 +58,24 @@ def test_override_typo_fails_at_launch(tmp_path):
 def test_smoke_runs_every_config(tmp_path, spec):
     # In process (train.py's flags and exit statuses are tested in test_loop.py and above).
     name, arg = spec.split(":")
-    summary = loop.train(_load(name, arg), str(tmp_path))
+    config = _load(name, arg)
+    if spec == "voc:smoke":
+        config.train.profile_steps = (2, 3)
+    summary = loop.train(config, str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     for r in train_rows:
-        assert {"loss", "learning_rate", "grad_norm", "images_per_s"} <= set(r)
+        assert {"loss", "learning_rate", "grad_norm", "images_per_s", "host_rss_gib"} <= set(r)
+        assert r["mfu"] is None and r["device_memory_gib"] is None  # a CPU: no peak, no stats
+    # Step 1 follows compilation (timed once) and warms up: the steady figures start at step 2.
+    assert train_rows[0]["compile_time_s"] > 0 and train_rows[0]["step_time_s"] is None
+    for r in train_rows[1:]:
+        assert "compile_time_s" not in r and r["step_time_s"] > 0 and r["tflops_per_device"] > 0
+        assert r["images_per_s"] == pytest.approx(config.train.global_batch_size / r["step_time_s"])
+    assert rows[-1]["eval_time_s"] > 0
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == (spec == "voc:smoke")
     assert {"miou_seen", "miou_unseen", "hiou", "pixel_acc", "per_class_iou"} <= set(rows[-1])
     assert rows[-1]["per_class_iou"] == summary["per_class_iou"]
     assert (tmp_path / "results.md").exists()

@@ -1,9 +1,12 @@
 """The training loop as users run it: resume after SIGKILL, SIGTERM, NaN, devices and processes.
 
+Two processes: SIGTERM to one of them, and one lost (SIGKILL).
+
 Every run here is `train.py` in a subprocess at the ':smoke' size (tiny random CLIP, random data),
 except the in-process check of the divergence message.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 from inference_fixtures import smoke_config
 
-from zegot_jax.errors import PREEMPTED_EXIT_STATUS
+from zegot_jax.errors import LOST_PEER_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 from zegot_jax.train import loop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,23 +145,41 @@ def test_a_nan_gradient_of_a_finite_loss_names_epsilon():
                            config.model.ot)  # a huge learning rate, not the OT
 
 
-# One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses.
-SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=3"]
+# One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses. Long enough for a
+# SIGTERM sent after step 1 to be agreed mid-run in the two-process test (JAX's notifier polls
+# once a second; a step took 0.03-0.1 s here).
+SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=80",
+         "--config.train.checkpoint_every=40"]
+STEPS = list(range(1, 81))
+
+
+def _once_per_test_run(name: str, train) -> dict[int, float]:
+    """`train(workdir)`'s losses, trained by the first pytest-xdist worker that asks.
+
+    The others wait for it and read them (`ZEGOT_TEST_RUN_DIR`, which every worker shares).
+    """
+    shared = Path(os.environ["ZEGOT_TEST_RUN_DIR"])
+    done = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            losses = train(shared / name)
+            done.write_text(json.dumps(losses))
+    return {int(step): loss for step, loss in json.loads(done.read_text()).items()}
 
 
 @pytest.fixture(scope="module")
-def one_device_losses(tmp_path_factory):
-    """The reference both split runs compare with (trained once per test process)."""
-    return _train_losses(tmp_path_factory.mktemp("one_device"), *SPLIT)
+def one_device_losses():
+    """The reference both split runs compare with (trained once per test run)."""
+    return _once_per_test_run("one_device", lambda work: _train_losses(work, *SPLIT))
 
 
 @pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path, one_device_losses):
     one = one_device_losses
     eight = _train_losses(tmp_path / "eight", *SPLIT, env=_env(devices=8))
-    assert sorted(eight) == sorted(one) == [1, 2, 3]
-    np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
-                               rtol=2e-5)
+    assert sorted(eight) == sorted(one) == STEPS
+    np.testing.assert_allclose([eight[s] for s in STEPS], [one[s] for s in STEPS], rtol=2e-5)
 
 
 def _free_port() -> int:
@@ -167,21 +188,100 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path, one_device_losses):
-    one, args = one_device_losses, SPLIT
-    port = _free_port()
-    procs = []
+def _pair(workdir, *extra, tag: str = "") -> list[subprocess.Popen]:
+    """Two processes of one training (explicit variables, a coordinator on localhost).
+
+    Their output goes to `workdir``tag`.out<i> and .err<i>.
+    """
+    port, procs = _free_port(), []
     for pid in range(2):
         env = _env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
-        procs.append(subprocess.Popen(_cmd(tmp_path / "two", *args), cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-    two = _losses(tmp_path / "two")
-    assert sorted(two) == sorted(one) == [1, 2, 3]
-    np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)],
-                               rtol=2e-5)
+        with open(f"{workdir}{tag}.out{pid}", "w") as out, \
+                open(f"{workdir}{tag}.err{pid}", "w") as err:
+            procs.append(subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=env, stdout=out,
+                                          stderr=err, text=True))
+    return procs
+
+
+def _finish(procs, workdir, timeout=300, tag: str = "") -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each process of `_pair`, once it ended."""
+    done = []
+    for pid, p in enumerate(procs):
+        p.wait(timeout=timeout)
+        done.append((p.returncode, Path(f"{workdir}{tag}.out{pid}").read_text(),
+                     Path(f"{workdir}{tag}.err{pid}").read_text()))
+    return done
+
+
+def _wait_for_row(procs, workdir, step, timeout=240):
+    """Waits until process 0 logged `step` (compiled and training)."""
+    start, path = time.time(), Path(workdir) / "metrics.jsonl"
+    while time.time() - start < timeout:
+        if path.exists() and any(json.loads(line).get("step", 0) >= step
+                                 for line in path.read_text().splitlines()[-3:] if line.strip()):
+            return
+        if any(p.poll() is not None for p in procs):
+            pytest.fail(f"training exited early: {_finish(procs, workdir)}")
+        time.sleep(0.1)
+    pytest.fail(f"no metrics row for step {step}")
+
+
+def _train_pair(workdir) -> dict[int, float]:
+    workdir.mkdir()
+    work = workdir / "run"
+    for status, _, err in _finish(_pair(work, *SPLIT), work):
+        assert status == 0, err[-3000:]
+    return _losses(work)
+
+
+@pytest.fixture(scope="module")
+def two_process_losses():
+    """An uninterrupted two-process run (the explicit variables' path), trained once per run."""
+    return _once_per_test_run("two_processes", _train_pair)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(one_device_losses, two_process_losses):
+    one, two = one_device_losses, two_process_losses
+    assert sorted(two) == sorted(one) == STEPS
+    np.testing.assert_allclose([two[s] for s in STEPS], [one[s] for s in STEPS], rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(
+        tmp_path, two_process_losses):
+    work = tmp_path / "run"
+    procs = _pair(work, *SPLIT)
+    _wait_for_row(procs, work, 1)
+    procs[1].send_signal(signal.SIGTERM)  # process 0 is never signalled
+    results = _finish(procs, work)
+    assert [status for status, _, _ in results] == [PREEMPTED_EXIT_STATUS] * 2, results
+    stops = [re.findall(r"preempted at step (\d+)", out) for _, out, _ in results]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+    stopped = int(stops[0][0])
+    assert stopped < STEPS[-1], "the run ended before the SIGTERM was agreed: it proves nothing"
+    assert _checkpoint_steps(work)[-1] == stopped == max(_losses(work))
+    resumed = _finish(_pair(work, *SPLIT, tag=".resumed"), work, tag=".resumed")
+    for status, _, err in resumed:  # the same command resumes
+        assert status == 0, err[-3000:]
+    resumed = _losses(work)
+    assert sorted(resumed) == STEPS
+    np.testing.assert_allclose([resumed[s] for s in STEPS],
+                               [two_process_losses[s] for s in STEPS], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_lost_process_ends_the_other_with_one_line(tmp_path):
+    work = tmp_path / "run"
+    # The default heartbeat timeout is 60 s; a short one bounds the test where no collective fails.
+    procs = _pair(work, *SPLIT, "--config.distributed.heartbeat_timeout_s=10")
+    _wait_for_row(procs, work, 2)
+    procs[1].kill()
+    procs[1].wait()
+    (status, _, err), = _finish(procs[:1], work, timeout=120)
+    assert status == LOST_PEER_EXIT_STATUS, err[-3000:]
+    lines = [line for line in err.splitlines() if "lost a peer process" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: process 0 of 2 lost a peer"), err[-3000:]
+    assert "resumes from the last complete checkpoint" in lines[0]
+    assert "Traceback" not in err and "Check failure stack trace" not in err

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from zegot_jax import ot, sharding
+from zegot_jax import distributed, ot, sharding
 from zegot_jax.clip.variants import ACTIVATIONS, HUB_IDS, VARIANTS
 from zegot_jax.configs.overrides import ABSENT, flatten, get
 from zegot_jax.data.setup import LABEL_MODES, SOURCES
@@ -125,6 +125,12 @@ def names(v: Any) -> bool:
             and all(non_empty_text(n) for n in v) and len(set(v)) == len(v))
 
 
+def step_range(v: Any) -> bool:
+    """() or (first, last) with 1 <= first <= last."""
+    return (isinstance(v, Sequence) and not isinstance(v, str)
+            and (len(v) == 0 or (len(v) == 2 and all(integer(1)(x) for x in v) and v[0] <= v[1])))
+
+
 def _choice(field: str, choices: Sequence[str]) -> Rule:
     """The rule for a field that takes one of `choices` (the list its module owns)."""
     quoted = [repr(c) for c in choices]
@@ -199,6 +205,10 @@ RULES: tuple[Rule, ...] = (
          "an integer >= 1 (0 would delete every checkpoint, the trained model with them)"),
     Rule("train.eval_every", integer(0), "an integer >= 0 (0: evaluate once, at the end)"),
     Rule("train.init_from", text, "a path (or '' for none)"),
+    Rule("train.profile_steps", step_range, "() (off) or (first, last) with 1 <= first <= last"),
+    Rule("train.profile_process", integer(-1), "a process index >= 0, or -1 for every process"),
+    _choice("distributed.initialize", distributed.MODES),
+    Rule("distributed.heartbeat_timeout_s", integer(1), "an integer >= 1 (seconds)"),
     Rule("data.name", non_empty_text, "a dataset name"),
     _choice("data.source", SOURCES),
     Rule("data.data_dir", text, "a path (or '' for TFDS's default)"),
@@ -418,12 +428,13 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
         raise ValueError(f"Invalid config ({len(found)} problems):\n  " + "\n  ".join(found))
 
 
-# The fields a resumed run may change: how long and how often, evaluation-only settings, and how
-# (not what) the text tower computes. Anything else alters the model, the data or the
-# optimisation, and is refused.
+# The fields a resumed run may change: how long and how often, evaluation-only settings, how
+# (not what) the text tower computes, how processes start and which steps are traced. Anything
+# else alters the model, the data or the optimisation, and is refused.
 RESUMABLE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.eval_every", "train.init_from", "data.num_workers", "data.data_dir",
+    "train.eval_every", "train.init_from", "train.profile_steps", "train.profile_process",
+    "distributed.initialize", "distributed.heartbeat_timeout_s", "data.num_workers", "data.data_dir",
     "data.eval_short_side", "data.eval_max_images", "eval.mode", "eval.crop", "eval.stride",
     "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "eval.figure",
     "model.ensemble_weight", "model.prefix_shared", "model.text_remat", "loss.per_image",

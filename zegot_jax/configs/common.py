@@ -4,7 +4,7 @@ Each experiment config (`configs/voc.py`, `context.py`, `coco.py`, `ade.py`, and
 this package) starts from `get_config()` and changes only what differs; `configs/common.py`
 re-exports this module. Every hyper-parameter of the method is a field here; nothing is hidden in
 library code. Field groups: `clip` (backbone), `model` (prompts, layers, DLFA, MPOT), `loss`,
-`optim`, `train`, `data`, `eval`.
+`optim`, `train`, `distributed`, `data`, `eval`.
 """
 
 import ml_collections
@@ -114,6 +114,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.eval_every = 0  # 0: evaluate once, at the end
     c.train.init_from = ""  # a workdir or checkpoint to start from (transductive self-training)
+    # A jax.profiler trace of steps (first, last) into workdir/tensorboard/plugins/profile/
+    # (TensorBoard's profile tab, XProf); () is off. profile_process: which process traces
+    # (-1: every process).
+    c.train.profile_steps = ()
+    c.train.profile_process = 0
+
+    # Multi-process start (zegot_jax/distributed.py): 'auto' joins a job where JAX detects a
+    # cluster (TPU pod, GKE, Slurm, Open MPI) or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    # JAX_PROCESS_ID name one, and never waits on one host; 'on' always joins; 'off' never does.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"
+    # Seconds without a heartbeat after which a lost process ends the others (README, Training).
+    c.distributed.heartbeat_timeout_s = 60
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "coco_stuff"

@@ -5,7 +5,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from zegot_jax import sharding, storage
+from zegot_jax import distributed, storage
 from zegot_jax.configs import checks as config_checks
 from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator
@@ -15,7 +15,7 @@ from zegot_jax.runs import saved
 def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str, *,
                         out: str | None = None) -> dict[str, Any]:
     """Evaluates `checkpoint` on `eval_config`'s dataset; writes results.{md,json} into `out`."""
-    sharding.maybe_initialize_distributed()
+    distributed.start()
     checkpoint = storage.normalise(checkpoint)
     out = None if out is None else storage.normalise(out)
     storage.check_writable(out or checkpoint, "--out")

@@ -2,12 +2,14 @@
 
 One jitted step over a data-parallel mesh (see `sharding.py`); the frozen CLIP weights are placed
 replicated once and passed beside the donated train state. Checkpoints hold only what trains plus the
-data iterator state, so a killed run resumes exactly where it stopped.
+data iterator state, so a killed run resumes exactly where it stopped. The step is compiled ahead
+of time (its compile time and XLA's FLOP count go into the log, `perf`); SIGTERM stops every
+process at one agreed step after saving it (`preemption`); a lost peer process ends the others
+with one line (`zegot_jax.distributed`).
 """
 
 import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from zegot_jax import ot, sharding, storage
+from zegot_jax import distributed, errors, ot, sharding, storage
 from zegot_jax.configs import checks as config_checks
 from zegot_jax.data.setup import DataSetup
 from zegot_jax.evaluation import evaluator, figure
@@ -26,39 +28,10 @@ from zegot_jax.models import functional
 from zegot_jax.runs import checkpoint as ckpt_lib
 from zegot_jax.runs import gcs_lock, workdir_lock
 from zegot_jax.runs import saved as saved_run
-from zegot_jax.train import launch, optim
+from zegot_jax.train import launch, optim, perf
 from zegot_jax.train import step as step_lib
 from zegot_jax.train.metric_writer import MetricWriter
-
-
-class _Preempted(Exception):
-    """SIGTERM during the final evaluation, after the last checkpoint was saved."""
-
-
-class _Preemption:
-    """Turns SIGTERM (pod preemption) into a flag the loop checks after each step.
-
-    During the final evaluation (`raise_from_now`), SIGTERM raises `_Preempted` instead.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):  # noqa: ARG002
-        self.requested = True
-
-    def raise_from_now(self):
-        """A SIGTERM from now on raises `_Preempted` (at once if one came already)."""
-        signal.signal(signal.SIGTERM, self._raise)
-        if self.requested:
-            raise _Preempted
-
-    def _raise(self, signum, frame):  # noqa: ARG002
-        raise _Preempted
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+from zegot_jax.train.preemption import Preempted, Preemption
 
 
 def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None,
@@ -81,10 +54,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         `{'preempted_at': step}` after a SIGTERM.
 
     Raises:
-        ValueError, FileNotFoundError: a bad config value, workdir, resume or dataset, before
-          anything is built or written (see `launch.check`); the workdir is busy.
+      ValueError, FileNotFoundError: a bad config value, workdir, resume or dataset, before
+        anything is built or written (see `launch.check`); the workdir is busy.
+      errors.LostPeer: another process of a multi-process run is gone.
     """
-    sharding.maybe_initialize_distributed()
+    distributed.start(config.distributed.initialize,
+                      heartbeat_timeout_s=config.distributed.heartbeat_timeout_s)
     workdir = storage.normalise(workdir)  # `~` expanded; a scheme other than gs:// refused
     launch.check(config, workdir, num_devices=jax.device_count())
     remote = storage.is_remote(workdir)
@@ -95,11 +70,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         with lock.hold(workdir, enabled=jax.process_index() == 0):
             return _train(config, workdir)
-    except BaseException:
-        if created:  # a run that failed before writing anything leaves nothing behind
-            with contextlib.suppress(OSError):
-                os.rmdir(workdir)  # only if empty; never through a link
+    except Exception as e:
+        if distributed.lost_peer(e):
+            raise errors.LostPeer(distributed.lost_peer_message(e)) from e
+        _remove_if_created(workdir, created)
         raise
+    except BaseException:
+        _remove_if_created(workdir, created)
+        raise
+
+
+def _remove_if_created(workdir: str, created: bool) -> None:
+    if created:  # a run that failed before writing anything leaves nothing behind
+        with contextlib.suppress(OSError):
+            os.rmdir(workdir)  # only if empty; never through a link
 
 
 class _Run(NamedTuple):
@@ -163,23 +147,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run, state = _build(config)
     ckpt, train_iter, state, start = _resume(config, workdir, run, state)
     writer = MetricWriter(workdir, restored_step=start)
-    preempt = _Preemption()
+    preempt = Preemption(start)
     try:
         try:
             state, stopped = _steps(config, run, state, ckpt, train_iter, writer, preempt, start)
-        finally:
+        except BaseException as e:
+            if isinstance(e, Exception) and distributed.lost_peer(e):
+                raise  # unclosed: orbax's close would wait at a barrier for the lost process
             ckpt.close()
+            raise
+        ckpt.close()
         if stopped is not None:
             return {"preempted_at": stopped}
         preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
         return _final_evaluation(config, run.data, run.graphdef, state, run.frozen, writer)
-    except _Preempted:
+    except Preempted:
         writer.write_text(f"preempted during the final evaluation (step {config.train.num_steps} "
                           "is saved; the same command evaluates it)")
         return {"preempted_at": config.train.num_steps}
     finally:
         preempt.restore()
         writer.close()
+
+
+def _compile(run: _Run, state, batch) -> tuple[Any, float, float]:
+    """The train step compiled ahead of time, its FLOPs per device and the compile time (s)."""
+    began = time.perf_counter()
+    compiled = run.train_step.lower(state, run.frozen, batch, run.text_inputs).compile()
+    return compiled, perf.flops(compiled), time.perf_counter() - began
 
 
 def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
@@ -192,36 +187,50 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
     num_steps, last_saved = config.train.num_steps, start or None
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    tick, tick_step = time.perf_counter(), start
+    profile = perf.Profile(tuple(config.train.profile_steps), writer.workdir,
+                           config.train.profile_process)
+    train_step, clock = None, perf.StepClock()
     try:
         for step in range(start + 1, num_steps + 1):
             batch = sharding.to_global(next(train_iter), run.mesh)
-            state, metrics = run.train_step(state, run.frozen, batch, run.text_inputs)
+            if train_step is None:
+                train_step, flops, compile_s = _compile(run, state, batch)
+            tracing = profile.before(step)
+            state, metrics = train_step(state, run.frozen, batch, run.text_inputs)
+            clock.stepped(step, state, tracing + profile.after(step, state))
             bar.update(1)
             is_last = step == num_steps
-            preempted = preempt.requested  # read once: the signal may land at any moment
+            preempted = preempt.reached(step)  # read once: the signal may land at any moment
             should_save = step % config.train.checkpoint_every == 0 or is_last or preempted
             if step % config.train.log_every == 0 or should_save:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(host, step, last_saved, config.model.ot)
                 ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
-                now = time.perf_counter()
-                host["images_per_s"] = (step - tick_step) * config.train.global_batch_size / \
-                    max(now - tick, 1e-9)
-                tick, tick_step = now, step
+                host.update(perf.figures(clock.lap(step), flops,
+                                         global_batch=config.train.global_batch_size,
+                                         dtype=config.clip.dtype))
+                if compile_s is not None:  # once, in the first row after compiling
+                    host["compile_time_s"], compile_s = compile_s, None
                 writer.write(step, host)
                 bar.set_postfix(loss=f"{host['loss']:.4f}")
             if should_save:
                 writer.flush()  # the rows up to a checkpoint are stored before it
+                began = time.perf_counter()
                 ckpt.save(step, state, train_iter.get_state(), config)
                 last_saved = step
+                clock.exclude(time.perf_counter() - began)
             if preempted:
                 ckpt.wait()
-                writer.write_text(f"preempted at step {step}; checkpoint saved")
+                who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+                print(f"{who}preempted at step {step}; checkpoint saved", flush=True)
                 return state, step
             if config.train.eval_every and step % config.train.eval_every == 0 and not is_last:
+                jax.block_until_ready(state)  # the steps before it are step time
+                began = time.perf_counter()
                 _evaluate(config, run.data, run.graphdef, state, run.frozen, writer, step)
+                clock.exclude(time.perf_counter() - began)
     finally:
+        profile.stop()  # stopped early (preempted, failed): without waiting on the state
         bar.close()
     return state, None
 
@@ -244,7 +253,11 @@ def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str
 
 def _evaluate(config, data, graphdef, state, frozen, writer, step, *,
               baseline: bool = False) -> dict[str, Any]:
-    """Scores the model; with `baseline`, also the training-free templates (same CLIP, images)."""
+    """Scores the model; with `baseline`, also the training-free templates (same CLIP, images).
+
+    The row written holds the evaluation's wall time, `eval_time_s`.
+    """
+    began = time.perf_counter()
     summary = evaluator.evaluate(config, graphdef, state["params"], frozen,
                                  data.eval_iterator(), data.class_names, data.unseen,
                                  seen_penalty=data.seen_penalty(config))
@@ -253,6 +266,6 @@ def _evaluate(config, data, graphdef, state, frozen, writer, step, *,
         free = evaluator.evaluate_training_free(config, clip, data.eval_iterator(),
                                                 data.class_names, data.unseen)
         summary = evaluator.with_training_free(summary, free)
-    writer.write(step, evaluator.flat_row(summary))
+    writer.write(step, {**evaluator.flat_row(summary), "eval_time_s": time.perf_counter() - began})
     evaluator.write_results(writer.workdir, summary, config)
     return summary
