@@ -164,8 +164,10 @@ def ensure() -> Server:
 
 
 def _serve(state: Path, owner: int, remove_run_dir: bool) -> None:
-    """The supervisor: starts the binary, publishes its URL in `state`, and stops it when `owner`
-    exits or `state` is removed (with the run directory).
+    """The supervisor process of the run's one server.
+
+    It starts the binary, publishes its URL in `state`, and stops it when `owner` exits or `state`
+    is removed (with the run directory).
     """
     root = Path(tempfile.mkdtemp(prefix="gcs-data-", dir=state.parent))
     server = None

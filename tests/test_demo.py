@@ -234,9 +234,10 @@ def _screenshot(driver, path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
 def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, capsys):
-    """Upload, classes, button: the offered label map is `Segmenter.segment`'s; an unreadable
-    upload and a bad vocabulary show their messages and the next request works without compiling
-    again; `zegot-jax demo` on the page's port says in one line that it is taken.
+    """Upload, classes, button: the offered label map is `Segmenter.segment`'s.
+
+    An unreadable upload and a bad vocabulary show their messages and the next request works
+    without compiling again; `zegot-jax demo` on the page's port says in one line that it is taken.
     """
     from selenium.common.exceptions import (  # noqa: PLC0415
         NoSuchElementException,

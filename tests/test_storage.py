@@ -245,7 +245,9 @@ def _errors():
 @pytest.mark.parametrize("kind, index", [("credentials", i) for i in range(4)]
                          + [("permission", i) for i in range(3)])
 def test_credential_and_permission_failures_read_as_one_line_naming_the_bucket(kind, index):
-    """The fake server checks no credentials or permissions: these are the clients' own errors
+    """The clients' own credential and permission errors read as one line.
+
+    The fake server checks no credentials or permissions: these are the clients' own errors
     (gcsfs's, google-cloud-storage's, google-auth's) as they raise them against real GCS.
     """
     error = _errors()[kind][index]

@@ -98,8 +98,9 @@ def bucket(p: str | os.PathLike) -> str | None:
 
 
 def require_gcs(p: str | os.PathLike) -> None:
-    """Raises MissingDependency, naming the install command, if `p` is gs:// and the GCS packages
-    (gcsfs for epath, google-cloud-storage for orbax and the lock) are missing.
+    """Raises MissingDependency, naming the install command, if `p` needs missing GCS packages.
+
+    That is gcsfs (for epath) and google-cloud-storage (for orbax and the lock), for a gs:// `p`.
     """
     if not is_remote(p):
         return
@@ -119,8 +120,9 @@ def _find(module: str):
 
 
 def _gcsfs():
-    """The gcsfs filesystem epath uses for gs:// (its listing cache cleared: other processes,
-    orbax's tensorstore and the lock write to the bucket behind its back).
+    """The gcsfs filesystem epath uses for gs://, its listing cache cleared.
+
+    Other processes, orbax's tensorstore and the lock write to the bucket behind its back.
     """
     from etils.epath import backend  # noqa: PLC0415 (gs:// only)
 
@@ -131,8 +133,9 @@ def _gcsfs():
 
 @contextlib.contextmanager
 def gcs_errors(p: str | os.PathLike) -> Iterator[None]:
-    """Turns GCS failures on `p` into one line naming the bucket and what to check (a missing
-    object stays a plain FileNotFoundError). Local paths pass through unchanged.
+    """Turns GCS failures on `p` into one line naming the bucket and what to check.
+
+    A missing object stays a plain FileNotFoundError. Local paths pass through unchanged.
     """
     try:
         yield
@@ -146,8 +149,9 @@ def gcs_errors(p: str | os.PathLike) -> Iterator[None]:
 
 
 def explain(error: Exception, p: str | os.PathLike) -> Exception:
-    """The one-line error for a GCS failure `error` on gs:// path `p` (`error` itself if it is
-    not a credentials, permission or missing-bucket failure).
+    """The one-line error for a GCS failure `error` on gs:// path `p`.
+
+    It is `error` itself when that is not a credentials, permission or missing-bucket failure.
     """
     name = bucket(p)
     code = getattr(error, "code", None)  # gcsfs's HttpError and google.api_core's exceptions
@@ -184,8 +188,9 @@ def bucket_exists(name: str) -> bool:
 
 
 def check_no_links(p: str | os.PathLike, root: str | os.PathLike) -> None:
-    """Raises ValueError if a folder between local `root` (excluded) and `p` is a symbolic link,
-    through which a write would land outside the run. `p` itself may be a link: whole-file writes
+    """Raises ValueError if a folder between local `root` (excluded) and `p` is a symbolic link.
+
+    A write through it would land outside the run. `p` itself may be a link: whole-file writes
     replace a link, never what it points to. Does nothing for gs://.
     """
     if is_remote(p):
@@ -261,8 +266,9 @@ def exists(p: str | os.PathLike) -> bool:
 
 
 def listdir(p: str | os.PathLike) -> list[str]:
-    """The sorted names directly in folder `p`; [] if there is none (on gs:// a folder exists only
-    through the objects under it).
+    """The sorted names directly in folder `p`; [] if there is none.
+
+    On gs:// a folder exists only through the objects under it.
     """
     target = path(p)
     if not is_remote(target):
@@ -288,8 +294,9 @@ def _objects(root: epath.Path) -> list[str]:
 
 
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
-    """Copies folder `src` to `dst` (which must not exist); returns the copied files relative to
-    `src`.
+    """Copies folder `src` to `dst` (which must not exist); returns the copied files.
+
+    The files are named relative to `src`.
 
     Both local (links are copied as links, never followed), both gs:// (server-side copies), or
     a local `src` uploaded to a gs:// `dst` (its regular files; links are refused).
@@ -331,11 +338,13 @@ def _upload_tree(source: epath.Path, target: epath.Path) -> list[str]:
 
 def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,
               root: str | os.PathLike | None = None) -> None:
-    """Moves folder `src` to `dst` (which must not exist), e.g. a damaged checkpoint step into
-    `corrupt_checkpoints/`. Locally a rename (of a link itself, never its target). On gs://, where
-    nothing renames, every object is copied and checked at `dst` (same size) before the copied
-    objects, and only those, are removed from `src`: nothing is deleted that was not copied.
-    `root`: the local run folder; a link between it and `dst` is refused (`check_no_links`).
+    """Moves folder `src` to `dst` (which must not exist).
+
+    For example a damaged checkpoint step into `corrupt_checkpoints/`. Locally a rename (of a
+    link itself, never its target). On gs://, where nothing renames, every object is copied and
+    checked at `dst` (same size) before the copied objects, and only those, are removed from
+    `src`: nothing is deleted that was not copied. `root`: the local run folder; a link between it
+    and `dst` is refused (`check_no_links`).
     """
     source, target = path(src), path(dst)
     if not is_remote(source):
@@ -356,8 +365,9 @@ def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,
 
 
 def remove_tree(p: str | os.PathLike) -> None:
-    """Removes folder `p` and everything under it (nothing if absent; a local link is removed
-    itself, never what it points to).
+    """Removes folder `p` and everything under it.
+
+    Nothing if absent; a local link is removed itself, never what it points to.
     """
     target = path(p)
     if not is_remote(target):

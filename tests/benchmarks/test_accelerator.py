@@ -1,6 +1,7 @@
-"""`benchmarks/accelerator.py`: the `--smoke` run's tables (the seed-vmapped ranking included), the
-time budget, out-of-memory rows and the peak FLOP/s look-up (`zegot_jax.train.perf`, which training
-logs `mfu` with).
+"""Tests of `benchmarks/accelerator.py`.
+
+The `--smoke` run's tables (the seed-vmapped ranking included), the time budget, out-of-memory rows
+and the peak FLOP/s look-up (`zegot_jax.train.perf`, which training logs `mfu` with).
 """
 
 import math

@@ -64,9 +64,11 @@ def _no_local_gs(*folders: Path) -> None:
 
 @pytest.mark.slow
 def test_a_bucket_run_trains_resumes_is_refused_evaluated_and_segmented(gcs, tmp_path):
-    """The synthetic smoke config trained into a bucket: SIGKILLed after a checkpoint and refused
-    a second training meanwhile, resumed to the end by the same command, then evaluated and
-    segmented from the bucket (one test: the run is shared by every check).
+    """The synthetic smoke config trained into a bucket, as a pod user runs it.
+
+    SIGKILLed after a checkpoint and refused a second training meanwhile, resumed to the end by the
+    same command, then evaluated and segmented from the bucket (one test: the run is shared by
+    every check).
     """
     bucket = gcs.bucket("zegot-runs")
     workdir = f"{bucket}/synthetic/smoke"
@@ -123,8 +125,10 @@ def _evaluated_and_segmented(bucket: str, workdir: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_data_weights_and_init_from_in_a_bucket(gcs, tmp_path, tiny_clip):
-    """A fake VOC prepared into a gs:// data_dir, CLIP weights read from gs://, `init_from` a
-    gs:// run; then the run's damaged latest step is set aside in the bucket.
+    """Data, weights and `init_from` in a bucket, then a damaged step set aside there.
+
+    A fake VOC prepared into a gs:// data_dir, CLIP weights read from gs://, `init_from` a gs://
+    run; then the run's damaged latest step is set aside in the bucket.
     """
     bucket = gcs.bucket("zegot-data")
     fakes.fake_voc(tmp_path / "raw", voc.voc_palette())

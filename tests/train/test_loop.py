@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from inference_fixtures import smoke_config
 
+from zegot_jax import storage
 from zegot_jax.errors import LOST_PEER_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 from zegot_jax.train import loop
 
@@ -56,7 +57,7 @@ def _train_losses(workdir, *extra, env=None) -> dict[int, float]:
 def _losses(workdir) -> dict[int, float]:
     """Per-step losses from metrics.jsonl (a resumed run's later rows win)."""
     out = {}
-    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines():
         row = json.loads(line)
         if "loss" in row:
             out[row["step"]] = row["loss"]
@@ -188,17 +189,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pair(workdir, *extra, tag: str = "") -> list[subprocess.Popen]:
+def _pair(workdir, *extra, tag: str = "", logs=None) -> list[subprocess.Popen]:
     """Two processes of one training (explicit variables, a coordinator on localhost).
 
-    Their output goes to `workdir``tag`.out<i> and .err<i>.
+    Their output goes to `logs``tag`.out<i> and .err<i> (`logs`: `workdir` unless given).
     """
+    logs = workdir if logs is None else logs
     port, procs = _free_port(), []
     for pid in range(2):
         env = _env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
-        with open(f"{workdir}{tag}.out{pid}", "w") as out, \
-                open(f"{workdir}{tag}.err{pid}", "w") as err:
+        with open(f"{logs}{tag}.out{pid}", "w") as out, \
+                open(f"{logs}{tag}.err{pid}", "w") as err:
             procs.append(subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=env, stdout=out,
                                           stderr=err, text=True))
     return procs
@@ -227,18 +229,28 @@ def _wait_for_row(procs, workdir, step, timeout=240):
     pytest.fail(f"no metrics row for step {step}")
 
 
-def _train_pair(workdir) -> dict[int, float]:
+def _train_pair(workdir, bucket: str) -> dict[int, float]:
+    """Two processes training into one gs:// workdir: one log, one lock, results written once."""
     workdir.mkdir()
-    work = workdir / "run"
-    for status, _, err in _finish(_pair(work, *SPLIT), work):
+    work, logs = f"{bucket}/pair/run", workdir / "run"
+    for status, _, err in _finish(_pair(work, *SPLIT, logs=logs), logs):
         assert status == 0, err[-3000:]
+    rows = [json.loads(line) for line in storage.read_text(f"{work}/metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == STEPS  # process 0's log, each step once
+    names = storage.listdir(work)
+    assert {"results.md", "results.json"} <= set(names) and "train.lock" not in names
+    assert not list(ROOT.glob("gs:*")) and not list(workdir.rglob("gs:*"))  # nothing local
     return _losses(work)
 
 
 @pytest.fixture(scope="module")
-def two_process_losses():
-    """An uninterrupted two-process run (the explicit variables' path), trained once per run."""
-    return _once_per_test_run("two_processes", _train_pair)
+def two_process_losses(gcs):
+    """An uninterrupted two-process run (the explicit variables' path), trained once per run.
+
+    It lives in a bucket of the test run's GCS server: two processes on one gs:// workdir.
+    """
+    return _once_per_test_run("two_processes",
+                              lambda work: _train_pair(work, gcs.bucket("zegot-pairs")))
 
 
 @pytest.mark.slow

@@ -149,8 +149,10 @@ def _resolve(path_or_hub_id: str | os.PathLike, offline: bool = False) -> pathli
 
 
 def _from_bucket(url: str) -> pathlib.Path:
-    """A local copy of the weights file or folder at gs:// `url`, kept under the cache
-    (`$ZEGOT_CACHE`, else `~/.cache/zegot_jax`) and fetched again when an object's size changes.
+    """A local copy of the weights file or folder at gs:// `url`.
+
+    Kept under the cache (`$ZEGOT_CACHE`, else `~/.cache/zegot_jax`) and fetched again when an
+    object's size changes.
     """
     storage.require_gcs(url)
     root = pathlib.Path(os.environ.get("ZEGOT_CACHE") or pathlib.Path.home() / ".cache" / "zegot_jax")

@@ -72,6 +72,7 @@ class Held:
         self._thread = threading.Thread(target=self._beat, name=f"lock {workdir}", daemon=True)
 
     def describe(self) -> dict:
+        """What the lock object says of its holder: pid, host, start, token, heartbeats."""
         return {"pid": os.getpid(), "host": socket.gethostname(), "started": self._started,
                 "token": self._token, "beats": self._beats}
 
@@ -110,8 +111,10 @@ class Held:
         return {}
 
     def _written_by_me(self) -> bool:
-        """After a 412: whether the object is this holder's latest write all the same (a retried
-        request whose first attempt had landed); if so, its generation is taken as ours.
+        """After a 412: whether the object is this holder's latest write all the same.
+
+        That is a retried request whose first attempt had landed; if so, its generation is taken
+        as ours.
         """
         blob = self._blob.bucket.get_blob(self._blob.name)
         if blob is None:
@@ -158,8 +161,9 @@ class Held:
 
 
 def _died_here(holder: dict) -> bool:
-    """Whether the lock's holder ran on this host and its process has ended (a SIGKILL or a
-    crash never releases the lock; the same command then resumes at once).
+    """Whether the lock's holder ran on this host and its process has ended.
+
+    A SIGKILL or a crash never releases the lock; the same command then resumes at once.
     """
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
@@ -236,8 +240,9 @@ def release(held: Held | None) -> None:
 
 @contextlib.contextmanager
 def hold(workdir: str, *, enabled: bool = True) -> Iterator[Held | None]:
-    """Holds the lock of gs:// `workdir` for the duration of the block (nothing when not
-    `enabled`: processes other than 0).
+    """Holds the lock of gs:// `workdir` for the duration of the block.
+
+    Nothing is taken when not `enabled` (processes other than 0).
     """
     held = acquire(workdir) if enabled else None
     try:
