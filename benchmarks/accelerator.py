@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from train_step import Setup, make_config, random_batch, seen_classes
+from harness import Setup, make_config, random_batch, seen_classes
 
 from zegot_jax import tables
 from zegot_jax.configs.overrides import override

@@ -1,4 +1,4 @@
-"""What `segmenter.py` and `train_step.py` share: the machine line, compile-and-time, model setup.
+"""What the benchmarks share: the machine line, compile-and-time, the train step's model setup.
 
 Run the benchmarks as scripts (`.venv/bin/python benchmarks/segment.py`); this module is imported
 from the `benchmarks/` folder, which Python puts on the path for a script.
@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 
 def cpu_model() -> str:
@@ -235,4 +236,74 @@ def gib(num_bytes: int) -> str:
     return "n/a" if num_bytes < 0 else f"{num_bytes / 2**30:.2f}"
 
 
+def seen_classes(k: int) -> tuple[str, ...]:
+    """COCO-Stuff's seen class names (156), or the first K of them."""
+    from zegot_jax.data import class_names as names_lib  # noqa: PLC0415
 
+    names, unseen = names_lib.DATASETS["coco_stuff"]
+    seen = tuple(n for i, n in enumerate(names) if i not in set(unseen))
+    if not 0 < k <= len(seen):
+        raise ValueError(f"--classes {k}: use 1..{len(seen)} (COCO-Stuff's seen classes).")
+    return seen[:k]
+
+
+def make_config(variant: str, dtype: str):
+    """The default config around a random CLIP of `variant` (layers clipped to small towers)."""
+    from zegot_jax import clip as clip_lib  # noqa: PLC0415
+
+    config = default_config()
+    config.clip.weights = f"random:{variant}"
+    config.clip.dtype = dtype
+    depth = clip_lib.get_spec(variant).vision_layers
+    if max(config.model.layers) >= depth:
+        config.model.layers = tuple(range(depth))[-3:]
+    return config
+
+
+def random_batch(batch: int, size: int, k: int) -> dict[str, np.ndarray]:
+    """CLIP-normalised-looking images and labels in [0, K)."""
+    rng = np.random.default_rng(0)
+    return {"image": rng.standard_normal((batch, size, size, 3), np.float32),
+            "label": rng.integers(0, k, (batch, size, size)).astype(np.int32)}
+
+
+class Setup:
+    """Model, optimizer, step function and text inputs for one configuration.
+
+    The train-step benchmarks' model: `train_step.py`, `step_memory.py`, `accelerator.py`.
+    """
+
+    def __init__(self, config, k: int, clip: Any = None):
+        from zegot_jax.models import build as build_lib  # noqa: PLC0415
+        from zegot_jax.models import functional  # noqa: PLC0415
+        from zegot_jax.train import optim  # noqa: PLC0415
+        from zegot_jax.train import step as step_lib  # noqa: PLC0415
+
+        self.config = config
+        start = time.perf_counter()
+        self.model = build_lib.build_model(config, clip)
+        self.build_s = time.perf_counter() - start
+        self.graphdef, self.params, self.frozen = functional.split_model(self.model)
+        self.tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+        self.step = step_lib.make_train_step(self.graphdef, self.tx, schedule, config)
+        self.names = seen_classes(k)
+
+    def text_inputs(self, context: int):
+        return self.model.text_inputs(self.names, context)
+
+    def state(self):
+        """A fresh train state (copies: the step donates it)."""
+        from zegot_jax.train import step as step_lib  # noqa: PLC0415
+
+        return step_lib.init_state(jax.tree.map(jax.numpy.copy, self.params), self.tx,
+                                   self.config.seed)
+
+    def without_ot(self) -> Setup:
+        """The same model (same CLIP, same initial parameters) with `model.ot.enabled=False`."""
+        return self.with_overrides({"model.ot.enabled": False})
+
+    def with_overrides(self, overrides: dict) -> Setup:
+        """The same CLIP and initial parameters under dotted-key config overrides."""
+        from zegot_jax.configs.overrides import override  # noqa: PLC0415
+
+        return Setup(override(self.config, overrides), len(self.names), self.model.clip)

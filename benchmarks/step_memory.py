@@ -32,7 +32,7 @@ import time
 import harness
 import jax
 import jax.numpy as jnp
-from train_step import Setup, make_config
+from harness import Setup, make_config
 
 from zegot_jax import tables
 from zegot_jax.configs.overrides import override
