@@ -7,7 +7,7 @@ project into it (plus the test and demo extras for `test`) at the exact versions
 commands are safe to run again. Extra arguments are passed on: `python3 dev.py test -k ot`,
 `python3 dev.py demo --config.train.num_steps=50`.
 
-`test` runs ruff and every test, spread over the cores (pytest-xdist), and prints the 15 slowest.
+`test` runs ruff (lint, docstring rules, the formatter's check) and every test, spread over the cores (pytest-xdist), and prints the 15 slowest.
 `test --quick` leaves out the tests marked `slow` (end-to-end runs) for a quick local check; CI and
 the README run everything.
 """
@@ -48,8 +48,7 @@ def ensure_env(extra: str | None) -> None:
     if not PYTHON.exists():
         print(f"Creating a virtual environment in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
-                            + LOCK.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes()).hexdigest()[:16]
     stamp = VENV / f".installed-{extra or 'base'}"
     if stamp.exists() and stamp.read_text() == digest:
         return
@@ -74,9 +73,10 @@ def main(argv: list[str]) -> int:
     ensure_env(TEST_EXTRAS)
     if "--quick" in rest:
         rest = [a for a in rest if a != "--quick"] + ["-m", "not slow"]
+    # Lint (with the docstring rules) and the formatter's check: `ruff format .` fixes the latter.
     lint = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT).returncode
-    tests = subprocess.run([str(PYTHON), "-m", "pytest", *PYTEST_ARGS, *rest],
-                           cwd=ROOT).returncode
+    lint = lint or subprocess.run([str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT).returncode
+    tests = subprocess.run([str(PYTHON), "-m", "pytest", *PYTEST_ARGS, *rest], cwd=ROOT).returncode
     return tests or lint
 
 

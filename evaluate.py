@@ -11,8 +11,9 @@ from ml_collections import config_flags
 from zegot_jax.errors import parse_flags, user_errors
 from zegot_jax.evaluation import run
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the evaluation dataset.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config of the evaluation dataset.", lock_config=True
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir (its latest checkpoint).")
 _OUT = flags.DEFINE_string("out", None, "Where to write results (default: the checkpoint's dir).")
 flags.mark_flags_as_required(["config", "checkpoint"])

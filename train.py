@@ -17,10 +17,14 @@ from zegot_jax.errors import PREEMPTED_EXIT_STATUS, parse_flags, user_errors
 from zegot_jax.evaluation import evaluator
 from zegot_jax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go "
-                               "(a local path or gs://...). An existing run there is resumed.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:variant].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics and results go (a local path or gs://...). An existing run there is resumed.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -63,12 +63,39 @@ from zegot_jax.train import perf
 
 SMOKE = {"variant": "tiny", "size": 32, "classes": [3, 5]}  # and `harness.apply_smoke`
 TINY = {"classes": 5, "size": 32, "batch": 2}  # the agreement check, on the ':smoke' model
-GUESS = {"build_s": 30.0, "compile_s": 90.0, "step_s": 2.0, "agreement_s": 60.0,  # before
-         "rank_s": 90.0, "pretrain_s": 120.0}  # measuring (ranking: 2 variants x 5 seeds)
-RANK_HEADER = ["variant", "seeds", "steps", "mIoU(S)", "mIoU(U)", "hIoU", "hIoU - default [95%]",
-               "compile (s)", "variant wall / seeds (s)"]
-STEP_HEADER = ["clip.dtype", "K", "compile (s)", "step (ms)", "images/s", "GFLOP / step (XLA)",
-               "TFLOP/s", "MFU", "MFU vs TF32 peak", "peak memory (GiB)", "loss", "runs"]
+GUESS = {
+    "build_s": 30.0,
+    "compile_s": 90.0,
+    "step_s": 2.0,
+    "agreement_s": 60.0,  # before
+    "rank_s": 90.0,
+    "pretrain_s": 120.0,
+}  # measuring (ranking: 2 variants x 5 seeds)
+RANK_HEADER = [
+    "variant",
+    "seeds",
+    "steps",
+    "mIoU(S)",
+    "mIoU(U)",
+    "hIoU",
+    "hIoU - default [95%]",
+    "compile (s)",
+    "variant wall / seeds (s)",
+]
+STEP_HEADER = [
+    "clip.dtype",
+    "K",
+    "compile (s)",
+    "step (ms)",
+    "images/s",
+    "GFLOP / step (XLA)",
+    "TFLOP/s",
+    "MFU",
+    "MFU vs TF32 peak",
+    "peak memory (GiB)",
+    "loss",
+    "runs",
+]
 
 
 class Budget:
@@ -76,8 +103,7 @@ class Budget:
 
     def __init__(self, seconds: float):
         self.deadline = time.perf_counter() + seconds
-        self.build_s, self.compile_s, self.step_s = (GUESS[k] for k in ("build_s", "compile_s",
-                                                                         "step_s"))
+        self.build_s, self.compile_s, self.step_s = (GUESS[k] for k in ("build_s", "compile_s", "step_s"))
         self.k: int | None = None
 
     def left(self) -> float:
@@ -99,18 +125,26 @@ def device_rows() -> list[list]:
     peaks = perf.peaks(first.device_kind)
     stats = first.memory_stats() or {}
     tflops = " / ".join("n/a" if p is None else f"{p / 1e12:,.1f}" for p in peaks)
-    return [["platform", first.platform], ["device kind", first.device_kind],
-            ["device count", len(devices)], ["jax / jaxlib", f"{jax.__version__} / {jaxlib.__version__}"],
-            ["memory limit (GiB)", harness.gib(int(stats.get("bytes_limit", -1)))],
-            ["peak dense TFLOP/s: float32 / TF32 / bf16", tflops],
-            ["host", harness.machine_line()]]
+    return [
+        ["platform", first.platform],
+        ["device kind", first.device_kind],
+        ["device count", len(devices)],
+        ["jax / jaxlib", f"{jax.__version__} / {jaxlib.__version__}"],
+        ["memory limit (GiB)", harness.gib(int(stats.get("bytes_limit", -1)))],
+        ["peak dense TFLOP/s: float32 / TF32 / bf16", tflops],
+        ["host", harness.machine_line()],
+    ]
 
 
 def max_relative(a, b) -> float:
     """Largest |a - b| of any leaf relative to the largest |b| of that leaf."""
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
-                     / max(float(np.max(np.abs(np.asarray(y, np.float64)))), 1e-30))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return max(
+        float(
+            np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+            / max(float(np.max(np.abs(np.asarray(y, np.float64)))), 1e-30)
+        )
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def setup_key(variant: str, dtype: str, smoke: bool, overrides: dict) -> tuple:
@@ -133,19 +167,29 @@ def get_setup(cache: dict, variant: str, dtype: str, smoke: bool, overrides: dic
 def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[list]:
     """Loss and gradients of a tiny config on the CPU against the device (see the docstring)."""
     if budget.left() < GUESS["agreement_s"]:
-        return [["skipped", f"estimated {GUESS['agreement_s']:.0f} s > {budget.left():.0f} s left",
-                 "", "", "", ""]]
+        return [
+            [
+                "skipped",
+                f"estimated {GUESS['agreement_s']:.0f} s > {budget.left():.0f} s left",
+                "",
+                "",
+                "",
+                "",
+            ]
+        ]
     try:
         cpu, device = jax.devices("cpu")[0], jax.devices()[0]
     except RuntimeError as error:  # JAX_PLATFORMS without 'cpu'
         return [["skipped", f"no CPU backend: {str(error).splitlines()[0][:100]}", "", "", "", ""]]
     setup = get_setup(cache, "tiny", "float32", True, args.overrides)
-    inputs = (setup.params, setup.frozen, random_batch(TINY["batch"], TINY["size"], TINY["classes"]),
-              setup.model.text_inputs(seen_classes(TINY["classes"]),
-                                      setup.config.clip.text_context_length),
-              jax.random.key(0))  # the point-sampled loss (loss.num_points > 0) draws points
-    grad_fn = jax.jit(jax.value_and_grad(losses.make_loss_fn(setup.graphdef, setup.config),
-                                         has_aux=True))
+    inputs = (
+        setup.params,
+        setup.frozen,
+        random_batch(TINY["batch"], TINY["size"], TINY["classes"]),
+        setup.model.text_inputs(seen_classes(TINY["classes"]), setup.config.clip.text_context_length),
+        jax.random.key(0),
+    )  # the point-sampled loss (loss.num_points > 0) draws points
+    grad_fn = jax.jit(jax.value_and_grad(losses.make_loss_fn(setup.graphdef, setup.config), has_aux=True))
 
     def run_on(target):
         (loss, _), grads = grad_fn(*jax.device_put(inputs, target))
@@ -154,13 +198,21 @@ def agreement_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> lis
     cpu_loss, cpu_grads = run_on(cpu)
     rows = []
     for precision in ["default", "highest"]:  # the same on a CPU; run there too (the test)
-        context = (contextlib.nullcontext() if precision == "default"
-                   else jax.default_matmul_precision(precision))
+        context = (
+            contextlib.nullcontext() if precision == "default" else jax.default_matmul_precision(precision)
+        )
         with context:
             loss, grads = run_on(device)
-        rows.append([precision, f"{float(cpu_loss):.6g}", f"{float(loss):.6g}",
-                     f"{abs(float(loss) - float(cpu_loss)) / abs(float(cpu_loss)):.1e}",
-                     f"{max_relative(grads, cpu_grads):.1e}", device.device_kind])
+        rows.append(
+            [
+                precision,
+                f"{float(cpu_loss):.6g}",
+                f"{float(loss):.6g}",
+                f"{abs(float(loss) - float(cpu_loss)) / abs(float(cpu_loss)):.1e}",
+                f"{max_relative(grads, cpu_grads):.1e}",
+                device.device_kind,
+            ]
+        )
     return rows
 
 
@@ -170,31 +222,51 @@ def mfu_cell(flops: float, seconds: float, peak: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def step_row(setup: Setup, dtype: str, k: int, args: argparse.Namespace, budget: Budget,
-             memory: PeakMemory) -> list:
+def step_row(
+    setup: Setup, dtype: str, k: int, args: argparse.Namespace, budget: Budget, memory: PeakMemory
+) -> list:
     """Compiles and times the step for K classes; one table row (out of memory included)."""
     text = setup.model.text_inputs(seen_classes(k), setup.config.clip.text_context_length)
     batch = jax.tree.map(jnp.asarray, random_batch(args.batch, args.size, k))
     try:
-        m = harness.measure(setup.step, lambda: (setup.state(), setup.frozen, batch, text),
-                            rounds=args.rounds, budget_s=max(budget.left() / 4, 1.0),
-                            donate_argnums=(0,))
+        m = harness.measure(
+            setup.step,
+            lambda: (setup.state(), setup.frozen, batch, text),
+            rounds=args.rounds,
+            budget_s=max(budget.left() / 4, 1.0),
+            donate_argnums=(0,),
+        )
     except Exception as error:  # noqa: BLE001 (only allocation failures become rows)
         if not harness.is_out_of_memory(error):
             raise
         return [dtype, k, f"out of memory: {str(error).splitlines()[0][:120]}"] + [""] * 9
     if math.isnan(m.run_s):
-        return [dtype, k, f"{m.compile_s:.1f}", "not run: compiled temp + arguments "
-                f"{harness.gib(m.temp_bytes + m.argument_bytes)} GiB exceed the free "
-                f"{harness.gib(harness.free_bytes())} GiB"] + [""] * 8
+        return [
+            dtype,
+            k,
+            f"{m.compile_s:.1f}",
+            "not run: compiled temp + arguments "
+            f"{harness.gib(m.temp_bytes + m.argument_bytes)} GiB exceed the free "
+            f"{harness.gib(harness.free_bytes())} GiB",
+        ] + [""] * 8
     budget.record(k, m)
     peaks = perf.peaks(jax.devices()[0].device_kind)
     peak = getattr(peaks, "bfloat16" if dtype == "bfloat16" else "float32")
     tf32 = mfu_cell(m.flops, m.run_s, peaks.tf32) if dtype == "float32" else ""
-    return [dtype, k, f"{m.compile_s:.1f}", f"{1e3 * m.run_s:,.1f}", f"{args.batch / m.run_s:,.1f}",
-            f"{m.flops / 1e9:,.4g}", f"{m.flops / m.run_s / 1e12:,.2f}",
-            mfu_cell(m.flops, m.run_s, peak), tf32, memory.cell(m),
-            f"{float(m.output[1]['loss']):.5g}", m.runs]
+    return [
+        dtype,
+        k,
+        f"{m.compile_s:.1f}",
+        f"{1e3 * m.run_s:,.1f}",
+        f"{args.batch / m.run_s:,.1f}",
+        f"{m.flops / 1e9:,.4g}",
+        f"{m.flops / m.run_s / 1e12:,.2f}",
+        mfu_cell(m.flops, m.run_s, peak),
+        tf32,
+        memory.cell(m),
+        f"{float(m.output[1]['loss']):.5g}",
+        m.runs,
+    ]
 
 
 class PeakMemory:
@@ -214,15 +286,20 @@ class PeakMemory:
 
 def step_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[list]:
     """Every (dtype, K) row, small K first, zig-zag over dtypes so peak memory tends to rise."""
-    order = [(dtype, k) for i, k in enumerate(sorted(args.classes))
-             for dtype in (args.dtypes if i % 2 == 0 else args.dtypes[::-1])]
+    order = [
+        (dtype, k)
+        for i, k in enumerate(sorted(args.classes))
+        for dtype in (args.dtypes if i % 2 == 0 else args.dtypes[::-1])
+    ]
     rows, memory = [], PeakMemory(jax.devices()[0])
     for dtype, k in order:
         built = setup_key(args.variant, dtype, args.smoke, args.overrides) in cache
         estimate = (0.0 if built else budget.build_s) + budget.row_estimate(k, args.rounds)
         if estimate > budget.left():
-            rows.append([dtype, k, f"skipped: estimated {estimate:.0f} s > "
-                         f"{max(budget.left(), 0):.0f} s left"] + [""] * 9)
+            rows.append(
+                [dtype, k, f"skipped: estimated {estimate:.0f} s > {max(budget.left(), 0):.0f} s left"]
+                + [""] * 9
+            )
         else:
             start = time.perf_counter()
             setup = get_setup(cache, args.variant, dtype, args.smoke, args.overrides)
@@ -233,8 +310,7 @@ def step_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[lis
     return rows
 
 
-EVAL_HEADER = ["clip.dtype", "K", "image size", "batch", "compile (s)", "batch time (ms)",
-               "images/s", "runs"]
+EVAL_HEADER = ["clip.dtype", "K", "image size", "batch", "compile (s)", "batch time (ms)", "images/s", "runs"]
 
 
 def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> list[list]:
@@ -250,22 +326,44 @@ def evaluation_rows(args: argparse.Namespace, budget: Budget, cache: dict) -> li
     size = (args.size, args.size * 4 // 3)
     estimate = budget.compile_s + (args.rounds + 1) * budget.step_s
     if estimate > budget.left():
-        return [["float32", k, f"{size[0]}x{size[1]}", args.eval_batch,
-                 f"skipped: estimated {estimate:.0f} s > {max(budget.left(), 0):.0f} s left"]
-                + [""] * 3]
+        return [
+            [
+                "float32",
+                k,
+                f"{size[0]}x{size[1]}",
+                args.eval_batch,
+                f"skipped: estimated {estimate:.0f} s > {max(budget.left(), 0):.0f} s left",
+            ]
+            + [""] * 3
+        ]
     setup = get_setup(cache, args.variant, "float32", args.smoke, args.overrides)
     config = setup.config
     names = names_lib.DATASETS["coco_stuff"][0][:k]
-    text = evaluator.text_features_of(setup.graphdef, setup.params, setup.frozen, names,
-                                      config.clip.text_context_length)
+    text = evaluator.text_features_of(
+        setup.graphdef, setup.params, setup.frozen, names, config.clip.text_context_length
+    )
     confusion = evaluator.make_batch_scorer(setup.graphdef, config, jnp.zeros((k,)))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.eval_batch, *size, 3), np.float32))
     labels = jnp.asarray(rng.integers(0, k, (args.eval_batch, *size)), jnp.int32)
-    m = harness.measure(confusion, lambda: (setup.params, setup.frozen, text, images, labels),
-                        rounds=args.rounds, budget_s=max(budget.left() / 2, 1.0))
-    return [["float32", k, f"{size[0]}x{size[1]}", args.eval_batch, f"{m.compile_s:.1f}",
-             f"{1e3 * m.run_s:,.1f}", f"{args.eval_batch / m.run_s:,.2f}", m.runs]]
+    m = harness.measure(
+        confusion,
+        lambda: (setup.params, setup.frozen, text, images, labels),
+        rounds=args.rounds,
+        budget_s=max(budget.left() / 2, 1.0),
+    )
+    return [
+        [
+            "float32",
+            k,
+            f"{size[0]}x{size[1]}",
+            args.eval_batch,
+            f"{m.compile_s:.1f}",
+            f"{1e3 * m.run_s:,.1f}",
+            f"{args.eval_batch / m.run_s:,.2f}",
+            m.runs,
+        ]
+    ]
 
 
 def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], str]:
@@ -285,8 +383,9 @@ def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], 
     pretrain.pretrained_clip(config.synthetic.pretrain, progress=False)
     pretrain_s, start = time.perf_counter() - start, time.perf_counter()
     name = " ".join(args.rank_set)
-    rows = ranking.rank_variants(config, {"default": {}, name: args.rank_overrides}, seeds,
-                                   statistics=False, log=None)
+    rows = ranking.rank_variants(
+        config, {"default": {}, name: args.rank_overrides}, seeds, statistics=False, log=None
+    )
     rank_s = time.perf_counter() - start
 
     def cell(results, key):
@@ -298,12 +397,21 @@ def ranking_rows(args: argparse.Namespace, budget: Budget) -> tuple[list[list], 
         diff = ""
         if variant != "default":
             by_seed = {r["seed"]: r["hiou"] for r in rows["default"]}
-            mean, _, half = report.interval([100 * (r["hiou"] - by_seed[r["seed"]])
-                                             for r in results])
+            mean, _, half = report.interval([100 * (r["hiou"] - by_seed[r["seed"]]) for r in results])
             diff = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
-        table.append([variant, len(results), config.train.num_steps, cell(results, "miou_seen"),
-                      cell(results, "miou_unseen"), cell(results, "hiou"), diff,
-                      f"{results[0]['compile_s']:.1f}", f"{results[0]['seconds']:.1f}"])
+        table.append(
+            [
+                variant,
+                len(results),
+                config.train.num_steps,
+                cell(results, "miou_seen"),
+                cell(results, "miou_unseen"),
+                cell(results, "hiou"),
+                diff,
+                f"{results[0]['compile_s']:.1f}",
+                f"{results[0]['seconds']:.1f}",
+            ]
+        )
     where = "cached" if cached else f"pretrained here in {pretrain_s:.0f} s"
     return table, f"ranking {rank_s:.1f} s wall (small CLIP {where})"
 
@@ -316,15 +424,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="crop (512; smoke 32)")
     parser.add_argument("--batch", type=int, default=16, help="global batch, on one device")
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="K (15 156; smoke 3 5)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
-                        choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
+    )
     parser.add_argument("--rounds", type=int, default=5, help="most timed runs per row")
-    parser.add_argument("--eval-batch", type=int, default=8,
-                        help="images per evaluation call (the evaluation row)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every row, e.g. model.ot.backward=unrolled")
-    parser.add_argument("--rank-set", nargs="+", default=["model.ot.enabled=False"],
-                        metavar="KEY=VALUE", help="the variant ranked against the default")
+    parser.add_argument(
+        "--eval-batch", type=int, default=8, help="images per evaluation call (the evaluation row)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every row, e.g. model.ot.backward=unrolled",
+    )
+    parser.add_argument(
+        "--rank-set",
+        nargs="+",
+        default=["model.ot.enabled=False"],
+        metavar="KEY=VALUE",
+        help="the variant ranked against the default",
+    )
     parser.add_argument("--no-ranking", action="store_true", help="skip the ranking table")
     args = parser.parse_args(argv)
     args.rank_overrides = harness.parse_overrides(args.rank_set)
@@ -343,21 +463,42 @@ def main(argv=None) -> None:
     budget, cache = Budget(args.budget_s), {}
     print("## Device\n\n" + tables.markdown(["field", "value"], device_rows()) + "\n", flush=True)
     agreement = agreement_rows(args, budget, cache)
-    print("## Float32 agreement with the CPU (tiny config, loss and gradients)\n\n"
-          + tables.markdown(["matmul precision", "CPU loss", "device loss", "loss rel. diff",
-                              "gradient max rel. diff", "device"], agreement) + "\n", flush=True)
+    print(
+        "## Float32 agreement with the CPU (tiny config, loss and gradients)\n\n"
+        + tables.markdown(
+            [
+                "matmul precision",
+                "CPU loss",
+                "device loss",
+                "loss rel. diff",
+                "gradient max rel. diff",
+                "device",
+            ],
+            agreement,
+        )
+        + "\n",
+        flush=True,
+    )
     steps = step_rows(args, budget, cache)
-    print(f"\n## Train step: random {args.variant} at {args.size}x{args.size}, global batch "
-          f"{args.batch} on one device; overrides: {' '.join(args.set) or 'none'}; "
-          f"{max(budget.left(), 0):.0f} s of the {args.budget_s:.0f} s budget left\n\n"
-          + tables.markdown(STEP_HEADER, steps), flush=True)
+    print(
+        f"\n## Train step: random {args.variant} at {args.size}x{args.size}, global batch "
+        f"{args.batch} on one device; overrides: {' '.join(args.set) or 'none'}; "
+        f"{max(budget.left(), 0):.0f} s of the {args.budget_s:.0f} s budget left\n\n"
+        + tables.markdown(STEP_HEADER, steps),
+        flush=True,
+    )
     evaluation = evaluation_rows(args, budget, cache)
-    print(f"\n## Evaluation: random {args.variant}, sliding window (crop {args.size}), every "
-          f"class, one device\n\n" + tables.markdown(EVAL_HEADER, evaluation), flush=True)
+    print(
+        f"\n## Evaluation: random {args.variant}, sliding window (crop {args.size}), every "
+        f"class, one device\n\n" + tables.markdown(EVAL_HEADER, evaluation),
+        flush=True,
+    )
     if not args.no_ranking:
         ranking, times = ranking_rows(args, budget)
-        print(f"\n## Ranking on the synthetic world: {' '.join(args.rank_set)} against the "
-              f"default, seeds vmapped; {times}\n\n" + tables.markdown(RANK_HEADER, ranking))
+        print(
+            f"\n## Ranking on the synthetic world: {' '.join(args.rank_set)} against the "
+            f"default, seeds vmapped; {times}\n\n" + tables.markdown(RANK_HEADER, ranking)
+        )
 
 
 if __name__ == "__main__":

@@ -39,16 +39,16 @@ def _scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
 
 def make_dataset(root: Path, num_images: int, size: tuple[int, int]) -> str:
     rng = np.random.default_rng(0)
-    raw = root / 'raw'
-    for folder, count in (('train2017', num_images), ('val2017', 1)):
-        (raw / 'images' / folder).mkdir(parents=True)
-        (raw / 'annotations' / folder).mkdir(parents=True)
+    raw = root / "raw"
+    for folder, count in (("train2017", num_images), ("val2017", 1)):
+        (raw / "images" / folder).mkdir(parents=True)
+        (raw / "annotations" / folder).mkdir(parents=True)
         for i in range(count):
             image, label = _scene(rng, *size)
-            PIL.Image.fromarray(image).save(raw / 'images' / folder / f'{i:012d}.jpg', quality=90)
-            PIL.Image.fromarray(label).save(raw / 'annotations' / folder / f'{i:012d}.png')
-    prepare.prepare('coco_stuff', raw, root / 'tfds', allow_partial=True)
-    return str(root / 'tfds')
+            PIL.Image.fromarray(image).save(raw / "images" / folder / f"{i:012d}.jpg", quality=90)
+            PIL.Image.fromarray(label).save(raw / "annotations" / folder / f"{i:012d}.png")
+    prepare.prepare("coco_stuff", raw, root / "tfds", allow_partial=True)
+    return str(root / "tfds")
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -63,9 +63,16 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 def measure(source, workers: int, normalize: bool, batches: int, batch_size: int) -> dict:
     it = pipeline.train_iterator(
-        source, batch_size=batch_size, crop_size=512, seed=0, num_classes=171,
-        unseen=(19, 23), normalize=normalize, num_workers=workers,
-        shard_options=pipeline.grain.NoSharding())
+        source,
+        batch_size=batch_size,
+        crop_size=512,
+        seed=0,
+        num_classes=171,
+        unseen=(19, 23),
+        normalize=normalize,
+        num_workers=workers,
+        shard_options=pipeline.grain.NoSharding(),
+    )
     for _ in range(2):  # warm-up: worker start, first decodes
         next(it)
     me = psutil.Process()
@@ -75,31 +82,35 @@ def measure(source, workers: int, normalize: bool, batches: int, batch_size: int
     wall, cpu = time.perf_counter() - t0, _cpu_seconds(me) - cpu0
     images = batches * batch_size
     del it
-    return {'wall': images / wall, 'cpu_per_image': cpu / images}
+    return {"wall": images / wall, "cpu_per_image": cpu / images}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--workers', default='0,1,2')
-    parser.add_argument('--num_images', type=int, default=96)
-    parser.add_argument('--batches', type=int, default=12)
-    parser.add_argument('--batch_size', type=int, default=8)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--num_images", type=int, default=96)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = make_dataset(Path(tmp), args.num_images, (480, 640))
-        source = pipeline.tfds_source('coco_stuff', 'train', data_dir)
-        size = np.mean([len(source[i]['image']) for i in range(len(source))]) / 1024
-        print(f'{psutil.cpu_count()} CPUs; {len(source)} JPEGs 640x480 (mean {size:.0f} KiB), '
-              f'crop 512, batch {args.batch_size}, load average {psutil.getloadavg()[0]:.1f}\n')
-        print('| workers | image dtype | images/s (wall) | CPU ms / image | images/s per core |')
-        print('|---|---|---|---|---|')
-        for workers in [int(w) for w in args.workers.split(',')]:
+        source = pipeline.tfds_source("coco_stuff", "train", data_dir)
+        size = np.mean([len(source[i]["image"]) for i in range(len(source))]) / 1024
+        print(
+            f"{psutil.cpu_count()} CPUs; {len(source)} JPEGs 640x480 (mean {size:.0f} KiB), "
+            f"crop 512, batch {args.batch_size}, load average {psutil.getloadavg()[0]:.1f}\n"
+        )
+        print("| workers | image dtype | images/s (wall) | CPU ms / image | images/s per core |")
+        print("|---|---|---|---|---|")
+        for workers in [int(w) for w in args.workers.split(",")]:
             for normalize in (True, False):
                 r = measure(source, workers, normalize, args.batches, args.batch_size)
-                dtype = 'float32 (normalised)' if normalize else 'uint8'
-                print(f'| {workers} | {dtype} | {r["wall"]:.1f} | '
-                      f'{1000 * r["cpu_per_image"]:.1f} | {1 / r["cpu_per_image"]:.1f} |')
+                dtype = "float32 (normalised)" if normalize else "uint8"
+                print(
+                    f"| {workers} | {dtype} | {r['wall']:.1f} | "
+                    f"{1000 * r['cpu_per_image']:.1f} | {1 / r['cpu_per_image']:.1f} |"
+                )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

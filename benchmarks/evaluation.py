@@ -75,22 +75,31 @@ def breakdown(config, parts) -> list[tuple[str, float]]:
     cases = {
         "batched scorer on an in-memory batch": harness.Case(
             evaluator.make_batch_scorer(g, config, jnp.zeros(len(data.class_names))),
-            lambda: (p, f, text, images, labels)),
+            lambda: (p, f, text, images, labels),
+        ),
         "  image tower (`pixel_features`)": harness.Case(
-            lambda p, f, x: merge(g, p, f).pixel_features(x), lambda: (p, f, images)),
+            lambda p, f, x: merge(g, p, f).pixel_features(x), lambda: (p, f, images)
+        ),
         "  `segment` (tower, DLFA, MPOT, score maps)": harness.Case(
-            lambda p, f, t, x: merge(g, p, f).segment(x, t).logits, lambda: (p, f, text, images)),
+            lambda p, f, t, x: merge(g, p, f).segment(x, t).logits, lambda: (p, f, text, images)
+        ),
     }
     measured = harness.compare(cases, rounds=10, budget_s=30.0)
-    return [("pipeline alone (render + transform, its reader threads)", pipeline),
-            *((name, 1e3 * m.run_s / size) for name, m in measured.items())]
+    return [
+        ("pipeline alone (render + transform, its reader threads)", pipeline),
+        *((name, 1e3 * m.run_s / size) for name, m in measured.items()),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs=2, default=(400, 2400))
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="eval.batch_size of the batched rows (default: the config's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="eval.batch_size of the batched rows (default: the config's)",
+    )
     args = parser.parse_args()
     config = synthetic.get_config()
     if args.batch_size:
@@ -99,8 +108,10 @@ def main() -> None:
     parts = tuple(functional.split_model(build_lib.build_model(config, clip)))
     small, large = args.images
     print(f"{harness.machine_line()} (at the start)")
-    print(f"synthetic config, {config.synthetic.image_size}px images, "
-          f"eval.batch_size={config.eval.batch_size}\n")
+    print(
+        f"synthetic config, {config.synthetic.image_size}px images, "
+        f"eval.batch_size={config.eval.batch_size}\n"
+    )
     print(f"| evaluation | {small} images (s) | {large} images (s) | ms per extra image |")
     print("|---|---|---|---|")
     rows = {}

@@ -45,8 +45,7 @@ def _tensorboard(kind: str, url: str, steps: int) -> tuple[list[float], int]:
 
     local = tempfile.mkdtemp(prefix="tb-")
     writer = SummaryWriter(url if kind == "gs:// direct" else local, flush_secs=3600)
-    event_file = writer.file_writer.event_writer._ev_writer._file_name if kind != "gs:// direct" \
-        else None
+    event_file = writer.file_writer.event_writer._ev_writer._file_name if kind != "gs:// direct" else None
     times = []
     for step in range(steps):
         start = time.perf_counter()
@@ -54,8 +53,7 @@ def _tensorboard(kind: str, url: str, steps: int) -> tuple[list[float], int]:
             writer.add_scalar(key, value, step)
         writer.flush()
         if kind == "local+upload":
-            storage.write_bytes(f"{url}/{os.path.basename(event_file)}",
-                                storage.read_bytes(event_file))
+            storage.write_bytes(f"{url}/{os.path.basename(event_file)}", storage.read_bytes(event_file))
         times.append(time.perf_counter() - start)
     writer.close()
     size = os.path.getsize(event_file) if event_file else storage._gcsfs().du(url)
@@ -84,17 +82,21 @@ def main() -> None:
     bucket = server.bucket("zegot-bench")
     storage.write_text(f"{bucket}/warm-up", "")  # the first request opens the connections
     print(harness.machine_line())
-    print(f"\nTensorBoard, {steps} log steps of {SCALARS + 1} scalars, each flushed "
-          "(ms per log step)\n")
+    print(f"\nTensorBoard, {steps} log steps of {SCALARS + 1} scalars, each flushed (ms per log step)\n")
     rows = []
     for kind in ("local only", "local+upload", "gs:// direct"):
         times, size = _tensorboard(kind, f"{bucket}/{kind.split()[0].replace(':', '')}", steps)
         tenth = max(1, steps // 10)
-        rows.append([kind, f"{1e3 * statistics.median(times[:tenth]):.2f}",
-                     f"{1e3 * statistics.median(times[-tenth:]):.2f}",
-                     f"{1e3 * sum(times) / steps:.2f}", f"{size / 1024:.0f} KiB"])
-    print(harness.markdown(["writer", "first 10% (median)", "last 10% (median)", "mean",
-                            "event file"], rows))
+        rows.append(
+            [
+                kind,
+                f"{1e3 * statistics.median(times[:tenth]):.2f}",
+                f"{1e3 * statistics.median(times[-tenth:]):.2f}",
+                f"{1e3 * sum(times) / steps:.2f}",
+                f"{size / 1024:.0f} KiB",
+            ]
+        )
+    print(harness.markdown(["writer", "first 10% (median)", "last 10% (median)", "mean", "event file"], rows))
     print(f"\nmetrics.jsonl replaced whole (median of {repeats})\n")
     rows = []
     for n in (1, 100, 1000):

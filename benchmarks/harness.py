@@ -31,16 +31,20 @@ def cpu_model() -> str:
     """The CPU's model name (`/proc/cpuinfo`), e.g. 'Intel(R) Xeon(R) Processor'."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines
-                 if line.startswith("model name")), platform.processor() or platform.machine())
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
 
 
 def machine_line() -> str:
     """CPU model, CPU count, load, jax version and the accelerator kind, in one line."""
     devices = jax.devices()
-    return (f"{platform.system()} {cpu_model()}, {os.cpu_count()} CPUs, load average "
-            f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, jax {jax.__version__}; "
-            f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})")
+    return (
+        f"{platform.system()} {cpu_model()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, jax {jax.__version__}; "
+        f"{len(devices)} x {devices[0].platform} ({devices[0].device_kind})"
+    )
 
 
 def _common():
@@ -132,8 +136,9 @@ def quick_compile() -> None:
 
     For `--smoke` runs, whose timings mean nothing; call it before the first use of a device.
     """
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 
 def free_bytes() -> int:
@@ -144,8 +149,9 @@ def free_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
-            budget_s: float = 30.0) -> dict[str, Measured]:
+def compare(
+    cases: dict[str, Case], *, execute: bool = True, rounds: int = 3, budget_s: float = 30.0
+) -> dict[str, Measured]:
     """Compiles every case, then runs them round-robin (so load changes hit them alike).
 
     A case whose compiled temp + argument buffers exceed `free_bytes()` is compiled, not run.
@@ -167,8 +173,10 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
         jitted = jax.jit(case.fn, donate_argnums=case.donate_argnums)
         compiled[name] = jitted.lower(*case.args_fn()).compile()
         compile_s[name] = time.perf_counter() - start
-    fits = {name: memory_bytes(c) + max(memory_bytes(c, "argument"), 0) < free_bytes()
-            for name, c in compiled.items()}
+    fits = {
+        name: memory_bytes(c) + max(memory_bytes(c, "argument"), 0) < free_bytes()
+        for name, c in compiled.items()
+    }
     best = {name: float("inf" if execute and fits[name] else "nan") for name in cases}
     wall, cpu = dict.fromkeys(cases, 0.0), dict.fromkeys(cases, 0.0)
     runs, outputs, spent = dict.fromkeys(cases, 0), dict.fromkeys(cases), 0.0
@@ -187,19 +195,35 @@ def compare(cases: dict[str, Case], *, execute: bool = True, rounds: int = 3,
             best[name], runs[name] = min(best[name], seconds), runs[name] + 1
         if spent > budget_s:
             break
-    return {name: Measured(compile_s[name], best[name], memory_bytes(compiled[name]), runs[name],
-                           cpu[name] / wall[name] if runs[name] else float("nan"), outputs[name],
-                           memory_bytes(compiled[name], "argument"),
-                           memory_bytes(compiled[name], "output"), perf.flops(compiled[name]))
-            for name in cases}
+    return {
+        name: Measured(
+            compile_s[name],
+            best[name],
+            memory_bytes(compiled[name]),
+            runs[name],
+            cpu[name] / wall[name] if runs[name] else float("nan"),
+            outputs[name],
+            memory_bytes(compiled[name], "argument"),
+            memory_bytes(compiled[name], "output"),
+            perf.flops(compiled[name]),
+        )
+        for name in cases
+    }
 
 
-def measure(fn: Callable, args_fn: Callable[[], Sequence[Any]], *, execute: bool = True,
-            rounds: int = 3, budget_s: float = 10.0, donate_argnums: tuple[int, ...] = ()
-            ) -> Measured:
+def measure(
+    fn: Callable,
+    args_fn: Callable[[], Sequence[Any]],
+    *,
+    execute: bool = True,
+    rounds: int = 3,
+    budget_s: float = 10.0,
+    donate_argnums: tuple[int, ...] = (),
+) -> Measured:
     """`compare` for a single function."""
-    return compare({"": Case(fn, args_fn, donate_argnums)}, execute=execute, rounds=rounds,
-                   budget_s=budget_s)[""]
+    return compare(
+        {"": Case(fn, args_fn, donate_argnums)}, execute=execute, rounds=rounds, budget_s=budget_s
+    )[""]
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -263,8 +287,10 @@ def make_config(variant: str, dtype: str):
 def random_batch(batch: int, size: int, k: int) -> dict[str, np.ndarray]:
     """CLIP-normalised-looking images and labels in [0, K)."""
     rng = np.random.default_rng(0)
-    return {"image": rng.standard_normal((batch, size, size, 3), np.float32),
-            "label": rng.integers(0, k, (batch, size, size)).astype(np.int32)}
+    return {
+        "image": rng.standard_normal((batch, size, size, 3), np.float32),
+        "label": rng.integers(0, k, (batch, size, size)).astype(np.int32),
+    }
 
 
 class Setup:
@@ -295,8 +321,7 @@ class Setup:
         """A fresh train state (copies: the step donates it)."""
         from zegot_jax.train import step as step_lib  # noqa: PLC0415
 
-        return step_lib.init_state(jax.tree.map(jax.numpy.copy, self.params), self.tx,
-                                   self.config.seed)
+        return step_lib.init_state(jax.tree.map(jax.numpy.copy, self.params), self.tx, self.config.seed)
 
     def without_ot(self) -> Setup:
         """The same model (same CLIP, same initial parameters) with `model.ot.enabled=False`."""

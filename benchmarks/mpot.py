@@ -43,8 +43,7 @@ SETTINGS = {
     "auto 100, implicit": dict(domain="auto"),
     "threshold 1e-5, implicit": dict(threshold=1e-5),
     "threshold 1e-6, implicit": dict(threshold=1e-6),
-    "kernel 300, threshold 1e-6, implicit": dict(domain="kernel", threshold=1e-6,
-                                                 num_iterations=300),
+    "kernel 300, threshold 1e-6, implicit": dict(domain="kernel", threshold=1e-6, num_iterations=300),
     "newton 5, implicit": dict(solver="newton", num_iterations=5),
     "newton 8, implicit": dict(solver="newton", num_iterations=8),
     "newton 10, implicit": dict(solver="newton", num_iterations=10),
@@ -83,27 +82,48 @@ def accuracy_rows(name: str, s: jax.Array) -> list[list]:
         exact = np.asarray(exact.plan)
 
     def row(setting: str, out: zot.MPOTOutput) -> list:
-        return [name, setting, f"{float(jnp.abs(out.plan - reference).max()) * cells:.1e}",
-                f"{np.abs(np.asarray(out.plan, np.float64) - exact).max() * cells:.1e}",
-                f"{float(out.marginal_error.max()):.1e}", int(out.iterations.max())]
+        return [
+            name,
+            setting,
+            f"{float(jnp.abs(out.plan - reference).max()) * cells:.1e}",
+            f"{np.abs(np.asarray(out.plan, np.float64) - exact).max() * cells:.1e}",
+            f"{float(out.marginal_error.max()):.1e}",
+            int(out.iterations.max()),
+        ]
 
-    return [row(setting, jax.jit(lambda x, o=options: solve(x, o))(s))
-            for setting, options in SETTINGS.items() if "unrolled" not in setting]
+    return [
+        row(setting, jax.jit(lambda x, o=options: solve(x, o))(s))
+        for setting, options in SETTINGS.items()
+        if "unrolled" not in setting
+    ]
 
 
 def speed_rows(k: int, shape: tuple[int, ...], rounds: int) -> list[list]:
     """Forward and forward+backward time and temp memory per setting, K classes."""
     s = 0.3 * jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1.0, 1.0)
-    forward = {n: harness.Case(lambda x, o=o: solve(x, o).score, lambda: (s,))
-               for n, o in SETTINGS.items() if "unrolled" not in n}
-    backward = {n: harness.Case(jax.grad(lambda x, o=o: jnp.sum(solve(x, o).score)), lambda: (s,))
-                for n, o in SETTINGS.items()}
+    forward = {
+        n: harness.Case(lambda x, o=o: solve(x, o).score, lambda: (s,))
+        for n, o in SETTINGS.items()
+        if "unrolled" not in n
+    }
+    backward = {
+        n: harness.Case(jax.grad(lambda x, o=o: jnp.sum(solve(x, o).score)), lambda: (s,))
+        for n, o in SETTINGS.items()
+    }
     fwd = harness.compare(forward, rounds=rounds, budget_s=60)
     bwd = harness.compare(backward, rounds=rounds, budget_s=120)
     load = f"{os.getloadavg()[0]:.1f}"
-    return [[k, n, f"{1e3 * fwd[n].run_s:.1f}" if n in fwd else "(as implicit)",
-             f"{1e3 * bwd[n].run_s:.1f}", harness.mib(bwd[n].temp_bytes), load]
-            for n in SETTINGS]
+    return [
+        [
+            k,
+            n,
+            f"{1e3 * fwd[n].run_s:.1f}" if n in fwd else "(as implicit)",
+            f"{1e3 * bwd[n].run_s:.1f}",
+            harness.mib(bwd[n].temp_bytes),
+            load,
+        ]
+        for n in SETTINGS
+    ]
 
 
 def main() -> None:
@@ -119,21 +139,35 @@ def main() -> None:
     print(harness.machine_line(), f"; epsilon {EPSILON}, shape [{layers}, {batch}, K, {pixels}, 4]")
 
     key = jax.random.key(1)
-    sets = {f"cosine {a}": a * jax.random.uniform(key, (layers, batch, 8, pixels, 4),
-                                                 jnp.float32, -1.0, 1.0) for a in (0.3, 1.0)}
+    sets = {
+        f"cosine {a}": a * jax.random.uniform(key, (layers, batch, 8, pixels, 4), jnp.float32, -1.0, 1.0)
+        for a in (0.3, 1.0)
+    }
     synthetic = None if args.smoke else synthetic_similarities(args.workdir)
     if synthetic is not None:
-        sets = {"synthetic": jnp.asarray(synthetic), "synthetic x2": 2 * jnp.asarray(synthetic),
-                **sets}
+        sets = {"synthetic": jnp.asarray(synthetic), "synthetic x2": 2 * jnp.asarray(synthetic), **sets}
     rows = [row for name, s in sets.items() for row in accuracy_rows(name, s)]
-    print("\n" + tables.markdown(["similarities", "setting", "vs log 100 (x MN)",
-                                   "vs converged (x MN)", "marginal error", "iterations"], rows))
+    print(
+        "\n"
+        + tables.markdown(
+            [
+                "similarities",
+                "setting",
+                "vs log 100 (x MN)",
+                "vs converged (x MN)",
+                "marginal error",
+                "iterations",
+            ],
+            rows,
+        )
+    )
     if args.accuracy_only:
         return
-    rows = [row for k in classes for row in speed_rows(k, (layers, batch, k, pixels, 4),
-                                                       args.rounds)]
-    print("\n" + tables.markdown(["K", "setting", "fwd (ms)", "fwd+bwd (ms)",
-                                   "temp fwd+bwd (MiB)", "load"], rows))
+    rows = [row for k in classes for row in speed_rows(k, (layers, batch, k, pixels, 4), args.rounds)]
+    print(
+        "\n"
+        + tables.markdown(["K", "setting", "fwd (ms)", "fwd+bwd (ms)", "temp fwd+bwd (MiB)", "load"], rows)
+    )
 
 
 if __name__ == "__main__":

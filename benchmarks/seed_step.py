@@ -53,23 +53,34 @@ def worker(seeds: int, core: int | None) -> None:
             out = compiled(state, frozen, batch, text)
         jax.block_until_ready(out)
         rounds.append((time.perf_counter() - start) / (len(batches) - 1))
-    print("RESULT " + json.dumps({"core": core, "best_ms": 1e3 * min(rounds),
-                                  "median_ms": 1e3 * float(np.median(rounds))}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {"core": core, "best_ms": 1e3 * min(rounds), "median_ms": 1e3 * float(np.median(rounds))}
+        ),
+        flush=True,
+    )
 
 
 def run(seeds: int, cores: list[int | None]) -> list[dict]:
     """Starts one worker per entry of `cores` at once; their results."""
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--seeds", str(seeds)]
-                              + ([] if core is None else ["--core", str(core)]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for core in cores]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", "--seeds", str(seeds)]
+            + ([] if core is None else ["--core", str(core)]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for core in cores
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=1200)
         lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not lines:
             raise RuntimeError(f"worker failed (exit {proc.returncode}): {err.strip()[-300:]}")
-        results.append(json.loads(lines[0][len("RESULT "):]))
+        results.append(json.loads(lines[0][len("RESULT ") :]))
     return results
 
 
@@ -85,14 +96,19 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     print(harness.machine_line(), flush=True)
     rows = []
-    for name, chosen in (("all cores", [None]), ("one core", cores[:1]),
-                         (f"{len(cores)} pinned at once", cores)):
+    for name, chosen in (
+        ("all cores", [None]),
+        ("one core", cores[:1]),
+        (f"{len(cores)} pinned at once", cores),
+    ):
         for result in run(args.seeds, chosen):
             core = "any" if result["core"] is None else result["core"]
             rows.append([name, core, f"{result['best_ms']:.0f}", f"{result['median_ms']:.0f}"])
             print(f"  {rows[-1]}", flush=True)
-    print(f"\n{harness.machine_line()}\nThe {args.seeds}-seed vmapped train step of "
-          "configs/synthetic.py (batch 16 per seed), ms per step:\n")
+    print(
+        f"\n{harness.machine_line()}\nThe {args.seeds}-seed vmapped train step of "
+        "configs/synthetic.py (batch 16 per seed), ms per step:\n"
+    )
     print(tables.markdown(["setting", "core", "best (ms)", "median (ms)"], rows))
 
 

@@ -54,8 +54,17 @@ def vocabulary(k: int) -> tuple[str, ...]:
     return names_lib.COCO_STUFF171[:k]
 
 
-def loop_mpot(similarity, *, epsilon, num_iterations, tau=None, plan_gradient=True,
-              uniform=False, dtype=jnp.float32, **solver) -> zot.MPOTOutput:
+def loop_mpot(
+    similarity,
+    *,
+    epsilon,
+    num_iterations,
+    tau=None,
+    plan_gradient=True,
+    uniform=False,
+    dtype=jnp.float32,
+    **solver,
+) -> zot.MPOTOutput:
     """`ot.mpot`'s contract computed with the plain loop (score and plan; diagnostics zero).
 
     The model's solver options (`solver`, `backward`, ...) are ignored: this is always the
@@ -67,11 +76,17 @@ def loop_mpot(similarity, *, epsilon, num_iterations, tau=None, plan_gradient=Tr
     s = similarity.astype(dtype)
     m, n = s.shape[-2:]
     cost = 1.0 - s if plan_gradient else jax.lax.stop_gradient(1.0 - s)
-    plan = zot.sinkhorn_log_reference(cost, epsilon=epsilon, num_iterations=num_iterations,
-                                      tau=1.0 if tau is None else tau)
+    plan = zot.sinkhorn_log_reference(
+        cost, epsilon=epsilon, num_iterations=num_iterations, tau=1.0 if tau is None else tau
+    )
     zeros = jnp.zeros(s.shape[:-2], dtype)
-    return zot.MPOTOutput((m * n) * jnp.einsum("...mn,...mn->...m", plan, s), plan, zeros, zeros,
-                          jnp.full(s.shape[:-2], num_iterations, jnp.int32))
+    return zot.MPOTOutput(
+        (m * n) * jnp.einsum("...mn,...mn->...m", plan, s),
+        plan,
+        zeros,
+        zeros,
+        jnp.full(s.shape[:-2], num_iterations, jnp.int32),
+    )
 
 
 def kernel_mpot(similarity, *, epsilon, num_iterations) -> zot.MPOTOutput:
@@ -91,8 +106,13 @@ def kernel_mpot(similarity, *, epsilon, num_iterations) -> zot.MPOTOutput:
     u, v = jax.lax.scan(step, jnp.ones(s.shape[:-1]), None, length=num_iterations)
     plan = u[..., :, None] * kernel * v[-1][..., None, :]
     zeros = jnp.zeros(s.shape[:-2])
-    return zot.MPOTOutput((m * n) * jnp.einsum("...mn,...mn->...m", plan, s), plan, zeros, zeros,
-                          jnp.full(s.shape[:-2], num_iterations, jnp.int32))
+    return zot.MPOTOutput(
+        (m * n) * jnp.einsum("...mn,...mn->...m", plan, s),
+        plan,
+        zeros,
+        zeros,
+        jnp.full(s.shape[:-2], num_iterations, jnp.int32),
+    )
 
 
 def solver_patch(solver: str):
@@ -139,8 +159,17 @@ def forward_rows(bench: Bench, k: int, record: dict) -> list[list]:
 
     def add(group: dict[str, harness.Measured]) -> None:
         for name, m in group.items():
-            rows.append([k, name, f"{m.compile_s:.1f}", f"{m.run_s:.2f}",
-                         harness.mib(m.temp_bytes), m.runs, f"{m.cores:.1f}"])
+            rows.append(
+                [
+                    k,
+                    name,
+                    f"{m.compile_s:.1f}",
+                    f"{m.run_s:.2f}",
+                    harness.mib(m.temp_bytes),
+                    m.runs,
+                    f"{m.cores:.1f}",
+                ]
+            )
             print(f"  {rows[-1]}", flush=True)
             record[(k, name)] = m
 
@@ -150,8 +179,7 @@ def forward_rows(bench: Bench, k: int, record: dict) -> list[list]:
     contexts, cases = (args.context, args.short_context), {}
     for context in contexts:
         ti = bench.text_inputs(k, context)
-        cases[f"text features, context {context}"] = harness.Case(
-            text_fn, lambda ti=ti: (params, frozen, ti))
+        cases[f"text features, context {context}"] = harness.Case(text_fn, lambda ti=ti: (params, frozen, ti))
     add(harness.compare(cases, rounds=args.rounds, budget_s=args.budget_s))
     feats = [record[(k, f"text features, context {c}")].output for c in contexts]
     record[(k, "text diff")] = float(jnp.abs(feats[0] - feats[1]).max())
@@ -169,8 +197,7 @@ def forward_rows(bench: Bench, k: int, record: dict) -> list[list]:
             name = "segment, OT off" if solver == "off" else f"segment, OT {solver}, {iterations} it"
             cases[name] = harness.Case(segment_fn, lambda p=p, f=f: (p, f, bench.images, t))
     add(harness.compare(cases, rounds=args.rounds, budget_s=args.budget_s))
-    ott, loop = (record[(k, f"segment, OT {s}, {args.iterations[0]} it")].output
-                 for s in ("ott", "loop"))
+    ott, loop = (record[(k, f"segment, OT {s}, {args.iterations[0]} it")].output for s in ("ott", "loop"))
     record[(k, "loop diff")] = float(jnp.abs(ott - loop).max())
 
     ti, cases = bench.text_inputs(k, args.short_context), {}
@@ -180,8 +207,9 @@ def forward_rows(bench: Bench, k: int, record: dict) -> list[list]:
         def full_fn(p, f, x, ti, g=g):
             return functional.merge(g, p, f)(x, ti).logits
 
-        cases[f"full forward, context {args.short_context}, OT {'ott' if enabled else 'off'}"] = \
-            harness.Case(full_fn, lambda p=p, f=f: (p, f, bench.images, ti))
+        cases[f"full forward, context {args.short_context}, OT {'ott' if enabled else 'off'}"] = harness.Case(
+            full_fn, lambda p=p, f=f: (p, f, bench.images, ti)
+        )
     add(harness.compare(cases, rounds=args.rounds, budget_s=args.budget_s))
     return rows
 
@@ -198,16 +226,38 @@ def share_rows(args: argparse.Namespace, k: int, record: dict) -> list[list]:
             alone = record[(k, f"MPOT {solver}, {iterations} it")].run_s
             for context in (args.context, args.short_context):
                 text = record[(k, f"text features, context {context}")].run_s
-                rows.append([k, f"{solver}, {iterations} it", context, f"{on - off:.2f}",
-                             f"{alone:.2f}", f"{on:.2f}", f"{100 * (on - off) / on:.0f}%",
-                             f"{100 * alone / on:.0f}%", f"{text + on:.2f}",
-                             f"{100 * (on - off) / (text + on):.0f}%",
-                             f"{100 * alone / (text + on):.0f}%"])
+                rows.append(
+                    [
+                        k,
+                        f"{solver}, {iterations} it",
+                        context,
+                        f"{on - off:.2f}",
+                        f"{alone:.2f}",
+                        f"{on:.2f}",
+                        f"{100 * (on - off) / on:.0f}%",
+                        f"{100 * alone / on:.0f}%",
+                        f"{text + on:.2f}",
+                        f"{100 * (on - off) / (text + on):.0f}%",
+                        f"{100 * alone / (text + on):.0f}%",
+                    ]
+                )
     full_on = record[(k, f"full forward, context {args.short_context}, OT ott")].run_s
     full_off = record[(k, f"full forward, context {args.short_context}, OT off")].run_s
-    rows.append([k, f"ott, {args.iterations[0]} it (full jitted forward, on - off)",
-                 args.short_context, f"{full_on - full_off:.2f}", "", "", "", "", f"{full_on:.2f}",
-                 f"{100 * (full_on - full_off) / full_on:.0f}%", ""])
+    rows.append(
+        [
+            k,
+            f"ott, {args.iterations[0]} it (full jitted forward, on - off)",
+            args.short_context,
+            f"{full_on - full_off:.2f}",
+            "",
+            "",
+            "",
+            "",
+            f"{full_on:.2f}",
+            f"{100 * (full_on - full_off) / full_on:.0f}%",
+            "",
+        ]
+    )
     return rows
 
 
@@ -221,6 +271,7 @@ def mpot_rows(bench: Bench, k: int, record: dict) -> list[list]:
     for iterations in args.iterations:
         ott_mpot = functools.partial(zot.mpot, solver="sinkhorn", domain="log")
         for solver, mpot in (("ott", ott_mpot), ("loop", loop_mpot), ("kernel loop", kernel_mpot)):
+
             def score(x, mpot=mpot, n=iterations):
                 return mpot(x, epsilon=model.ot.epsilon, num_iterations=n).score
 
@@ -230,9 +281,20 @@ def mpot_rows(bench: Bench, k: int, record: dict) -> list[list]:
     for (solver, iterations), m in measured.items():
         record[(k, f"MPOT {solver}, {iterations} it")] = m
         diff = jnp.abs(m.output - measured[("ott", iterations)].output).max()
-        rows.append([k, str(list(shape)), solver, iterations, f"{m.compile_s:.1f}",
-                     f"{m.run_s:.2f}", harness.mib(m.temp_bytes),
-                     f"{1e3 * m.run_s / iterations:.1f}", m.runs, f"{float(diff):.0e}"])
+        rows.append(
+            [
+                k,
+                str(list(shape)),
+                solver,
+                iterations,
+                f"{m.compile_s:.1f}",
+                f"{m.run_s:.2f}",
+                harness.mib(m.temp_bytes),
+                f"{1e3 * m.run_s / iterations:.1f}",
+                m.runs,
+                f"{float(diff):.0e}",
+            ]
+        )
         print(f"  {rows[-1]}", flush=True)
     return rows
 
@@ -242,9 +304,10 @@ def train_rows(bench: Bench, k: int) -> list[list]:
     args, config, rows = bench.args, bench.config, []
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     rng = np.random.default_rng(0)
-    batch = {"image": bench.images,
-             "label": jnp.asarray(rng.integers(0, k, (args.batch, args.size, args.size)),
-                                  jnp.int32)}
+    batch = {
+        "image": bench.images,
+        "label": jnp.asarray(rng.integers(0, k, (args.batch, args.size, args.size)), jnp.int32),
+    }
     for context, settings in ((args.short_context, (True, False)), (args.context, (True,))):
         ti, cases = bench.text_inputs(k, context), {}
         for enabled in settings:
@@ -252,19 +315,34 @@ def train_rows(bench: Bench, k: int) -> list[list]:
             cases["ott" if enabled else "off"] = harness.Case(
                 step_lib.make_train_step(g, tx, schedule, config),
                 lambda p=p, f=f, ti=ti: (  # copies: the step donates its state
-                    step_lib.init_state(jax.tree.map(jnp.copy, p), tx, 0), f, batch, ti), (0,))
+                    step_lib.init_state(jax.tree.map(jnp.copy, p), tx, 0),
+                    f,
+                    batch,
+                    ti,
+                ),
+                (0,),
+            )
         execute = context == args.short_context
-        measured = harness.compare(cases, execute=execute, rounds=args.rounds,
-                                   budget_s=args.budget_s)
+        measured = harness.compare(cases, execute=execute, rounds=args.rounds, budget_s=args.budget_s)
         for name, m in measured.items():
-            rows.append([k, context, name, f"{m.compile_s:.1f}",
-                         f"{m.run_s:.2f}" if execute else "not run", harness.mib(m.temp_bytes),
-                         m.runs, f"{m.cores:.1f}" if execute else ""])
+            rows.append(
+                [
+                    k,
+                    context,
+                    name,
+                    f"{m.compile_s:.1f}",
+                    f"{m.run_s:.2f}" if execute else "not run",
+                    harness.mib(m.temp_bytes),
+                    m.runs,
+                    f"{m.cores:.1f}" if execute else "",
+                ]
+            )
             print(f"  {rows[-1]}", flush=True)
         if execute:
             on, off = measured["ott"].run_s, measured["off"].run_s
-            rows.append([k, context, "MPOT share (on - off) / on", "",
-                         f"{100 * (on - off) / on:.0f}%", "", "", ""])
+            rows.append(
+                [k, context, "MPOT share (on - off) / on", "", f"{100 * (on - off) / on:.0f}%", "", "", ""]
+            )
     return rows
 
 
@@ -277,12 +355,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--context", type=int, default=77, help="default text context length")
     parser.add_argument("--short-context", type=int, default=16)
-    parser.add_argument("--iterations", type=int, nargs="+", default=[100, 20],
-                        help="Sinkhorn iterations; the first is the main setting")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="most round-robin rounds of each compared group")
-    parser.add_argument("--budget-s", type=float, default=30.0,
-                        help="no new round once a group's runs took this long")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=[100, 20],
+        help="Sinkhorn iterations; the first is the main setting",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="most round-robin rounds of each compared group"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=30.0, help="no new round once a group's runs took this long"
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the train-step table")
     args = parser.parse_args()
 
@@ -302,35 +387,73 @@ def main() -> None:
             train += train_rows(bench, k)
     total = time.perf_counter() - start
 
-    print(f"\n{harness.machine_line()}\nZegOT {args.variant} at {args.size}x{args.size}, "
-          f"batch {args.batch} (small on purpose: CPU), {args.dtype} towers, N=4, layers "
-          f"{tuple(bench.config.model.layers)}, epsilon {bench.config.model.ot.epsilon}. Each "
-          f"group of compared functions is compiled, then run round-robin (at most "
-          f"{args.rounds} rounds, no new round after {args.budget_s:.0f} s of runs); times are "
-          f"the best run; cores = process CPU s / wall s. Total {total / 60:.1f} min.\n")
+    print(
+        f"\n{harness.machine_line()}\nZegOT {args.variant} at {args.size}x{args.size}, "
+        f"batch {args.batch} (small on purpose: CPU), {args.dtype} towers, N=4, layers "
+        f"{tuple(bench.config.model.layers)}, epsilon {bench.config.model.ot.epsilon}. Each "
+        f"group of compared functions is compiled, then run round-robin (at most "
+        f"{args.rounds} rounds, no new round after {args.budget_s:.0f} s of runs); times are "
+        f"the best run; cores = process CPU s / wall s. Total {total / 60:.1f} min.\n"
+    )
     print("Forward pieces (jitted):\n")
-    print(tables.markdown(["K", "function", "compile (s)", "run (s)", "temp (MiB)", "runs",
-                            "cores"], forward))
-    diffs = ", ".join(f"K={k}: text features context {args.context} vs {args.short_context} max "
-                      f"|diff| {record[(k, 'text diff')]:.1e}, segment logits ott vs loop "
-                      f"{record[(k, 'loop diff')]:.1e}" for k in args.classes)
+    print(
+        tables.markdown(["K", "function", "compile (s)", "run (s)", "temp (MiB)", "runs", "cores"], forward)
+    )
+    diffs = ", ".join(
+        f"K={k}: text features context {args.context} vs {args.short_context} max "
+        f"|diff| {record[(k, 'text diff')]:.1e}, segment logits ott vs loop "
+        f"{record[(k, 'loop diff')]:.1e}"
+        for k in args.classes
+    )
     print(f"\nChecks: {diffs}.\n")
-    print("MPOT's share of the forward. MPOT = segment with OT minus segment without (in-model) "
-          "or MPOT alone on the same shape (table below); forward = segment (inference: text "
-          "features once per vocabulary) or text + segment (training: text tower every step):\n")
-    print(tables.markdown(["K", "MPOT", "text context", "in-model MPOT (s)", "MPOT alone (s)",
-                            "segment (s)", "share of segment (in-model)",
-                            "share of segment (alone)", "text + segment (s)",
-                            "share of text + segment (in-model)",
-                            "share of text + segment (alone)"], share))
+    print(
+        "MPOT's share of the forward. MPOT = segment with OT minus segment without (in-model) "
+        "or MPOT alone on the same shape (table below); forward = segment (inference: text "
+        "features once per vocabulary) or text + segment (training: text tower every step):\n"
+    )
+    print(
+        tables.markdown(
+            [
+                "K",
+                "MPOT",
+                "text context",
+                "in-model MPOT (s)",
+                "MPOT alone (s)",
+                "segment (s)",
+                "share of segment (in-model)",
+                "share of segment (alone)",
+                "text + segment (s)",
+                "share of text + segment (in-model)",
+                "share of text + segment (alone)",
+            ],
+            share,
+        )
+    )
     print("\nMPOT alone, forward (random similarities in [-0.3, 0.3]):\n")
-    print(tables.markdown(["K", "shape [L,B,K,M,N]", "solver", "iterations", "compile (s)",
-                            "run (s)", "temp (MiB)", "ms / iteration", "runs",
-                            "max |score - ott score|"], mpot))
+    print(
+        tables.markdown(
+            [
+                "K",
+                "shape [L,B,K,M,N]",
+                "solver",
+                "iterations",
+                "compile (s)",
+                "run (s)",
+                "temp (MiB)",
+                "ms / iteration",
+                "runs",
+                "max |score - ott score|",
+            ],
+            mpot,
+        )
+    )
     if train:
         print(f"\nTrain step (make_train_step, AdamW, batch {args.batch}, random labels):\n")
-        print(tables.markdown(["K", "text context", "OT", "compile (s)", "step (s)",
-                                "temp (MiB)", "runs", "cores"], train))
+        print(
+            tables.markdown(
+                ["K", "text context", "OT", "compile (s)", "step (s)", "temp (MiB)", "runs", "cores"], train
+            )
+        )
 
 
 if __name__ == "__main__":

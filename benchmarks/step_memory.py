@@ -76,46 +76,64 @@ def training_parts(setup: Setup, batch: int, size: int) -> dict[str, tuple[int |
     def loss_fn(logits, y):
         return jax.grad(lambda x: loss_of(x, y, jax.random.key(0))[0])(logits)
 
-    unrolled = override(config, {"model.ot.solver": "sinkhorn", "model.ot.domain": "log",
-                                 "model.ot.backward": "unrolled"}).model.ot
+    unrolled = override(
+        config, {"model.ot.solver": "sinkhorn", "model.ot.domain": "log", "model.ot.backward": "unrolled"}
+    ).model.ot
     implicit = config.model.ot
     logits = _abstract((batch, k, size // spec.patch_size, size // spec.patch_size))
     parts = {
-        "image tower forward (frozen, no grad)": ("", harness.Case(
-            image_fn, lambda: (frozen, params, images))),
-        "text tower forward+backward": (k, harness.Case(
-            text_fn, lambda: (params, frozen, text_inputs, weights))),
-        f"MPOT forward+backward ({_ot_label(unrolled)})": (k, harness.Case(
-            mpot_fn(unrolled), lambda: (sim,))),
-        f"MPOT forward+backward ({_ot_label(implicit)})": (k, harness.Case(
-            mpot_fn(implicit), lambda: (sim,))),
-        "loss forward+backward (upsample, focal + dice)": (k, harness.Case(
-            loss_fn, lambda: (logits, labels))),
-        f"train step (whole, AdamW; OT {_ot_label(config.model.ot)})": (k, harness.Case(
-            setup.step, lambda: (setup.state(), frozen, {"image": images, "label": labels},
-                                 text_inputs), (0,))),
+        "image tower forward (frozen, no grad)": (
+            "",
+            harness.Case(image_fn, lambda: (frozen, params, images)),
+        ),
+        "text tower forward+backward": (
+            k,
+            harness.Case(text_fn, lambda: (params, frozen, text_inputs, weights)),
+        ),
+        f"MPOT forward+backward ({_ot_label(unrolled)})": (
+            k,
+            harness.Case(mpot_fn(unrolled), lambda: (sim,)),
+        ),
+        f"MPOT forward+backward ({_ot_label(implicit)})": (
+            k,
+            harness.Case(mpot_fn(implicit), lambda: (sim,)),
+        ),
+        "loss forward+backward (upsample, focal + dice)": (
+            k,
+            harness.Case(loss_fn, lambda: (logits, labels)),
+        ),
+        f"train step (whole, AdamW; OT {_ot_label(config.model.ot)})": (
+            k,
+            harness.Case(
+                setup.step,
+                lambda: (setup.state(), frozen, {"image": images, "label": labels}, text_inputs),
+                (0,),
+            ),
+        ),
     }
     return parts
 
 
-def segment_parts(setup: Setup, batch: int, size: int, k: int
-                  ) -> dict[str, tuple[int, harness.Case]]:
+def segment_parts(setup: Setup, batch: int, size: int, k: int) -> dict[str, tuple[int, harness.Case]]:
     """name -> (K, case) for evaluation's path: text features given (cached per vocabulary)."""
     graphdef, params, frozen, model = setup.graphdef, setup.params, setup.frozen, setup.model
     spec = model.clip.spec
     images = _abstract((batch, size, size, 3))
     text = _abstract((k, model.num_prompts, spec.embed_dim))
-    sim = _abstract((len(model.layers), batch, k, (size // spec.patch_size) ** 2,
-                     model.num_prompts))
+    sim = _abstract((len(model.layers), batch, k, (size // spec.patch_size) ** 2, model.num_prompts))
 
     def segment_fn(f, p, x, t):
         return functional.upsample(functional.merge(graphdef, p, f).segment(x, t).logits, x.shape[1:3])
 
     return {
-        "segment forward (tower + DLFA + MPOT + upsample)": (k, harness.Case(
-            segment_fn, lambda: (frozen, params, images, text))),
-        f"MPOT forward ({_ot_label(setup.config.model.ot)})": (k, harness.Case(
-            lambda s: transport(s, setup.config.model.ot).score, lambda: (sim,))),
+        "segment forward (tower + DLFA + MPOT + upsample)": (
+            k,
+            harness.Case(segment_fn, lambda: (frozen, params, images, text)),
+        ),
+        f"MPOT forward ({_ot_label(setup.config.model.ot)})": (
+            k,
+            harness.Case(lambda s: transport(s, setup.config.model.ot).score, lambda: (sim,)),
+        ),
     }
 
 
@@ -125,8 +143,7 @@ def measure(parts: dict[str, tuple]) -> dict[str, tuple[int | str, harness.Measu
     for name, (k, case) in parts.items():
         m = harness.measure(case.fn, case.args_fn, execute=False, donate_argnums=case.donate_argnums)
         measured[name] = (k, m)
-        print(f"  {name}: temp {harness.mib(m.temp_bytes)} MiB, compile {m.compile_s:.1f} s",
-              flush=True)
+        print(f"  {name}: temp {harness.mib(m.temp_bytes)} MiB, compile {m.compile_s:.1f} s", flush=True)
     return measured
 
 
@@ -135,26 +152,54 @@ def table(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: in
     rows = []
     for name, (k, m) in measured.items():
         share = f"{100 * m.temp_bytes / step_temp:.0f}%" if step_temp > 0 else "n/a"
-        rows.append([name, k, f"{m.temp_bytes / 2**20:,.1f}", share,
-                     f"{m.argument_bytes / 2**20:,.1f}", f"{m.output_bytes / 2**20:,.1f}",
-                     f"{m.compile_s:.1f}"])
-    return tables.markdown(["component", "K", "temp (MiB)", "temp / step temp",
-                             "arguments (MiB)", "outputs (MiB)", "compile (s)"], rows)
+        rows.append(
+            [
+                name,
+                k,
+                f"{m.temp_bytes / 2**20:,.1f}",
+                share,
+                f"{m.argument_bytes / 2**20:,.1f}",
+                f"{m.output_bytes / 2**20:,.1f}",
+                f"{m.compile_s:.1f}",
+            ]
+        )
+    return tables.markdown(
+        [
+            "component",
+            "K",
+            "temp (MiB)",
+            "temp / step temp",
+            "arguments (MiB)",
+            "outputs (MiB)",
+            "compile (s)",
+        ],
+        rows,
+    )
 
 
-def dominant(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: int,
-             step_ot: str) -> str:
+def dominant(measured: dict[str, tuple[int | str, harness.Measured]], step_temp: int, step_ot: str) -> str:
     """One line naming the three parts of the step with the largest temp.
 
     `step_ot` is the label of the OT setting the step runs; the other MPOT row is not a part.
     """
-    parts = sorted(((m.temp_bytes, name) for name, (_, m) in measured.items()
-                    if not name.startswith("train step")
-                    and (not name.startswith("MPOT forward+backward") or step_ot in name)),
-                   reverse=True)
-    return "Largest temp among the step's parts: " + "; ".join(
-        f"{name} {size / 2**20:,.1f} MiB ({100 * size / step_temp:.0f}% of the step's "
-        f"{step_temp / 2**20:,.1f} MiB)" for size, name in parts[:3]) + "."
+    parts = sorted(
+        (
+            (m.temp_bytes, name)
+            for name, (_, m) in measured.items()
+            if not name.startswith("train step")
+            and (not name.startswith("MPOT forward+backward") or step_ot in name)
+        ),
+        reverse=True,
+    )
+    return (
+        "Largest temp among the step's parts: "
+        + "; ".join(
+            f"{name} {size / 2**20:,.1f} MiB ({100 * size / step_temp:.0f}% of the step's "
+            f"{step_temp / 2**20:,.1f} MiB)"
+            for size, name in parts[:3]
+        )
+        + "."
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,8 +210,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="global batch, one device")
     parser.add_argument("--classes", type=int, default=None, help="seen classes (156; smoke 3)")
     parser.add_argument("--segment-classes", type=int, default=None, help="171; smoke 5")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. model.ot.backward=unrolled")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. model.ot.backward=unrolled",
+    )
     args = parser.parse_args(argv)
     full = {"variant": "ViT-B/16", "size": 512, "classes": 156, "segment_classes": 171}
     for key, value in (SMOKE if args.smoke else full).items():
@@ -190,17 +240,21 @@ def main(argv=None) -> None:
     setup = build(args)
     cfg = setup.config
     print(harness.machine_line(), flush=True)
-    print(f"built random {args.variant} in {setup.build_s:.0f} s; overrides: "
-          f"{' '.join(args.set) or 'none'}", flush=True)
+    print(
+        f"built random {args.variant} in {setup.build_s:.0f} s; overrides: {' '.join(args.set) or 'none'}",
+        flush=True,
+    )
     training = measure(training_parts(setup, args.batch, args.size))
     segment = measure(segment_parts(setup, args.batch, args.size, args.segment_classes))
     step_temp = next(m.temp_bytes for name, (_, m) in training.items() if name.startswith("train"))
-    print(f"\n{harness.machine_line()}\nCompiled memory per component (compiled, not run): random "
-          f"{args.variant} at {args.size}x{args.size}, global batch {args.batch} on one device, "
-          f"N={cfg.model.num_prompts}, layers {tuple(cfg.model.layers)}, "
-          f"OT {_ot_label(cfg.model.ot)}, {cfg.clip.dtype} towers, text "
-          f"context {cfg.clip.text_context_length} (trimmed to the longest prompt); overrides: "
-          f"{' '.join(args.set) or 'none'}. Total {time.perf_counter() - start:.0f} s.\n")
+    print(
+        f"\n{harness.machine_line()}\nCompiled memory per component (compiled, not run): random "
+        f"{args.variant} at {args.size}x{args.size}, global batch {args.batch} on one device, "
+        f"N={cfg.model.num_prompts}, layers {tuple(cfg.model.layers)}, "
+        f"OT {_ot_label(cfg.model.ot)}, {cfg.clip.dtype} towers, text "
+        f"context {cfg.clip.text_context_length} (trimmed to the longest prompt); overrides: "
+        f"{' '.join(args.set) or 'none'}. Total {time.perf_counter() - start:.0f} s.\n"
+    )
     print(table({**training, **segment}, step_temp))
     if step_temp > 0:
         print("\n" + dominant(training, step_temp, _ot_label(cfg.model.ot)))

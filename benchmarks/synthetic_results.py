@@ -28,8 +28,12 @@ from zegot_jax.experiments import ranking, report
 from zegot_jax.models.zegot import TRAINING_FREE, training_free_config
 from zegot_jax.ot import load_plugins
 
-ALL_GUARDS_OFF = {"model.prompt_init": "random", "model.alignment_residual": False,
-                  "model.text_consistency_weight": 0.0, "model.learn_temperature": False}
+ALL_GUARDS_OFF = {
+    "model.prompt_init": "random",
+    "model.alignment_residual": False,
+    "model.text_consistency_weight": 0.0,
+    "model.learn_temperature": False,
+}
 # The protocol was fixed with the text-consistency term on at KgCoOp's weight 8; it lowered every
 # score (RESULTS.md), so the default is now 0 and the rows measured around the first default
 # carry the term explicitly ("KgCoOp 8"): they reproduce exactly what was run.
@@ -37,10 +41,12 @@ W8 = {"model.text_consistency_weight": 8.0}
 ZEGOT, ZEGOT_W8 = "ZegOT (defaults)", "ZegOT + text-consistency term (KgCoOp weight 8)"
 FREE = "training-free templates"
 VARIANTS = {
-    FREE: {**{f"model.{k}": v for k, v in TRAINING_FREE.items()},
-                                "model.layers": training_free_config(
-                                    synthetic.get_config().model).layers,
-                                "train.num_steps": 0, "eval.seen_penalty": 0.0},
+    FREE: {
+        **{f"model.{k}": v for k, v in TRAINING_FREE.items()},
+        "model.layers": training_free_config(synthetic.get_config().model).layers,
+        "train.num_steps": 0,
+        "eval.seen_penalty": 0.0,
+    },
     ZEGOT: {},
     ZEGOT_W8: W8,
     "KgCoOp 8, no OT (uniform plan)": {"model.ot.enabled": False, **W8},
@@ -52,7 +58,9 @@ VARIANTS = {
     "all guards off (the earlier ZegOT)": ALL_GUARDS_OFF,
     "KgCoOp 8, without DLFA": {"model.alignment": False, **W8},
     "fixed templates as prompts + DLFA + OT (OTSeg's text side)": {
-        "model.prompts": "templates", "model.templates": synthetic.common.TEMPLATES[:4]},
+        "model.prompts": "templates",
+        "model.templates": synthetic.common.TEMPLATES[:4],
+    },
 }
 # Rows that only change inference reuse another row's trained parameters.
 EVAL_ONLY = {"KgCoOp 8 + ensemble with training-free scores (w 0.5)": ZEGOT_W8}
@@ -95,22 +103,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workdir", default="runs/results", help="'' keeps no rows")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="run only RESULTS.md rows whose name contains one of these strings")
-    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
-                        help="a variant of your own (repeatable; the first is the reference)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only RESULTS.md rows whose name contains one of these strings",
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "KEY=VALUE"),
+        help="a variant of your own (repeatable; the first is the reference)",
+    )
     parser.add_argument("--config_arg", default=None, help="e.g. 'smoke' for a quick check")
-    parser.add_argument("--table_only", action="store_true",
-                        help="train nothing: tabulate the runs already finished in --workdir")
-    parser.add_argument("--no_statistics", action="store_true",
-                        help="skip prompt diversity and plan entropy")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="worker processes, one CPU core each (0: one per core on a CPU "
-                             "backend, 1 on an accelerator; 1 trains in this process)")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                        help="a module or .py file that registers a transport (repeatable)")
+    parser.add_argument(
+        "--table_only",
+        action="store_true",
+        help="train nothing: tabulate the runs already finished in --workdir",
+    )
+    parser.add_argument("--no_statistics", action="store_true", help="skip prompt diversity and plan entropy")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every row, e.g. synthetic.unseen=\"('tomato',...)\"",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="worker processes, one CPU core each (0: one per core on a CPU "
+        "backend, 1 on an accelerator; 1 trains in this process)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="a module or .py file that registers a transport (repeatable)",
+    )
     args = parser.parse_args()
     load_plugins(args.plugin)
     cache = ranking.enable_compilation_cache()
@@ -124,8 +157,7 @@ def main() -> None:
         chosen |= {EVAL_ONLY[n] for n in chosen if n in EVAL_ONLY}  # the parameters they score
         variants = {n: v for n, v in VARIANTS.items() if n in chosen}
         if FREE in variants:  # the last layer of the base config's tower (':smoke' has one)
-            variants[FREE] = {**variants[FREE],
-                              "model.layers": training_free_config(base.model).layers}
+            variants[FREE] = {**variants[FREE], "model.layers": training_free_config(base.model).layers}
         pairs, deterministic = CONTRASTS, DETERMINISTIC
         eval_only = {n: s for n, s in EVAL_ONLY.items() if n in variants}
     print(f"# {machine()}; compilation cache {cache}", flush=True)
@@ -137,12 +169,21 @@ def main() -> None:
             if found := ranking.read_rows(args.workdir, name, wanted):
                 rows[name] = list(found.values())
     else:
-        rows = ranking.rank_variants(base, variants, args.seeds, workdir=args.workdir or None,
-                                       deterministic=deterministic, eval_only=eval_only,
-                                       statistics=not args.no_statistics, jobs=jobs,
-                                       plugins=args.plugin)
-    print(f"\n{len(variants)} variants x {len(args.seeds)} seeds, {jobs} job(s), in "
-          f"{time.perf_counter() - start:.0f} s; {machine()}\n")
+        rows = ranking.rank_variants(
+            base,
+            variants,
+            args.seeds,
+            workdir=args.workdir or None,
+            deterministic=deterministic,
+            eval_only=eval_only,
+            statistics=not args.no_statistics,
+            jobs=jobs,
+            plugins=args.plugin,
+        )
+    print(
+        f"\n{len(variants)} variants x {len(args.seeds)} seeds, {jobs} job(s), in "
+        f"{time.perf_counter() - start:.0f} s; {machine()}\n"
+    )
     print(report.report(rows, pairs, deterministic))
 
 

@@ -68,16 +68,27 @@ def coco_seen(k: int) -> tuple[str, ...]:
     return seen[:k]
 
 
-def compile_case(clip: clip_lib.CLIP, setting: tuple[bool, bool], args: argparse.Namespace,
-                 tokens: jax.Array, eot: jax.Array) -> Compiled:
+def compile_case(
+    clip: clip_lib.CLIP,
+    setting: tuple[bool, bool],
+    args: argparse.Namespace,
+    tokens: jax.Array,
+    eot: jax.Array,
+) -> Compiled:
     """Compiles the forward+backward of one (prefix_shared, text_remat) setting.
 
     Every case starts from the same contexts (`nnx.Rngs(1)`); CLIP's state is an argument of the
     compiled function, as in the train step, not a constant folded into it.
     """
-    learner = prompts.PromptLearner(args.prompts, args.context_tokens, clip.spec.text_width,
-                                    init_std=0.02, rngs=nnx.Rngs(1), prefix_shared=setting[0],
-                                    remat=setting[1])
+    learner = prompts.PromptLearner(
+        args.prompts,
+        args.context_tokens,
+        clip.spec.text_width,
+        init_std=0.02,
+        rngs=nnx.Rngs(1),
+        prefix_shared=setting[0],
+        remat=setting[1],
+    )
     graphdef, params, rest = nnx.split(learner, prompts.Trainable, ...)
     clip_graphdef, clip_state = nnx.split(clip)
     weights = jax.random.normal(jax.random.key(2), (len(eot), args.prompts, clip.spec.embed_dim))
@@ -97,12 +108,14 @@ def compile_case(clip: clip_lib.CLIP, setting: tuple[bool, bool], args: argparse
     compiled = jax.jit(forward_backward).lower(*inputs).compile()
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis() or {}
-    return Compiled(lambda: compiled(*inputs), seconds, harness.memory_bytes(compiled),
-                    float(cost.get("flops", -1)))
+    return Compiled(
+        lambda: compiled(*inputs), seconds, harness.memory_bytes(compiled), float(cost.get("flops", -1))
+    )
 
 
-def alternate(cases: dict[str, Compiled], rounds: int, budget_s: float
-              ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
+def alternate(
+    cases: dict[str, Compiled], rounds: int, budget_s: float
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
     """Runs the cases in turn, round after round (no new round once `budget_s` is spent).
 
     Returns name -> [(seconds, 1-minute load average just after), ...] and each case's first
@@ -132,18 +145,30 @@ def max_rel(a: Any, b: Any) -> str:
 def memory_table(cases: dict[str, Compiled]) -> str:
     """Compile time, XLA temp memory and FLOPs of every case (nothing run)."""
     full = cases["full"].flops
-    rows = [[name, *("on" if s else "off" for s in SETTINGS[name]), f"{case.compile_s:.1f}",
-             harness.mib(case.temp_bytes), f"{case.flops / 1e9:.2f}", f"{full / case.flops:.2f}x"]
-            for name, case in cases.items()]
-    return tables.markdown(["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)",
-                             "GFLOP", "full / case GFLOP"], rows)
+    rows = [
+        [
+            name,
+            *("on" if s else "off" for s in SETTINGS[name]),
+            f"{case.compile_s:.1f}",
+            harness.mib(case.temp_bytes),
+            f"{case.flops / 1e9:.2f}",
+            f"{full / case.flops:.2f}x",
+        ]
+        for name, case in cases.items()
+    ]
+    return tables.markdown(
+        ["case", "prefix_shared", "text_remat", "compile (s)", "temp (MiB)", "GFLOP", "full / case GFLOP"],
+        rows,
+    )
 
 
 def time_tables(runs: dict[str, list[tuple[float, float]]], outputs: dict[str, Any]) -> str:
     """Every run beside its load average, then best, median and the paired speed-up over full."""
     names = list(runs)
-    per_round = [[i + 1, *(f"{1e3 * runs[n][i][0]:.4g} (load {runs[n][i][1]:.1f})" for n in names)]
-                 for i in range(min(len(r) for r in runs.values()))]
+    per_round = [
+        [i + 1, *(f"{1e3 * runs[n][i][0]:.4g} (load {runs[n][i][1]:.1f})" for n in names)]
+        for i in range(min(len(r) for r in runs.values()))
+    ]
     full = [s for s, _ in runs["full"]]
     summary = []
     for name in names:
@@ -151,14 +176,35 @@ def time_tables(runs: dict[str, list[tuple[float, float]]], outputs: dict[str, A
         best = min(range(len(seconds)), key=seconds.__getitem__)
         ratios = [f / s for f, s in zip(full, seconds, strict=False)]
         feats, grad = outputs[name]
-        summary.append([name, f"{1e3 * seconds[best]:.4g}", f"{runs[name][best][1]:.1f}",
-                        f"{1e3 * statistics.median(seconds):.4g}", f"{min(full) / seconds[best]:.2f}x",
-                        f"{statistics.median(ratios):.2f}x", max_rel(feats, outputs["full"][0]),
-                        max_rel(grad, outputs["full"][1])])
-    return (tables.markdown(["round", *(f"{n} (ms)" for n in names)], per_round) + "\n\n"
-            + tables.markdown(["case", "best (ms)", "load at best", "median (ms)",
-                                "full / case (best)", "median of per-round full / case",
-                                "max rel. diff features", "max rel. diff gradient"], summary))
+        summary.append(
+            [
+                name,
+                f"{1e3 * seconds[best]:.4g}",
+                f"{runs[name][best][1]:.1f}",
+                f"{1e3 * statistics.median(seconds):.4g}",
+                f"{min(full) / seconds[best]:.2f}x",
+                f"{statistics.median(ratios):.2f}x",
+                max_rel(feats, outputs["full"][0]),
+                max_rel(grad, outputs["full"][1]),
+            ]
+        )
+    return (
+        tables.markdown(["round", *(f"{n} (ms)" for n in names)], per_round)
+        + "\n\n"
+        + tables.markdown(
+            [
+                "case",
+                "best (ms)",
+                "load at best",
+                "median (ms)",
+                "full / case (best)",
+                "median of per-round full / case",
+                "max rel. diff features",
+                "max rel. diff gradient",
+            ],
+            summary,
+        )
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -169,10 +215,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--context-tokens", type=int, default=None, help="L (default 8; smoke 4)")
     parser.add_argument("--text-context", type=int, default=77, help="before trimming")
     parser.add_argument("--rounds", type=int, default=None, help="default 5; smoke 2")
-    parser.add_argument("--budget-s", type=float, default=300.0,
-                        help="no new round once the timed runs took this long")
-    parser.add_argument("--time-remat", action="store_true",
-                        help="also time the two remat cases (always compiled for memory)")
+    parser.add_argument(
+        "--budget-s", type=float, default=300.0, help="no new round once the timed runs took this long"
+    )
+    parser.add_argument(
+        "--time-remat", action="store_true", help="also time the two remat cases (always compiled for memory)"
+    )
     parser.add_argument("--compile-only", action="store_true", help="memory table only")
     args = parser.parse_args()
     args.classes = args.classes or (5 if args.smoke else 156)
@@ -187,18 +235,20 @@ def main() -> None:
     variant = "tiny" if args.smoke else "ViT-B/16"
     clip = clip_lib.CLIP(clip_lib.get_spec(variant), rngs=nnx.Rngs(0))
     context = min(args.text_context, clip.spec.context_length)
-    tokens, eot = prompts.prompt_token_table(coco_seen(args.classes),
-                                             num_context=args.context_tokens,
-                                             context_length=context)
+    tokens, eot = prompts.prompt_token_table(
+        coco_seen(args.classes), num_context=args.context_tokens, context_length=context
+    )
     tokens, eot = jnp.asarray(tokens), jnp.asarray(eot)
     print(harness.machine_line(), flush=True)
-    print(f"\n{variant} text tower (random weights), K={args.classes}, N={args.prompts}, "
-          f"L={args.context_tokens}, prompt table {tokens.shape[1]} tokens (context {context}): "
-          f"{args.prompts * args.classes} sequences; prefix-shared: {args.prompts} of "
-          f"{1 + args.context_tokens} + {args.prompts * args.classes} of "
-          f"{tokens.shape[1] - 1 - args.context_tokens} tokens\n", flush=True)
-    cases = {name: compile_case(clip, setting, args, tokens, eot)
-             for name, setting in SETTINGS.items()}
+    print(
+        f"\n{variant} text tower (random weights), K={args.classes}, N={args.prompts}, "
+        f"L={args.context_tokens}, prompt table {tokens.shape[1]} tokens (context {context}): "
+        f"{args.prompts * args.classes} sequences; prefix-shared: {args.prompts} of "
+        f"{1 + args.context_tokens} + {args.prompts * args.classes} of "
+        f"{tokens.shape[1] - 1 - args.context_tokens} tokens\n",
+        flush=True,
+    )
+    cases = {name: compile_case(clip, setting, args, tokens, eot) for name, setting in SETTINGS.items()}
     print(memory_table(cases), flush=True)
     if args.compile_only:
         return

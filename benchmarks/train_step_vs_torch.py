@@ -50,21 +50,35 @@ from zegot_torch import OT_SETTINGS, TorchZegOT  # noqa: E402  (test code: the t
 def hf_clip(smoke: bool) -> transformers.CLIPModel:
     """A random CLIP: ViT-B/16 as released (shapes), or a tiny one for `--smoke`."""
     spec = clip_lib.get_spec("ViT-B/16")
-    vision = dict(hidden_size=spec.vision_width, intermediate_size=4 * spec.vision_width,
-                  num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-                  image_size=spec.image_size, patch_size=spec.patch_size)
-    text = dict(hidden_size=spec.text_width, intermediate_size=4 * spec.text_width,
-                num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads)
+    vision = dict(
+        hidden_size=spec.vision_width,
+        intermediate_size=4 * spec.vision_width,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    text = dict(
+        hidden_size=spec.text_width,
+        intermediate_size=4 * spec.text_width,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+    )
     if smoke:
-        vision = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                      num_attention_heads=2, image_size=32, patch_size=8)
-        text = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=2)
+        vision = dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+        text = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
     config = transformers.CLIPConfig(
-        text_config=dict(text, hidden_act="quick_gelu", bos_token_id=clip_lib.SOS,
-                         eos_token_id=clip_lib.EOT),
+        text_config=dict(text, hidden_act="quick_gelu", bos_token_id=clip_lib.SOS, eos_token_id=clip_lib.EOT),
         vision_config=dict(vision, hidden_act="quick_gelu"),
-        projection_dim=24 if smoke else spec.embed_dim)
+        projection_dim=24 if smoke else spec.embed_dim,
+    )
     torch.manual_seed(0)
     return transformers.CLIPModel(config).eval()
 
@@ -90,11 +104,15 @@ def to_torch_params(params) -> dict[str, np.ndarray]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path][:-1]
         if keys[0] == "alignment":
-            out[f"dlfa.{keys[1]}.{'weight' if keys[2] == 'kernel' else 'bias'}"] = \
+            out[f"dlfa.{keys[1]}.{'weight' if keys[2] == 'kernel' else 'bias'}"] = (
                 np.asarray(leaf).T if keys[2] == "kernel" else np.asarray(leaf)
+            )
         else:
-            out[{"prompt_learner": "context", "score_scale": "log_temperature",
-                 "score_bias": "score_bias"}[keys[0]]] = np.asarray(leaf)
+            out[
+                {"prompt_learner": "context", "score_scale": "log_temperature", "score_bias": "score_bias"}[
+                    keys[0]
+                ]
+            ] = np.asarray(leaf)
     return out
 
 
@@ -103,8 +121,10 @@ def run_k(hf, jclip, path: str, k: int, args: argparse.Namespace) -> list[list]:
     config = make_config(path, args)
     names = seen_classes(k)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((args.batch, args.size, args.size, 3), np.float32),
-             "label": rng.integers(0, k, (args.batch, args.size, args.size)).astype(np.int32)}
+    batch = {
+        "image": rng.standard_normal((args.batch, args.size, args.size, 3), np.float32),
+        "label": rng.integers(0, k, (args.batch, args.size, args.size)).astype(np.int32),
+    }
 
     model = build_lib.build_model(config, jclip)
     graphdef, params, frozen = functional.split_model(model)
@@ -121,8 +141,9 @@ def run_k(hf, jclip, path: str, k: int, args: argparse.Namespace) -> list[list]:
     with torch.no_grad():
         for name, value in to_torch_params(params).items():
             trainable[name].copy_(torch.from_numpy(value))
-    opt = torch.optim.AdamW(list(trainable.values()), lr=config.optim.learning_rate,
-                            weight_decay=config.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        list(trainable.values()), lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay
+    )
     images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(batch["label"])
 
@@ -147,16 +168,36 @@ def run_k(hf, jclip, path: str, k: int, args: argparse.Namespace) -> list[list]:
             timings[name].append(time.perf_counter() - start)
             if r == 0:
                 losses[name] = loss
-        print(f"  K={k} round {r}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in timings.items()),
-              flush=True)
+        print(
+            f"  K={k} round {r}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in timings.items()), flush=True
+        )
     print(f"  first-step losses: {losses}", flush=True)
     rel = abs(losses["JAX jit"] - losses["PyTorch eager"]) / abs(losses["PyTorch eager"])
     best = {n: min(t[1:]) for n, t in timings.items()}
     load = f"{os.getloadavg()[0]:.1f}"
-    rows = [[k, n, f"{timings[n][0]:.1f}", f"{best[n]:.2f}", f"{args.batch / best[n]:.2f}",
-             f"{losses[n]:.4f}", load] for n in timings]
-    rows.append([k, "PyTorch / JAX step time", "", f"{best['PyTorch eager'] / best['JAX jit']:.2f}x",
-                 "", f"first-step loss rel. diff {rel:.1e}", ""])
+    rows = [
+        [
+            k,
+            n,
+            f"{timings[n][0]:.1f}",
+            f"{best[n]:.2f}",
+            f"{args.batch / best[n]:.2f}",
+            f"{losses[n]:.4f}",
+            load,
+        ]
+        for n in timings
+    ]
+    rows.append(
+        [
+            k,
+            "PyTorch / JAX step time",
+            "",
+            f"{best['PyTorch eager'] / best['JAX jit']:.2f}x",
+            "",
+            f"first-step loss rel. diff {rel:.1e}",
+            "",
+        ]
+    )
     return rows
 
 
@@ -165,10 +206,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny random CLIP, a few seconds")
     parser.add_argument("--size", type=int, default=None, help="crop (default 512; smoke 32)")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--classes", type=int, nargs="+", default=None,
-                        help="K values (default 20 156; smoke 3 5)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="Sinkhorn iterations (default 100; smoke 10)")
+    parser.add_argument(
+        "--classes", type=int, nargs="+", default=None, help="K values (default 20 156; smoke 3 5)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="Sinkhorn iterations (default 100; smoke 10)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per side after the first")
     args = parser.parse_args()
     args.size = args.size or (32 if args.smoke else 512)
@@ -180,12 +223,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         jclip = clip_lib.load(tmp)
-        print(harness.machine_line(), f"torch {torch.__version__}, {torch.get_num_threads()} "
-              "threads", flush=True)
+        print(
+            harness.machine_line(),
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            flush=True,
+        )
         rows = [row for k in args.classes for row in run_k(hf, jclip, tmp, k, args)]
-    print(f"\n{'tiny CLIP (smoke)' if args.smoke else 'ViT-B/16'} at {args.size}x{args.size}, "
-          f"batch {args.batch}, N={2 if args.smoke else 4}, {args.iterations} Sinkhorn iterations, "
-          "float32\n")
+    print(
+        f"\n{'tiny CLIP (smoke)' if args.smoke else 'ViT-B/16'} at {args.size}x{args.size}, "
+        f"batch {args.batch}, N={2 if args.smoke else 4}, {args.iterations} Sinkhorn iterations, "
+        "float32\n"
+    )
     print("| K | step | first step (s) | step (s) | img/s | first-step loss | load average |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

@@ -31,8 +31,10 @@ from zegot_jax import clip as clip_lib
 _RUN_DIR = "ZEGOT_TEST_RUN_DIR"
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 # JAX reads these at import, so subprocesses (train.py, notebooks, benchmarks) inherit the cache.
-_JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+_JAX_CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 
 
 def pytest_configure(config):

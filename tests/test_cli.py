@@ -50,9 +50,23 @@ def test_segment_writes_outputs_and_reports_failures(loaded, tmp_path, capsys):
     workdir, calls = loaded
     good, broken, missing = _images(tmp_path)
     out = tmp_path / "out"
-    code = cli.main(["segment", str(good[0]), str(broken), str(good[1]), str(missing),
-                     "--classes", "cat, dog,grass", "--run", workdir, "--out", str(out),
-                     "--clip-weights", "random:tiny"])
+    code = cli.main(
+        [
+            "segment",
+            str(good[0]),
+            str(broken),
+            str(good[1]),
+            str(missing),
+            "--classes",
+            "cat, dog,grass",
+            "--run",
+            workdir,
+            "--out",
+            str(out),
+            "--clip-weights",
+            "random:tiny",
+        ]
+    )
     assert code == 1
     assert calls == [(workdir, "random:tiny")]
     err = capsys.readouterr().err
@@ -78,18 +92,38 @@ def test_segment_writes_outputs_and_reports_failures(loaded, tmp_path, capsys):
 def test_segment_defaults_to_the_runs_classes(loaded, tmp_path):
     workdir, _ = loaded
     good, _, _ = _images(tmp_path)
-    assert cli.main(["segment", str(good[1]), "--run", workdir, "--out", str(tmp_path / "o"),
-                     "--grid-classes", "cat,dog"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(good[1]),
+                "--run",
+                workdir,
+                "--out",
+                str(tmp_path / "o"),
+                "--grid-classes",
+                "cat,dog",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "o" / "street.json").read_text())
     assert summary["classes"] == list(class_names.VOC20)
 
 
-@pytest.mark.parametrize("classes, message", [
-    ("", "empty"), (" , ", "empty"), ("cat,,dog", "empty name"), ("cat,dog,Cat", "Duplicate"),
-])
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ("", "empty"),
+        (" , ", "empty"),
+        ("cat,,dog", "empty name"),
+        ("cat,dog,Cat", "Duplicate"),
+    ],
+)
 def test_bad_vocabulary_fails_before_loading(classes, message, tmp_path, capsys):
-    code = cli.main(["segment", "x.png", "--classes", classes, "--run", str(tmp_path),
-                     "--out", str(tmp_path / "o")])
+    code = cli.main(
+        ["segment", "x.png", "--classes", classes, "--run", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -97,8 +131,20 @@ def test_bad_vocabulary_fails_before_loading(classes, message, tmp_path, capsys)
 
 def test_grid_classes_must_be_in_vocabulary(loaded, tmp_path, capsys):
     workdir, _ = loaded
-    code = cli.main(["segment", "x.png", "--classes", "cat,dog", "--grid-classes", "sky",
-                     "--run", workdir, "--out", str(tmp_path / "o")])
+    code = cli.main(
+        [
+            "segment",
+            "x.png",
+            "--classes",
+            "cat,dog",
+            "--grid-classes",
+            "sky",
+            "--run",
+            workdir,
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "not in the vocabulary" in capsys.readouterr().err
 
 
@@ -107,9 +153,12 @@ def test_installed_script_reports_a_missing_run(tmp_path, how):
     script = Path(sys.executable).parent / "zegot-jax"
     assert script.exists(), "the console script is not installed: pip install -e ."
     command = [str(script)] if how == "script" else [sys.executable, "-m", "zegot_jax.cli"]
-    result = subprocess.run([*command, "segment", "x.png", "--run", str(tmp_path / "nowhere"),
-                             "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [*command, "segment", "x.png", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "does not exist" in result.stderr
 
@@ -121,8 +170,10 @@ def test_output_names_never_overwrite_another_input(loaded, tmp_path):
     for seed, path in enumerate(images):
         PIL.Image.fromarray(random_image(20, 30, seed=seed)).save(path)
     out = tmp_path / "out"
-    assert cli.main(["segment", *map(str, images), "--classes", "cat,dog", "--run", workdir,
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(["segment", *map(str, images), "--classes", "cat,dog", "--run", workdir, "--out", str(out)])
+        == 0
+    )
     written = {json.loads(p.read_text())["image"] for p in out.glob("*.json")}
     assert written == {str(p) for p in images}  # three inputs, three output sets
     assert cli._output_stems(["x/A.png", "a.jpg", "a-1.png"]) == ["A", "a-2", "a-1"]
@@ -131,8 +182,7 @@ def test_output_names_never_overwrite_another_input(loaded, tmp_path):
 def test_a_vocabulary_over_max_classes_stops_at_once(loaded, tmp_path, capsys):
     workdir, _ = loaded
     many = ",".join(f"class {i}" for i in range(600))  # the smoke run allows 512
-    code = cli.main(["segment", "x.png", "--classes", many, "--run", workdir,
-                     "--out", str(tmp_path / "o")])
+    code = cli.main(["segment", "x.png", "--classes", many, "--run", workdir, "--out", str(tmp_path / "o")])
     assert code == 2 and "exceed model.max_classes=512" in capsys.readouterr().err
 
 
@@ -146,8 +196,18 @@ def test_a_too_long_class_name_stops_at_once(loaded, tmp_path, capsys):
     workdir, _ = loaded
     good, _, _ = _images(tmp_path)
     long_name = "tomato " * 70  # 490 characters
-    code = cli.main(["segment", *map(str, good), "--classes", f"cat,{long_name}", "--run",
-                     workdir, "--out", str(tmp_path / "o")])
+    code = cli.main(
+        [
+            "segment",
+            *map(str, good),
+            "--classes",
+            f"cat,{long_name}",
+            "--run",
+            workdir,
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("needs") == 1 and "clip.text_context_length" in err
     assert len(err) < 400 and not (tmp_path / "o").exists()
@@ -164,8 +224,9 @@ def test_an_image_out_of_memory_fails_alone(loaded, tmp_path, capsys, monkeypatc
         return real(segmenter, image, *args)
 
     monkeypatch.setattr(cli, "segment_one", first_runs_out)
-    code = cli.main(["segment", *map(str, good), "--classes", "cat,dog", "--run", workdir,
-                     "--out", str(tmp_path / "o")])
+    code = cli.main(
+        ["segment", *map(str, good), "--classes", "cat,dog", "--run", workdir, "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Segmented 1 of 2" in err
     assert f"FAILED {good[0]}: MemoryError: out of memory" in err

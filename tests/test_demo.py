@@ -51,8 +51,12 @@ def _request(segmenter, tmp_path, image, vocabulary="cat, dog", **kwargs):
 
 def test_vocabulary_parsing():
     assert demo.parse_vocabulary(" cat,dog , green grass") == ["cat", "dog", "green grass"]
-    for text, message in (("", "empty"), (" , ", "empty"), ("cat,,dog", "empty name"),
-                          ("cat,", "empty name")):
+    for text, message in (
+        ("", "empty"),
+        (" , ", "empty"),
+        ("cat,,dog", "empty name"),
+        ("cat,", "empty name"),
+    ):
         with pytest.raises(ValueError, match=message):
             demo.parse_vocabulary(text)
 
@@ -90,8 +94,9 @@ def test_the_seen_penalty_is_per_request(segmenter):
     for penalty in (0.0, 0.3, 1.0):
         view = demo.with_seen_penalty(segmenter, penalty)
         lowered = plain.scores - penalty * np.asarray([1.0, 1.0, 0.0])[:, None, None]
-        np.testing.assert_array_equal(view.segment(image, ["cat", "dog", "grass"]).label_map,
-                                      np.argmax(lowered, axis=0))
+        np.testing.assert_array_equal(
+            view.segment(image, ["cat", "dog", "grass"]).label_map, np.argmax(lowered, axis=0)
+        )
     assert segmenter.config.eval.seen_penalty == 0.1  # the run's own is left alone
     unseen = set(class_names.VOC20) - set(demo.seen_classes(segmenter))
     assert unseen == {"pottedplant", "sheep", "sofa", "train", "tvmonitor"}
@@ -128,8 +133,10 @@ def test_the_command_reports_a_missing_run_before_loading(monkeypatch, capsys, t
 
 def _unavailable(reason: str) -> None:
     """Fails under CI (the install step is missing), skips elsewhere."""
-    hint = "(.ci/run installs them: apt-get install chromium chromium-driver; dev.py test " \
-           "installs gradio and selenium)"
+    hint = (
+        "(.ci/run installs them: apt-get install chromium chromium-driver; dev.py test "
+        "installs gradio and selenium)"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}: the browser test cannot run {hint}", pytrace=False)
     pytest.skip(f"{reason} {hint}")
@@ -157,8 +164,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1700"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1700",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
     yield driver
@@ -191,8 +203,13 @@ def _toast(wait, message: str) -> None:
     """Waits for a visible notice (gr.Error) containing `message`."""
     from selenium.webdriver.common.by import By  # noqa: PLC0415
 
-    wait.until(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
-                          if message in t.text and t.is_displayed()])
+    wait.until(
+        lambda d: [
+            t
+            for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")
+            if message in t.text and t.is_displayed()
+        ]
+    )
 
 
 def _offered_label_map(driver, wait, previous: str | None) -> tuple[str, np.ndarray]:
@@ -202,8 +219,7 @@ def _offered_label_map(driver, wait, previous: str | None) -> tuple[str, np.ndar
     def link(d):
         links = d.find_elements(By.CSS_SELECTOR, "#labels a[href]")
         href = links[0].get_attribute("href") if links else None
-        return href if href != previous and d.find_elements(By.CSS_SELECTOR, "#overlay img") \
-            else None
+        return href if href != previous and d.find_elements(By.CSS_SELECTOR, "#overlay img") else None
 
     href = wait.until(link)
     assert href.startswith("http://127.0.0.1:")
@@ -217,14 +233,19 @@ def _screenshot(driver, path: Path) -> None:
     """The whole page once idle, reduced to a palette (a small PNG for the README)."""
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
-    driver.execute_script("document.querySelectorAll(\"[data-testid='toast-close']\")"
-                          ".forEach(b => b.click())")  # the earlier notices
-    WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: d.execute_script(
-        "return [...document.querySelectorAll(\"[data-testid='status-tracker']\")]"
-        ".every(t => t.classList.contains('hide'))"
-        " && !document.querySelector(\"[data-testid='toast-body']\")"))
+    driver.execute_script(
+        "document.querySelectorAll(\"[data-testid='toast-close']\").forEach(b => b.click())"
+    )  # the earlier notices
+    WebDriverWait(driver, 30, poll_frequency=0.1).until(
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll(\"[data-testid='status-tracker']\")]"
+            ".every(t => t.classList.contains('hide'))"
+            " && !document.querySelector(\"[data-testid='toast-body']\")"
+        )
+    )
     height = driver.execute_script(
-        "return Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))")
+        "return Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))"
+    )
     driver.set_window_size(1280, height + 120)
     shot = PIL.Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     shot.quantize(colors=256, method=PIL.Image.Quantize.MEDIANCUT).save(path, optimize=True)
@@ -249,8 +270,12 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     workdir, segmenter = run
     image = tmp_path / "scene.png"
     PIL.Image.fromarray(world.render(0, "test", 5, size=96)["image"]).save(image)
-    wait = WebDriverWait(browser, 120, poll_frequency=0.1,  # the page re-renders what it updates
-                         ignored_exceptions=[NoSuchElementException, StaleElementReferenceException])
+    wait = WebDriverWait(
+        browser,
+        120,
+        poll_frequency=0.1,  # the page re-renders what it updates
+        ignored_exceptions=[NoSuchElementException, StaleElementReferenceException],
+    )
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     browser.get(page_url)
@@ -258,16 +283,22 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
     for upload in (broken, image):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
         browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(upload))
-        wait.until(lambda d, name=upload.name: [i for i in d.find_elements(By.CSS_SELECTOR, "#image img")
-                                              if name in (i.get_attribute("src") or "")])
+        wait.until(
+            lambda d, name=upload.name: [
+                i
+                for i in d.find_elements(By.CSS_SELECTOR, "#image img")
+                if name in (i.get_attribute("src") or "")
+            ]
+        )
         _press(browser, ", ".join(first))
         if upload == broken:  # read by the page's own code: its message names the file
             _toast(wait, "Cannot read 'broken.png' as an image")
     href, labels = _offered_label_map(browser, wait, None)
     np.testing.assert_array_equal(labels, segmenter.segment(image, first).label_map)
     wait.until(lambda d: "5 classes, segmented in" in d.find_element(By.ID, "status").text)
-    column = lambda c: [e.text for e in browser.find_elements(
-        By.CSS_SELECTOR, f"#scores [role=gridcell][data-col='{c}']")]
+    column = lambda c: [
+        e.text for e in browser.find_elements(By.CSS_SELECTOR, f"#scores [role=gridcell][data-col='{c}']")
+    ]
     wait.until(lambda d: column(0) == first)  # the table: class, mean, max, pixel share
     share = np.bincount(labels.ravel(), minlength=len(first)) / labels.size
     np.testing.assert_allclose([float(x) for x in column(3)], share, atol=1e-4)
@@ -275,10 +306,15 @@ def test_the_page_in_a_browser(run, page_url, browser, tmp_path, monkeypatch, ca
         _screenshot(browser, SCREENSHOT)
     drawn = browser.find_element(By.CSS_SELECTOR, "#prompts img").get_attribute("src")
     browser.find_element(By.CSS_SELECTOR, "#grid-class input").click()  # another class's maps
-    wait.until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#grid-class li")
-                          if o.text.strip() == "sky"])[0].click()
-    redrawn = wait.until(lambda d: (src := d.find_element(By.CSS_SELECTOR, "#prompts img")
-                                    .get_attribute("src")) not in (drawn, None) and src)
+    wait.until(
+        lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#grid-class li") if o.text.strip() == "sky"]
+    )[0].click()
+    redrawn = wait.until(
+        lambda d: (
+            (src := d.find_element(By.CSS_SELECTOR, "#prompts img").get_attribute("src")) not in (drawn, None)
+            and src
+        )
+    )
     assert "prompts-sky.png" in redrawn
     compiled = segmenter.num_compilations()
 

@@ -9,12 +9,20 @@ import pytest
 from zegot_jax import distributed
 from zegot_jax.configs import common
 
-EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": "1"}
-CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-                     "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                     "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST",
-                     "TPU_WORKER_HOSTNAMES")
+EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+CLUSTER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "OMPI_MCA_orte_hnp_uri",
+    "KUBERNETES_SERVICE_HOST",
+    "TPU_WORKER_HOSTNAMES",
+)
 
 
 @pytest.fixture
@@ -42,8 +50,14 @@ def test_explicit_variables_initialize_with_the_heartbeat(calls, monkeypatch):
     for name, value in EXPLICIT.items():
         monkeypatch.setenv(name, value)
     assert distributed.start("auto", heartbeat_timeout_s=7) == "explicit"
-    assert calls == [{"coordinator_address": "localhost:1234", "num_processes": 2,
-                      "process_id": 1, "heartbeat_timeout_seconds": 7}]
+    assert calls == [
+        {
+            "coordinator_address": "localhost:1234",
+            "num_processes": 2,
+            "process_id": 1,
+            "heartbeat_timeout_seconds": 7,
+        }
+    ]
     assert distributed.start("on") == "explicit" and len(calls) == 2
 
 
@@ -66,8 +80,13 @@ def test_incomplete_variables_and_on_without_a_cluster_fail_clearly(calls, monke
 
 def test_a_detected_cluster_lets_jax_find_the_rest(calls, monkeypatch):
     # A Slurm job step of 4 tasks, as Slurm sets it: JAX's own detection reads these.
-    slurm = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[1-4]", "SLURM_NTASKS": "4",
-             "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}
+    slurm = {
+        "SLURM_JOB_ID": "77",
+        "SLURM_STEP_NODELIST": "node[1-4]",
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "2",
+        "SLURM_LOCALID": "0",
+    }
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
     assert distributed.detected_cluster() == ("SlurmCluster", 4)
@@ -81,10 +100,10 @@ def test_a_cluster_whose_size_cannot_be_read_names_the_way_out(calls, monkeypatc
     from jax._src.clusters import slurm_cluster  # noqa: PLC0415
 
     monkeypatch.setattr(slurm_cluster.SlurmCluster, "is_env_present", classmethod(lambda cls: True))
-    monkeypatch.setattr(slurm_cluster.SlurmCluster, "get_process_count",
-                        classmethod(lambda cls: int("not a number")))
-    with pytest.raises(ValueError, match="detects a SlurmCluster but cannot read how many .*"
-                                         "initialize=off"):
+    monkeypatch.setattr(
+        slurm_cluster.SlurmCluster, "get_process_count", classmethod(lambda cls: int("not a number"))
+    )
+    with pytest.raises(ValueError, match="detects a SlurmCluster but cannot read how many .*initialize=off"):
         distributed.start("auto")
     assert distributed.start("off") == "off" and calls == []
 

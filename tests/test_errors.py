@@ -30,14 +30,22 @@ def test_an_unwritable_parent(tmp_path, monkeypatch):
         errors.check_writable_dir(str(tmp_path / "out"), "--out")
 
 
-@pytest.mark.parametrize("body, where", [
-    ("def get_config(:\n    pass\n", "line 1: SyntaxError: invalid syntax"),
-    ("import ml_collections\n\n\ndef get_config(arg=None):\n    return 1 / 0\n",
-     "line 5: ZeroDivisionError: division by zero"),
-    ("raise RuntimeError('boom')\n", "line 1: RuntimeError: boom"),
-    ("import ml_collections\n\n\ndef get_config(arg=None):\n    return ml_collections.ConfigDict("
-     ").missing\n", "line 5: AttributeError"),
-])
+@pytest.mark.parametrize(
+    "body, where",
+    [
+        ("def get_config(:\n    pass\n", "line 1: SyntaxError: invalid syntax"),
+        (
+            "import ml_collections\n\n\ndef get_config(arg=None):\n    return 1 / 0\n",
+            "line 5: ZeroDivisionError: division by zero",
+        ),
+        ("raise RuntimeError('boom')\n", "line 1: RuntimeError: boom"),
+        (
+            "import ml_collections\n\n\ndef get_config(arg=None):\n    return ml_collections.ConfigDict("
+            ").missing\n",
+            "line 5: AttributeError",
+        ),
+    ],
+)
 def test_a_failing_config_file_is_one_line_with_its_line(tmp_path, capsys, body, where):
     from absl import flags
     from ml_collections import config_flags

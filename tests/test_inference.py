@@ -33,8 +33,7 @@ def segmenter(run):
 
 def test_from_run_restores_saved_params_and_config(run, segmenter):
     _, config, parts = run
-    for got, want in zip(jax.tree.leaves(segmenter.params), jax.tree.leaves(parts.params),
-                         strict=True):
+    for got, want in zip(jax.tree.leaves(segmenter.params), jax.tree.leaves(parts.params), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert segmenter.config.model.layers == tuple(config.model.layers)
     assert segmenter.config.eval.crop == config.eval.crop
@@ -62,8 +61,9 @@ def test_segment_shapes_calibration_and_details(segmenter):
     np.testing.assert_allclose(result.plan.sum(-1), 1.0, atol=1e-3)
     assert 0 <= result.ot_marginal_error < 1e-2 and plain.ot_marginal_error is None
     score = n * (result.plan * result.similarity).sum(-1)  # the refined score, then t and b
-    np.testing.assert_allclose(result.layer_logits, segmenter.model.scale_score(score, n),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        result.layer_logits, segmenter.model.scale_score(score, n), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_padding_does_not_change_scores(segmenter):
@@ -79,8 +79,7 @@ def test_padding_does_not_change_scores(segmenter):
         logits = model(images, tokens).logits  # 3 classes, no padding
         return jax.nn.sigmoid(functional.upsample(logits, (32, 32)))[0]
 
-    want = forward(segmenter.params, segmenter.frozen, tokens,
-                   jnp.asarray(transforms.normalize(image))[None])
+    want = forward(segmenter.params, segmenter.frozen, tokens, jnp.asarray(transforms.normalize(image))[None])
     np.testing.assert_allclose(result.scores, np.asarray(want), atol=2e-5)
 
 
@@ -154,8 +153,7 @@ def test_images_read_as_a_viewer_shows_them(tmp_path):
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     PIL.Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
-    np.testing.assert_array_equal(inference.load_image(tmp_path / "phone.png"),
-                                  np.rot90(pixels, -1))
+    np.testing.assert_array_equal(inference.load_image(tmp_path / "phone.png"), np.rot90(pixels, -1))
     grey16 = np.full((4, 6), 32768, np.uint16)
     grey16[0, 0] = 65535
     PIL.Image.fromarray(grey16).save(tmp_path / "deep.png")
@@ -177,8 +175,11 @@ def test_float_images_in_unit_range_are_scaled_and_others_refused(tmp_path):
 
 
 def test_a_string_vocabulary_and_a_directory_image_are_named(segmenter, tmp_path):
-    with pytest.raises(TypeError, match=r"a list of class names, not the string 'tomato'.*"
-                                        r"\['tomato'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"a list of class names, not the string 'tomato'.*"
+        r"\['tomato'\]",
+    ):
         segmenter.segment(random_image(8, 8), "tomato")
     with pytest.raises(FileNotFoundError, match="is a directory, not an image file"):
         inference.load_image(tmp_path)
@@ -190,12 +191,14 @@ def test_large_images_stream_one_class_at_a_time_with_identical_outputs(segmente
     lean = segmenter.segment(image, names, full_scores=False)
     assert lean.scores is None
     # The way the scores were computed before: all classes materialised at full resolution.
-    size = inference.processed_size(230, 170, short_side=segmenter.config.data.eval_short_side,
-                                    patch=segmenter.patch, whole=False)
+    size = inference.processed_size(
+        230, 170, short_side=segmenter.config.data.eval_short_side, patch=segmenter.patch, whole=False
+    )
     batch = jnp.asarray(transforms.normalize(transforms.resize(image, size, nearest=False)))[None]
     predict = evaluator.make_predictor(segmenter.graphdef, segmenter.config)
-    full = np.asarray(predict(segmenter.params, segmenter.frozen, segmenter.text_features(names),
-                              batch, (230, 170)))[:len(names)]
+    full = np.asarray(
+        predict(segmenter.params, segmenter.frozen, segmenter.text_features(names), batch, (230, 170))
+    )[: len(names)]
     penalty = np.asarray([0.1 * (n in ("cat", "dog", "bird", "car")) for n in names])
     np.testing.assert_array_equal(lean.label_map, np.argmax(full - penalty[:, None, None], 0))
     np.testing.assert_allclose(lean.score_mean, full.mean((1, 2)), rtol=1e-5)
@@ -232,8 +235,11 @@ def test_a_saved_hub_id_is_not_fetched_when_a_run_is_loaded(tmp_path, tiny_clip,
     config = smoke_config()
     config.clip.weights = "someone/clip-model"
     save_run(str(tmp_path / "run"), config, tiny_clip)
-    with pytest.raises(FileNotFoundError, match=r"'someone/clip-model' are not in the local "
-                                                r"Hugging Face cache.*--clip-weights"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'someone/clip-model' are not in the local "
+        r"Hugging Face cache.*--clip-weights",
+    ):
         inference.Segmenter.from_run(tmp_path / "run")
     assert calls == [True]  # the cache only
     loaded = inference.Segmenter.from_run(tmp_path / "run", clip_weights="someone/clip-model")

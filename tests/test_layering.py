@@ -37,7 +37,8 @@ def _module(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
@@ -84,15 +85,20 @@ def test_every_part_has_a_layer():
 
 
 def test_imports_only_go_down():
-    upward = [f"{' ; '.join(modules)}" for (a, b), modules in sorted(_edges().items())
-              if b == "<package>" or LEVEL.get(b, 99) >= LEVEL.get(a, -1)]
+    upward = [
+        f"{' ; '.join(modules)}"
+        for (a, b), modules in sorted(_edges().items())
+        if b == "<package>" or LEVEL.get(b, 99) >= LEVEL.get(a, -1)
+    ]
     assert not upward, "imports that do not go down:\n" + "\n".join(upward)
 
 
 def test_the_checker_sees_upward_and_type_only_imports():
-    source = ("from zegot_jax.train import loop\n"
-              "from typing import TYPE_CHECKING\n"
-              "if TYPE_CHECKING:\n    from zegot_jax.cli import main\n"
-              "def f():\n    from zegot_jax import inference\n")
+    source = (
+        "from zegot_jax.train import loop\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from zegot_jax.cli import main\n"
+        "def f():\n    from zegot_jax import inference\n"
+    )
     modules = {"zegot_jax.train.loop", "zegot_jax.inference", "zegot_jax.cli"}
     assert _imports(ast.parse(source), modules) == {"zegot_jax.train.loop", "zegot_jax.inference"}

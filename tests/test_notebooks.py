@@ -45,10 +45,13 @@ def _fresh_venv(venv: Path) -> Path:
     """
     _run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
-    dependencies = [p for p in (*site.getsitepackages(), site.getusersitepackages())
-                    if Path(p).is_dir()]
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    dependencies = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(purelib, "zegot_test_dependencies.pth").write_text("\n".join(dependencies) + "\n")
     return python
 
@@ -61,10 +64,19 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "zegot_jax", source / "zegot_jax",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", root / "dist", source)
+    shutil.copytree(ROOT / "zegot_jax", source / "zegot_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        root / "dist",
+        source,
+    )
     (built,) = (root / "dist").glob("zegot_jax-*.whl")
     return built
 
@@ -73,8 +85,7 @@ def wheel(tmp_path_factory) -> Path:
 def wheel_python(wheel, tmp_path_factory) -> Path:
     """The python of a fresh venv whose only zegot_jax is this checkout's wheel."""
     python = _fresh_venv(tmp_path_factory.mktemp("venv") / "venv")
-    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-         "--no-index", wheel)
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     return python
 
 
@@ -83,9 +94,15 @@ def kernel(wheel_python, tmp_path, monkeypatch):
     """A kernel spec for the wheel's venv, in an environment that does not see this checkout."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(wheel_python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "zegot_jax wheel", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(wheel_python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "zegot_jax wheel",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.setenv("ZEGOT_NOTEBOOK_SMOKE", "1")
@@ -101,15 +118,16 @@ def test_stored_without_outputs(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "a notebook without code"
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "find_spec(\"zegot_jax\")" in code[0].source, "the first cell installs the project"
+    assert 'find_spec("zegot_jax")' in code[0].source, "the first cell installs the project"
 
 
 def test_the_first_cell_installs_the_project_when_it_is_missing(wheel, tmp_path, monkeypatch):
     cells = [nbformat.read(NOTEBOOKS / f"{n}.ipynb", as_version=4).cells[1].source for n in NAMES]
     assert len(set(cells)) == 1, "the notebooks install the project the same way"
     python = _fresh_venv(tmp_path / "venv")
-    cell, count = re.subn(r'^ZEGOT_JAX_SOURCE = ".*"$', f"ZEGOT_JAX_SOURCE = {str(wheel)!r}",
-                          cells[0], flags=re.MULTILINE)
+    cell, count = re.subn(
+        r'^ZEGOT_JAX_SOURCE = ".*"$', f"ZEGOT_JAX_SOURCE = {str(wheel)!r}", cells[0], flags=re.MULTILINE
+    )
     assert count == 1
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # the dependencies are installed: nothing to download
@@ -124,8 +142,9 @@ def test_runs_from_the_wheel_in_an_empty_directory(name, kernel, wheel_python, t
     empty = tmp_path / "empty"
     empty.mkdir()
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name=kernel,
-                   resources={"metadata": {"path": str(empty)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(empty)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     installed = "".join(o.get("text", "") for o in nb.cells[1].outputs)

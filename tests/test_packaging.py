@@ -40,8 +40,8 @@ def test_every_requirement_is_a_lower_bound_at_the_locked_version():
         assert _canonical(name) in lock, f"{name} is required but not in requirements-lock.txt"
         assert lock[_canonical(name)] == bounds[">="] or (
             # A bound may name fewer release parts than the pin (POT>=0.9.7, 0.9.7.post1 locked).
-            lock[_canonical(name)].startswith(bounds[">="] + ".")), \
-            f"{name}: pyproject.toml says >={bounds['>=']}, the lock tests {lock[_canonical(name)]}"
+            lock[_canonical(name)].startswith(bounds[">="] + ".")
+        ), f"{name}: pyproject.toml says >={bounds['>=']}, the lock tests {lock[_canonical(name)]}"
 
 
 def test_the_license_is_an_spdx_expression():

@@ -28,6 +28,7 @@ def _blob(url: str):
 
 # Paths.
 
+
 def test_path_takes_local_paths_and_gs_urls():
     assert str(storage.path("~/runs/a")) == os.path.join(os.path.expanduser("~"), "runs/a")
     assert str(storage.path("runs/a")) == "runs/a"
@@ -37,19 +38,35 @@ def test_path_takes_local_paths_and_gs_urls():
     assert storage.bucket("gs://bkt/a/b") == "bkt" and storage.bucket("/tmp/a") is None
 
 
-@pytest.mark.parametrize("url", ["s3://bkt/a", "http://host/a", "https://host/a", "file:///tmp/a",
-                                 "gcs://bkt/a", "GS://bkt/a", "hf://org/a", "az://c/a"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bkt/a",
+        "http://host/a",
+        "https://host/a",
+        "file:///tmp/a",
+        "gcs://bkt/a",
+        "GS://bkt/a",
+        "hf://org/a",
+        "az://c/a",
+    ],
+)
 def test_other_schemes_are_refused_with_the_ones_that_work(url):
     with pytest.raises(ValueError, match=r"not supported; use a local path or gs://BUCKET/PATH\.$") as e:
         storage.path(url)
     assert "\n" not in str(e.value) and url in str(e.value)
 
 
-@pytest.mark.parametrize("text, message", [("gs:/bkt/a", "is not a gs:// URL"),
-                                           ("gs:bkt/a", "is not a gs:// URL"),
-                                           ("gs://", "names no bucket"),
-                                           ("gs:///a", "names no bucket"),
-                                           ("/gs/bkt/a", "reads a local path under /gs/")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("gs:/bkt/a", "is not a gs:// URL"),
+        ("gs:bkt/a", "is not a gs:// URL"),
+        ("gs://", "names no bucket"),
+        ("gs:///a", "names no bucket"),
+        ("/gs/bkt/a", "reads a local path under /gs/"),
+    ],
+)
 def test_paths_that_would_land_in_the_wrong_place_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
         storage.path(text)
@@ -65,6 +82,7 @@ def test_a_gs_path_without_the_gcs_packages_names_the_install_command(monkeypatc
 
 
 # Local writes.
+
 
 def test_local_write_replaces_whole_with_the_umask_mode(tmp_path):
     target = tmp_path / "run" / "results.md"
@@ -151,6 +169,7 @@ def test_moving_into_a_linked_folder_inside_the_run_is_refused(tmp_path):
 
 # gs://.
 
+
 def test_gs_round_trip(gs):
     storage.write_text(f"{gs}/metrics.jsonl", '{"step": 1}\n')
     storage.write_text(f"{gs}/metrics.jsonl", '{"step": 1}\n{"step": 2}\n')  # replaced whole
@@ -176,8 +195,11 @@ def test_gs_listings_see_what_other_clients_wrote(gs):
 
 def test_a_missing_bucket_is_named_in_one_line(gcs):
     url = "gs://zegot-no-such-bucket/run"
-    for call in (lambda: storage.write_text(f"{url}/results.md", "x"),
-                 lambda: storage.read_text(f"{url}/results.md"), lambda: storage.listdir(url)):
+    for call in (
+        lambda: storage.write_text(f"{url}/results.md", "x"),
+        lambda: storage.read_text(f"{url}/results.md"),
+        lambda: storage.listdir(url),
+    ):
         with pytest.raises(FileNotFoundError, match="bucket zegot-no-such-bucket does not exist") as e:
             call()
         assert "\n" not in str(e.value) and "gcloud storage buckets create" in str(e.value)
@@ -232,18 +254,23 @@ def _errors():
     from google.auth.exceptions import DefaultCredentialsError, RefreshError
 
     return {
-        "credentials": [HttpError({"code": 401, "message": "Invalid Credentials"}),
-                        exceptions.Unauthorized("Anonymous caller does not have access"),
-                        DefaultCredentialsError("Your default credentials were not found."),
-                        RefreshError("invalid_grant")],
-        "permission": [OSError("Forbidden: b/bkt/o\nsa@x does not have storage.objects.create"),
-                       exceptions.Forbidden("sa@x does not have storage.objects.get access"),
-                       HttpError({"code": 403, "message": "denied"})],
+        "credentials": [
+            HttpError({"code": 401, "message": "Invalid Credentials"}),
+            exceptions.Unauthorized("Anonymous caller does not have access"),
+            DefaultCredentialsError("Your default credentials were not found."),
+            RefreshError("invalid_grant"),
+        ],
+        "permission": [
+            OSError("Forbidden: b/bkt/o\nsa@x does not have storage.objects.create"),
+            exceptions.Forbidden("sa@x does not have storage.objects.get access"),
+            HttpError({"code": 403, "message": "denied"}),
+        ],
     }
 
 
-@pytest.mark.parametrize("kind, index", [("credentials", i) for i in range(4)]
-                         + [("permission", i) for i in range(3)])
+@pytest.mark.parametrize(
+    "kind, index", [("credentials", i) for i in range(4)] + [("permission", i) for i in range(3)]
+)
 def test_credential_and_permission_failures_read_as_one_line_naming_the_bucket(kind, index):
     """The clients' own credential and permission errors read as one line.
 
@@ -254,17 +281,22 @@ def test_credential_and_permission_failures_read_as_one_line_naming_the_bucket(k
     explained = storage.explain(error, "gs://zegot-bkt/run/metrics.jsonl")
     assert isinstance(explained, ValueError) and "\n" not in str(explained)
     assert "bucket zegot-bkt" in str(explained)
-    assert ("gcloud auth application-default login" if kind == "credentials"
-            else "get-iam-policy gs://zegot-bkt") in str(explained)
+    assert (
+        "gcloud auth application-default login" if kind == "credentials" else "get-iam-policy gs://zegot-bkt"
+    ) in str(explained)
 
 
 # The gs:// lock.
 
+
 def test_a_second_training_is_refused_with_the_holder_named(gs):
     held = gcs_lock.acquire(gs)
     try:
-        with pytest.raises(ValueError, match=rf"in use by another training \(pid {os.getpid()} on host "
-                                             rf".*, started .*, heartbeat \d+ s ago\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"in use by another training \(pid {os.getpid()} on host "
+            rf".*, started .*, heartbeat \d+ s ago\)",
+        ):
             gcs_lock.acquire(gs)
     finally:
         gcs_lock.release(held)
@@ -297,8 +329,9 @@ def test_the_heartbeat_rewrites_the_lock(gs):
     try:
         first = held.generation
         deadline = time.monotonic() + 5
-        while _blob(f"{gs}/{gcs_lock.LOCK_NAME}").exists() and held._beats < 2 and \
-                time.monotonic() < deadline:
+        while (
+            _blob(f"{gs}/{gcs_lock.LOCK_NAME}").exists() and held._beats < 2 and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         assert held._beats >= 2 and held.generation != first and held.lost is None
     finally:

@@ -20,9 +20,14 @@ def _result(details: bool = True) -> SegmentationResult:
         sim = rng.uniform(-1, 1, size=(2, 3, 2, 2, 3)).astype(np.float32)
         plan = rng.dirichlet(np.ones(3), size=(2, 3, 2, 2)).astype(np.float32)
         extra = {"similarity": sim, "plan": plan, "layer_logits": (3 * plan * sim).sum(-1)}
-    return SegmentationResult(class_names=("cat", "dog", "grass"),
-                              image=rng.integers(0, 256, (12, 16, 3), dtype=np.uint8),
-                              label_map=label_map, scores=scores, layers=(5, 11), **extra)
+    return SegmentationResult(
+        class_names=("cat", "dog", "grass"),
+        image=rng.integers(0, 256, (12, 16, 3), dtype=np.uint8),
+        label_map=label_map,
+        scores=scores,
+        layers=(5, 11),
+        **extra,
+    )
 
 
 def test_palette_is_distinct_and_deterministic():
@@ -89,9 +94,13 @@ def test_prompt_grid_errors():
 def test_a_huge_image_is_drawn_at_display_size():
     label_map = np.zeros((4100, 300), np.int32)
     label_map[2000:] = 1
-    result = SegmentationResult(class_names=("cat", "dog"),
-                                image=np.zeros((4100, 300, 3), np.uint8), label_map=label_map,
-                                scores=None, layers=(11,))
+    result = SegmentationResult(
+        class_names=("cat", "dog"),
+        image=np.zeros((4100, 300, 3), np.uint8),
+        label_map=label_map,
+        scores=None,
+        layers=(11,),
+    )
     fig = viz.overlay_figure(result)
     shapes = [ax.images[0].get_array().shape[:2] for ax in fig.axes]
     assert shapes == [(1367, 100)] * 2  # every 3rd pixel: at most DISPLAY_MAX_SIDE per side

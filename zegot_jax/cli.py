@@ -38,11 +38,11 @@ def parse_classes(text: str) -> list[str]:
     """'cat, dog,grass' -> ['cat', 'dog', 'grass'] (validated: non-empty, no duplicates)."""
     names = [n.strip() for n in text.split(",")]
     if all(not n for n in names):
-        raise ValueError("--classes is empty: give comma-separated class names, e.g. "
-                         "--classes \"cat,dog,grass\".")
+        raise ValueError(
+            '--classes is empty: give comma-separated class names, e.g. --classes "cat,dog,grass".'
+        )
     if any(not n for n in names):
-        raise ValueError(f"--classes {text!r} has an empty name (two commas in a row or a "
-                         "trailing comma).")
+        raise ValueError(f"--classes {text!r} has an empty name (two commas in a row or a trailing comma).")
     return list(prompts_lib.check_vocabulary(names, max_classes=len(names)))
 
 
@@ -53,26 +53,41 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("images", nargs="+", help="Image files (PNG, JPEG, ...).")
     seg.add_argument("--run", required=True, help="A training workdir (its latest checkpoint).")
     seg.add_argument("--out", required=True, help="Output directory (created if needed).")
-    seg.add_argument("--classes", default=None,
-                     help="Comma-separated vocabulary; default: the run's own class list.")
-    seg.add_argument("--clip-weights", default=None,
-                     help="CLIP weights to use instead of the path the run's config names.")
-    seg.add_argument("--grid-classes", default=None,
-                     help="Comma-separated classes for the per-prompt grid (default: the 4 "
-                          "largest in each image).")
+    seg.add_argument(
+        "--classes", default=None, help="Comma-separated vocabulary; default: the run's own class list."
+    )
+    seg.add_argument(
+        "--clip-weights", default=None, help="CLIP weights to use instead of the path the run's config names."
+    )
+    seg.add_argument(
+        "--grid-classes",
+        default=None,
+        help="Comma-separated classes for the per-prompt grid (default: the 4 largest in each image).",
+    )
     seg.add_argument("--alpha", type=float, default=0.5, help="Overlay opacity in [0, 1].")
-    seg.add_argument("--no-calibrate", action="store_true",
-                     help="Do not subtract eval.seen_penalty from the run's seen classes.")
-    seg.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                     help="A Python module to import (or a .py file to run) before loading the "
-                          "run, e.g. one that registers the run's transport with "
-                          "zegot_jax.ot.register_transport. Repeatable.")
-    page = sub.add_parser("demo", help="Serve the interactive segmentation page (needs the demo "
-                                       "extra: pip install 'zegot-jax[demo]').")
+    seg.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="Do not subtract eval.seen_penalty from the run's seen classes.",
+    )
+    seg.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="A Python module to import (or a .py file to run) before loading the "
+        "run, e.g. one that registers the run's transport with "
+        "zegot_jax.ot.register_transport. Repeatable.",
+    )
+    page = sub.add_parser(
+        "demo",
+        help="Serve the interactive segmentation page (needs the demo extra: pip install 'zegot-jax[demo]').",
+    )
     page.add_argument("--run", required=True, help="A training workdir (its latest checkpoint).")
     page.add_argument("--port", type=int, default=7860, help="Port to serve on (default 7860).")
-    page.add_argument("--host", default="127.0.0.1",
-                      help="Address to serve on (default 127.0.0.1: this machine only).")
+    page.add_argument(
+        "--host", default="127.0.0.1", help="Address to serve on (default 127.0.0.1: this machine only)."
+    )
     return parser
 
 
@@ -105,30 +120,44 @@ def summarize(result: inference.SegmentationResult) -> dict:
         "classes": list(result.class_names),
         "present": [result.class_names[i] for i in np.argsort(-counts) if counts[i] > 0],
         "pixel_share": {n: round(float(share[i]), 6) for i, n in enumerate(result.class_names)},
-        "mean_score": {n: round(float(result.score_mean[i]), 6)
-                       for i, n in enumerate(result.class_names)},
-        "max_score": {n: round(float(result.score_max[i]), 6)
-                      for i, n in enumerate(result.class_names)},
-        **({} if result.ot_marginal_error is None else
-           {"ot_marginal_error": float(f"{result.ot_marginal_error:.3g}")}),
+        "mean_score": {n: round(float(result.score_mean[i]), 6) for i, n in enumerate(result.class_names)},
+        "max_score": {n: round(float(result.score_max[i]), 6) for i, n in enumerate(result.class_names)},
+        **(
+            {}
+            if result.ot_marginal_error is None
+            else {"ot_marginal_error": float(f"{result.ot_marginal_error:.3g}")}
+        ),
     }
 
 
-def segment_one(segmenter: inference.Segmenter, image: str, stem: str, out: Any,
-                args: argparse.Namespace, classes: list[str] | None,
-                grid_classes: list[str] | None) -> dict:
+def segment_one(
+    segmenter: inference.Segmenter,
+    image: str,
+    stem: str,
+    out: Any,
+    args: argparse.Namespace,
+    classes: list[str] | None,
+    grid_classes: list[str] | None,
+) -> dict:
     """Segments one image and writes its four outputs; returns its JSON summary."""
     start = time.perf_counter()
-    result = segmenter.segment(image, classes, details=True, calibrate=not args.no_calibrate,
-                               full_scores=False)  # one class at full resolution at a time
-    files = {"overlay": f"{stem}_overlay.png", "labels": f"{stem}_labels.png",
-             "prompts": f"{stem}_prompts.png"}
-    viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name),
-             out / files["overlay"])
+    result = segmenter.segment(
+        image, classes, details=True, calibrate=not args.no_calibrate, full_scores=False
+    )  # one class at full resolution at a time
+    files = {
+        "overlay": f"{stem}_overlay.png",
+        "labels": f"{stem}_labels.png",
+        "prompts": f"{stem}_prompts.png",
+    }
+    viz.save(viz.overlay_figure(result, alpha=args.alpha, title=Path(image).name), out / files["overlay"])
     viz.save_label_map(result.label_map, len(result.class_names), out / files["labels"])
     viz.save(viz.prompt_grid(result, grid_classes), out / files["prompts"])
-    summary = {"image": str(image), **summarize(result), "outputs": files,
-               "seconds": round(time.perf_counter() - start, 3)}
+    summary = {
+        "image": str(image),
+        **summarize(result),
+        "outputs": files,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
     storage.write_text(out / f"{stem}.json", strict_json.dumps(summary, indent=2), root=args.out)
     return summary
 
@@ -159,20 +188,28 @@ def segment_command(args: argparse.Namespace) -> int:
     out = storage.path(args.out)
     failures = []
     stems = _output_stems(args.images)
-    for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment",
-                            unit="img", file=sys.stderr):
+    for image, stem in tqdm(
+        list(zip(args.images, stems, strict=True)), desc="segment", unit="img", file=sys.stderr
+    ):
         try:
             segment_one(segmenter, image, stem, out, args, classes, grid)
-        except (ValueError, FileNotFoundError, TypeError, OSError, MemoryError,
-                RuntimeError) as e:  # one image failed: report it and go on to the next
+        except (
+            ValueError,
+            FileNotFoundError,
+            TypeError,
+            OSError,
+            MemoryError,
+            RuntimeError,
+        ) as e:  # one image failed: report it and go on to the next
             if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
                 raise  # not XLA's out-of-memory: a bug
             reason = str(e) or "out of memory"  # a bare MemoryError says nothing
             failures.append((image, f"{type(e).__name__}: {reason}"))
             tqdm.write(f"failed: {image}: {reason}", file=sys.stderr)
     done = len(args.images) - len(failures)
-    print(f"Segmented {done} of {len(args.images)} images into {out} "
-          f"({len(classes)} classes).", file=sys.stderr)
+    print(
+        f"Segmented {done} of {len(args.images)} images into {out} ({len(classes)} classes).", file=sys.stderr
+    )
     for image, reason in failures:
         print(f"  FAILED {image}: {reason}", file=sys.stderr)
     return 1 if failures else 0

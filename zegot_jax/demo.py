@@ -47,8 +47,9 @@ def require_gradio() -> Any:
         raise errors.MissingDependency(f"The demo page needs Gradio: {INSTALL}") from e
     if not hasattr(gradio, "Blocks"):  # e.g. Gradio's cache folder /tmp/gradio, run from /tmp
         where = ", ".join(getattr(gradio, "__path__", None) or [str(gradio.__file__)])
-        raise errors.MissingDependency(f"The demo page needs Gradio: {INSTALL} ('import gradio' "
-                                       f"finds {where}, which is not the package)")
+        raise errors.MissingDependency(
+            f"The demo page needs Gradio: {INSTALL} ('import gradio' finds {where}, which is not the package)"
+        )
     return gradio
 
 
@@ -61,11 +62,11 @@ def parse_vocabulary(text: str) -> list[str]:
     """
     names = [n.strip() for n in (text or "").split(",")]
     if all(not n for n in names):
-        raise ValueError("The vocabulary is empty: type comma-separated class names, e.g. "
-                         "'cat, dog, grass'.")
+        raise ValueError("The vocabulary is empty: type comma-separated class names, e.g. 'cat, dog, grass'.")
     if any(not n for n in names):
-        raise ValueError(f"The vocabulary {text.strip()!r} has an empty name (two commas in a row "
-                         "or a trailing comma).")
+        raise ValueError(
+            f"The vocabulary {text.strip()!r} has an empty name (two commas in a row or a trailing comma)."
+        )
     return names
 
 
@@ -91,13 +92,17 @@ def classes_note(segmenter: Segmenter) -> str:
     seen = {n.lower() for n in seen_classes(segmenter)}
     names = segmenter.run_class_names
     if not seen:
-        return (f"The run's classes ({len(names)}; none is penalised: the run did not train "
-                f"inductively): {', '.join(names)}.")
+        return (
+            f"The run's classes ({len(names)}; none is penalised: the run did not train "
+            f"inductively): {', '.join(names)}."
+        )
     unseen = [n for n in names if n.lower() not in seen]
-    return (f"The run's classes: **seen** in training (the seen penalty lowers their scores): "
-            f"{', '.join(n for n in names if n.lower() in seen)}; **unseen**: "
-            f"{', '.join(unseen) or 'none'}. Any other name works too (at most "
-            f"{segmenter.config.model.max_classes}).")
+    return (
+        f"The run's classes: **seen** in training (the seen penalty lowers their scores): "
+        f"{', '.join(n for n in names if n.lower() in seen)}; **unseen**: "
+        f"{', '.join(unseen) or 'none'}. Any other name works too (at most "
+        f"{segmenter.config.model.max_classes})."
+    )
 
 
 def write_examples(directory: Path, count: int = NUM_EXAMPLES) -> list[str]:
@@ -116,8 +121,15 @@ def score_table(result: SegmentationResult) -> list[list[Any]]:
     """Rows of class, mean score, max score and pixel share (of the label map)."""
     counts = np.bincount(result.label_map.ravel(), minlength=len(result.class_names))
     share = counts / max(int(counts.sum()), 1)
-    return [[name, round(float(result.score_mean[i]), 4), round(float(result.score_max[i]), 4),
-             round(float(share[i]), 4)] for i, name in enumerate(result.class_names)]
+    return [
+        [
+            name,
+            round(float(result.score_mean[i]), 4),
+            round(float(result.score_max[i]), 4),
+            round(float(share[i]), 4),
+        ]
+        for i, name in enumerate(result.class_names)
+    ]
 
 
 def largest_class(result: SegmentationResult) -> str:
@@ -138,8 +150,14 @@ def save_prompt_maps(result: SegmentationResult, name: str, path: Path) -> None:
     PIL.Image.fromarray(np.concatenate([pad(p) for p in pictures])).save(path)
 
 
-def segment_request(segmenter: Segmenter, image_path: str | None, vocabulary: str,
-                    penalty: float, out: Path, name: str = "image") -> dict[str, Any]:
+def segment_request(
+    segmenter: Segmenter,
+    image_path: str | None,
+    vocabulary: str,
+    penalty: float,
+    out: Path,
+    name: str = "image",
+) -> dict[str, Any]:
     """One press of the page's button: segments and writes the pictures and the label map.
 
     Args:
@@ -165,7 +183,8 @@ def segment_request(segmenter: Segmenter, image_path: str | None, vocabulary: st
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise ValueError(str(e).replace(repr(str(image_path)), repr(name))) from None
     result = with_seen_penalty(segmenter, penalty).segment(
-        pixels, names, details=True, full_scores=False)  # the same label map, less memory
+        pixels, names, details=True, full_scores=False
+    )  # the same label map, less memory
     seconds = time.perf_counter() - start
     stem = Path(name).stem or "image"
     files = {key: out / f"{stem}_{key}.png" for key in ("overlay", "labels", "prompts")}
@@ -174,16 +193,22 @@ def segment_request(segmenter: Segmenter, image_path: str | None, vocabulary: st
     grid_class = largest_class(result)
     save_prompt_maps(result, grid_class, files["prompts"])
     height, width = result.label_map.shape
-    status = (f"{name}: {width}x{height} pixels, {len(names)} classes, segmented in {seconds:.2f} s "
-              f"({time.perf_counter() - start:.2f} s with the pictures).")
-    return {"result": result, **{k: str(v) for k, v in files.items()},
-            "table": score_table(result), "grid_class": grid_class, "status": status}
+    status = (
+        f"{name}: {width}x{height} pixels, {len(names)} classes, segmented in {seconds:.2f} s "
+        f"({time.perf_counter() - start:.2f} s with the pictures)."
+    )
+    return {
+        "result": result,
+        **{k: str(v) for k, v in files.items()},
+        "table": score_table(result),
+        "grid_class": grid_class,
+        "status": status,
+    }
 
 
 def _shown(e: BaseException) -> str | None:
     """The one-line message for a failure the user can fix (None: a bug, re-raised)."""
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError)
-                                      and "RESOURCE_EXHAUSTED" in str(e)):
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" in str(e)):
         return "Out of memory for this image and vocabulary: try a smaller image or fewer classes."
     if isinstance(e, errors.USER_ERRORS):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -234,9 +259,15 @@ def _handlers(gr: Any, segmenter: Segmenter, files: _Files) -> tuple[Callable, C
             raise gr.Error(message, print_exception=False) from None
         result = page["result"]
         kept = result._replace(image=None, label_map=None)  # what the class menu redraws from
-        return (page["overlay"], page["labels"], page["table"],
-                gr.Dropdown(choices=list(result.class_names), value=page["grid_class"]),
-                page["prompts"], page["status"], kept)
+        return (
+            page["overlay"],
+            page["labels"],
+            page["table"],
+            gr.Dropdown(choices=list(result.class_names), value=page["grid_class"]),
+            page["prompts"],
+            page["status"],
+            kept,
+        )
 
     def on_grid_class(name, result):
         if result is None or name not in result.class_names:
@@ -253,40 +284,57 @@ def build(segmenter: Segmenter) -> gr.Blocks:
     gr = require_gradio()
     files = _Files()
     on_segment, on_grid_class = _handlers(gr, segmenter, files)
-    with gr.Blocks(title="zegot_jax: zero-shot segmentation", analytics_enabled=False,
-                   delete_cache=(3600, 86400)) as page:
+    with gr.Blocks(
+        title="zegot_jax: zero-shot segmentation", analytics_enabled=False, delete_cache=(3600, 86400)
+    ) as page:
         gr.Markdown("## zegot_jax: segment an image with any vocabulary")
         gr.Markdown(classes_note(segmenter))
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(label="image", type="filepath", format="png", elem_id="image")
-                gr.Examples(examples=[[p] for p in files.examples], inputs=[image],
-                            label="synthetic world test images")
-                vocabulary = gr.Textbox(label="vocabulary (comma-separated)", lines=3,
-                                        value=", ".join(segmenter.run_class_names),
-                                        elem_id="vocabulary")
-                penalty = gr.Slider(0.0, 1.0, value=float(segmenter.config.eval.seen_penalty),
-                                    step=0.01, elem_id="penalty",
-                                    label="seen penalty (subtracted from the seen classes' scores)",
-                                    interactive=bool(seen_classes(segmenter)))
+                gr.Examples(
+                    examples=[[p] for p in files.examples],
+                    inputs=[image],
+                    label="synthetic world test images",
+                )
+                vocabulary = gr.Textbox(
+                    label="vocabulary (comma-separated)",
+                    lines=3,
+                    value=", ".join(segmenter.run_class_names),
+                    elem_id="vocabulary",
+                )
+                penalty = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=float(segmenter.config.eval.seen_penalty),
+                    step=0.01,
+                    elem_id="penalty",
+                    label="seen penalty (subtracted from the seen classes' scores)",
+                    interactive=bool(seen_classes(segmenter)),
+                )
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column(scale=2):
-                overlay = gr.Image(label="overlay", format="png", interactive=False,
-                                   elem_id="overlay")
+                overlay = gr.Image(label="overlay", format="png", interactive=False, elem_id="overlay")
                 status = gr.Markdown(elem_id="status")
-                labels = gr.File(label="label map (palette PNG of class indices)",
-                                 elem_id="labels")
-                table = gr.Dataframe(headers=SCORE_HEADERS, label="per-class scores",
-                                     interactive=False, elem_id="scores")
-        grid_class = gr.Dropdown(label="class for the per-prompt maps", choices=[],
-                                 elem_id="grid-class")
-        prompts = gr.Image(label="per-prompt similarity maps and transport plans, each layer",
-                           format="png", interactive=False, elem_id="prompts")
-        button.click(on_segment, [image, vocabulary, penalty],
-                     [overlay, labels, table, grid_class, prompts, status, state],
-                     preprocess=False,  # the image is read here, to word a bad file's message
-                     concurrency_id="model")
+                labels = gr.File(label="label map (palette PNG of class indices)", elem_id="labels")
+                table = gr.Dataframe(
+                    headers=SCORE_HEADERS, label="per-class scores", interactive=False, elem_id="scores"
+                )
+        grid_class = gr.Dropdown(label="class for the per-prompt maps", choices=[], elem_id="grid-class")
+        prompts = gr.Image(
+            label="per-prompt similarity maps and transport plans, each layer",
+            format="png",
+            interactive=False,
+            elem_id="prompts",
+        )
+        button.click(
+            on_segment,
+            [image, vocabulary, penalty],
+            [overlay, labels, table, grid_class, prompts, status, state],
+            preprocess=False,  # the image is read here, to word a bad file's message
+            concurrency_id="model",
+        )
         grid_class.input(on_grid_class, [grid_class, state], [prompts], concurrency_id="model")
     return page.queue(default_concurrency_limit=1)
 
@@ -311,10 +359,11 @@ def serve(segmenter: Segmenter, *, host: str = "127.0.0.1", port: int = 7860) ->
     """
     page = build(segmenter)
     try:
-        page.launch(server_name=host, server_port=port, inline=False, quiet=True,
-                    prevent_thread_lock=True)
+        page.launch(server_name=host, server_port=port, inline=False, quiet=True, prevent_thread_lock=True)
     except OSError as e:
-        raise OSError(f"Cannot serve on {host}:{port}: the port is taken or the address is not "
-                      "this machine's; pick another --port or --host.") from e
+        raise OSError(
+            f"Cannot serve on {host}:{port}: the port is taken or the address is not "
+            "this machine's; pick another --port or --host."
+        ) from e
     print(f"Serving the page on {page.local_url} (Ctrl-C stops).", file=sys.stderr, flush=True)
     page.block_thread()

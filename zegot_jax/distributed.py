@@ -28,9 +28,19 @@ MODES = ("auto", "on", "off")
 HEARTBEAT_TIMEOUT_S = 60  # JAX's default is 100 s; see `start`
 
 # Words of the errors a collective or the coordination service raises when a process is gone.
-_LOST_PEER_MARKS = ("connection closed by peer", "connection reset by peer", "gloo",
-                    "heartbeat", "unavailable:", "deadline_exceeded", "nccl", "barrier failed",
-                    "coordination service", "socket closed", "broken pipe")
+_LOST_PEER_MARKS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "gloo",
+    "heartbeat",
+    "unavailable:",
+    "deadline_exceeded",
+    "nccl",
+    "barrier failed",
+    "coordination service",
+    "socket closed",
+    "broken pipe",
+)
 
 
 def _explicit() -> dict | None:
@@ -40,10 +50,15 @@ def _explicit() -> dict | None:
         return None
     missing = [v for v in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID") if v not in os.environ]
     if missing:
-        raise ValueError(f"JAX_NUM_PROCESSES={num} needs {' and '.join(missing)} too (the "
-                         "coordinator's host:port, and this process's index from 0).")
-    return {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"], "num_processes": num,
-            "process_id": int(os.environ["JAX_PROCESS_ID"])}
+        raise ValueError(
+            f"JAX_NUM_PROCESSES={num} needs {' and '.join(missing)} too (the "
+            "coordinator's host:port, and this process's index from 0)."
+        )
+    return {
+        "coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+        "num_processes": num,
+        "process_id": int(os.environ["JAX_PROCESS_ID"]),
+    }
 
 
 def detected_cluster() -> tuple[str, int] | None:
@@ -66,9 +81,11 @@ def detected_cluster() -> tuple[str, int] | None:
                 return env.__name__, int(env.get_process_count())
         except Exception as e:  # the cluster's own look-up (metadata server, API) failed
             first = " ".join(str(e).split())[:200]
-            raise ValueError(f"JAX detects a {env.__name__} but cannot read how many processes "
-                             f"it has ({type(e).__name__}: {first}); fix that, or train on this "
-                             "host alone with --config.distributed.initialize=off.") from e
+            raise ValueError(
+                f"JAX detects a {env.__name__} but cannot read how many processes "
+                f"it has ({type(e).__name__}: {first}); fix that, or train on this "
+                "host alone with --config.distributed.initialize=off."
+            ) from e
     return None
 
 
@@ -100,9 +117,11 @@ def start(mode: str = "auto", *, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S)
         return "explicit"
     cluster = detected_cluster()
     if cluster is None and mode == "on":
-        raise ValueError("distributed.initialize='on', but JAX detects no cluster and "
-                         "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are not "
-                         "set; set them, or use 'auto' to train on this host alone.")
+        raise ValueError(
+            "distributed.initialize='on', but JAX detects no cluster and "
+            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are not "
+            "set; set them, or use 'auto' to train on this host alone."
+        )
     if mode == "auto" and (cluster is None or cluster[1] <= 1):
         return "one process"
     jax.distributed.initialize(**timeouts)
@@ -120,6 +139,8 @@ def lost_peer(error: BaseException) -> bool:
 def lost_peer_message(error: BaseException) -> str:
     """One line: a peer was lost, what failed, and that the same command resumes."""
     first = " ".join(str(error).split())[:160]
-    return (f"process {jax.process_index()} of {jax.process_count()} lost a peer process "
-            f"({type(error).__name__}: {first}); run the same command on every host again: it "
-            "resumes from the last complete checkpoint.")
+    return (
+        f"process {jax.process_index()} of {jax.process_count()} lost a peer process "
+        f"({type(error).__name__}: {first}); run the same command on every host again: it "
+        "resumes from the last complete checkpoint."
+    )

@@ -71,8 +71,10 @@ def check_writable_dir(path: str, what: str) -> None:
     if not os.path.isdir(existing):
         raise ValueError(f"{what} {path} cannot be created: {existing} is a file.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {path} is not writable ({existing} does not allow it); pick "
-                         "another directory or fix its permissions.")
+        raise ValueError(
+            f"{what} {path} is not writable ({existing} does not allow it); pick "
+            "another directory or fix its permissions."
+        )
 
 
 def _in_config_file(error: BaseException, argv: list[str]) -> str | None:
@@ -85,11 +87,11 @@ def _in_config_file(error: BaseException, argv: list[str]) -> str | None:
     if not files:
         return None
     path = os.path.abspath(files[0])
-    if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
-            error.filename) == path:
+    if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == path:
         return f"{files[0]}, line {error.lineno}: SyntaxError: {error.msg}"
-    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-             if os.path.abspath(f.filename) == path]
+    lines = [
+        f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path
+    ]
     if lines:
         message = " ".join(str(error).split())
         return f"{files[0]}, line {lines[-1]}: {type(error).__name__}: {message}"
@@ -116,8 +118,11 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
         lines = [line for line in str(e).splitlines() if line.strip()]
         if "Traceback (most recent call last):" in lines and not os.environ.get("ZEGOT_DEBUG"):
             lines = [lines[0].rstrip(":") + ":", lines[-1]]  # the config file's own error only
-        print(f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull to "
-              "see help on flags.", file=sys.stderr)
+        print(
+            f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull to "
+            "see help on flags.",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except Exception as e:  # the config file and the overrides run user code
         if os.environ.get("ZEGOT_DEBUG"):
@@ -128,8 +133,11 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
         if not isinstance(e, AttributeError | KeyError | OSError | ValueError | TypeError):
             raise
         inner = e
-        while isinstance(inner, AttributeError | KeyError) and inner.args and isinstance(
-                inner.args[0], BaseException | str):
+        while (
+            isinstance(inner, AttributeError | KeyError)
+            and inner.args
+            and isinstance(inner.args[0], BaseException | str)
+        ):
             if isinstance(inner.args[0], str):
                 inner = inner.args[0]
                 break

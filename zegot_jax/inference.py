@@ -16,5 +16,13 @@ from zegot_jax.evaluation.segmenter import SegmentationResult, Segmenter, proces
 from zegot_jax.runs.checkpoint import saved_config
 from zegot_jax.runs.saved import check_run
 
-__all__ = ["ImageLike", "SegmentationResult", "Segmenter", "check_run", "load_image",
-           "override", "processed_size", "saved_config"]
+__all__ = [
+    "ImageLike",
+    "SegmentationResult",
+    "Segmenter",
+    "check_run",
+    "load_image",
+    "override",
+    "processed_size",
+    "saved_config",
+]

@@ -54,8 +54,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def batch_problem(global_batch_size: int, devices: int) -> str | None:
     """Why `global_batch_size` cannot be split over `devices` (None when it can)."""
     if global_batch_size % devices:
-        return (f"train.global_batch_size={global_batch_size} is not divisible by the {devices} "
-                f"devices; use a multiple of {devices}.")
+        return (
+            f"train.global_batch_size={global_batch_size} is not divisible by the {devices} "
+            f"devices; use a multiple of {devices}."
+        )
     return None
 
 
@@ -69,5 +71,4 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
 def to_global(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's local batch into global arrays sharded over `DATA`."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}

@@ -45,16 +45,19 @@ def path(p: str | os.PathLike) -> epath.Path:
     if match := _URL.match(text):
         if match.group(1) != "gs":
             raise ValueError(f"{text}: {match.group(1)}:// storage is not supported; use {SUPPORTED}.")
-        if not text[len("gs://"):].split("/", 1)[0]:
+        if not text[len("gs://") :].split("/", 1)[0]:
             raise ValueError(f"{text} names no bucket; use gs://BUCKET/PATH.")
         return epath.Path(text)
     if text.startswith("gs:"):
-        raise ValueError(f"{text} is not a gs:// URL (a local folder named 'gs:' would be made); "
-                         "write gs://BUCKET/PATH.")
+        raise ValueError(
+            f"{text} is not a gs:// URL (a local folder named 'gs:' would be made); write gs://BUCKET/PATH."
+        )
     local = epath.Path(os.path.expanduser(text))
     if local.parts[:1] == ("/",) and local.parts[1:2] and local.parts[1] in _EPATH_ROOTS:
-        raise ValueError(f"{text}: etils.epath reads a local path under /{local.parts[1]}/ as "
-                         f"{local.parts[1]}://...; use another local folder.")
+        raise ValueError(
+            f"{text}: etils.epath reads a local path under /{local.parts[1]}/ as "
+            f"{local.parts[1]}://...; use another local folder."
+        )
     return local
 
 
@@ -82,9 +85,11 @@ def check_writable(p: str | os.PathLike, what: str) -> None:
     require_gcs(text)
     with gcs_errors(text):
         if not bucket_exists(bucket(text)):
-            raise FileNotFoundError(f"{what} {text}: bucket {bucket(text)} does not exist (or is "
-                                    "not visible to this account); check the name, or create it "
-                                    f"with `gcloud storage buckets create gs://{bucket(text)}`.")
+            raise FileNotFoundError(
+                f"{what} {text}: bucket {bucket(text)} does not exist (or is "
+                "not visible to this account); check the name, or create it "
+                f"with `gcloud storage buckets create gs://{bucket(text)}`."
+            )
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -104,12 +109,15 @@ def require_gcs(p: str | os.PathLike) -> None:
     """
     if not is_remote(p):
         return
-    missing = [name for name, module in (("gcsfs", "gcsfs"),
-                                         ("google-cloud-storage", "google.cloud.storage"))
-               if _find(module) is None]
+    missing = [
+        name
+        for name, module in (("gcsfs", "gcsfs"), ("google-cloud-storage", "google.cloud.storage"))
+        if _find(module) is None
+    ]
     if missing:
-        raise MissingDependency(f"{p} is on Google Cloud Storage, which needs {' and '.join(missing)}: "
-                                f"{INSTALL_GCS}")
+        raise MissingDependency(
+            f"{p} is on Google Cloud Storage, which needs {' and '.join(missing)}: {INSTALL_GCS}"
+        )
 
 
 def _find(module: str):
@@ -156,23 +164,33 @@ def explain(error: Exception, p: str | os.PathLike) -> Exception:
     name = bucket(p)
     code = getattr(error, "code", None)  # gcsfs's HttpError and google.api_core's exceptions
     kind = type(error).__name__
-    if kind in ("DefaultCredentialsError", "RefreshError") or code == 401 or \
-            "Anonymous caller" in str(error):
-        return ValueError(f"{p}: no usable Google Cloud credentials for bucket {name} ({kind}); "
-                          "run `gcloud auth application-default login`, set "
-                          "GOOGLE_APPLICATION_CREDENTIALS, or check the VM's service account and "
-                          "its storage scope.")
-    if isinstance(error, PermissionError) or code == 403 or kind == "Forbidden" or \
-            str(error).startswith("Forbidden"):  # gcsfs raises OSError('Forbidden: ...')
-        return ValueError(f"{p}: permission denied on bucket {name}; the account in use needs "
-                          "read and write access to its objects (roles/storage.objectUser or "
-                          "objectAdmin): check `gcloud storage buckets get-iam-policy gs://"
-                          f"{name}`.")
-    if (isinstance(error, FileNotFoundError) or code == 404 or kind == "NotFound") and \
-            not bucket_exists(name):
-        return FileNotFoundError(f"{p}: bucket {name} does not exist (or is not visible to this "
-                                 f"account); check the name, or create it with `gcloud storage "
-                                 f"buckets create gs://{name}`.")
+    if kind in ("DefaultCredentialsError", "RefreshError") or code == 401 or "Anonymous caller" in str(error):
+        return ValueError(
+            f"{p}: no usable Google Cloud credentials for bucket {name} ({kind}); "
+            "run `gcloud auth application-default login`, set "
+            "GOOGLE_APPLICATION_CREDENTIALS, or check the VM's service account and "
+            "its storage scope."
+        )
+    if (
+        isinstance(error, PermissionError)
+        or code == 403
+        or kind == "Forbidden"
+        or str(error).startswith("Forbidden")
+    ):  # gcsfs raises OSError('Forbidden: ...')
+        return ValueError(
+            f"{p}: permission denied on bucket {name}; the account in use needs "
+            "read and write access to its objects (roles/storage.objectUser or "
+            "objectAdmin): check `gcloud storage buckets get-iam-policy gs://"
+            f"{name}`."
+        )
+    if (isinstance(error, FileNotFoundError) or code == 404 or kind == "NotFound") and not bucket_exists(
+        name
+    ):
+        return FileNotFoundError(
+            f"{p}: bucket {name} does not exist (or is not visible to this "
+            f"account); check the name, or create it with `gcloud storage "
+            f"buckets create gs://{name}`."
+        )
     return error
 
 
@@ -201,9 +219,11 @@ def check_no_links(p: str | os.PathLike, root: str | os.PathLike) -> None:
     folder = os.path.dirname(target)
     while len(folder) > len(top):
         if os.path.islink(folder):
-            raise ValueError(f"{folder} is a symbolic link inside the run {root}: writing "
-                             f"{os.path.basename(target)} through it would leave the run; replace "
-                             "it with a folder.")
+            raise ValueError(
+                f"{folder} is a symbolic link inside the run {root}: writing "
+                f"{os.path.basename(target)} through it would leave the run; replace "
+                "it with a folder."
+            )
         folder = os.path.dirname(folder)
 
 
@@ -282,15 +302,19 @@ def listdir(p: str | os.PathLike) -> list[str]:
                 raise
             return []
     prefix = str(target).removeprefix("gs://").rstrip("/") + "/"
-    return sorted({e.removeprefix(prefix).split("/", 1)[0] for e in entries
-                   if e.startswith(prefix) and e != prefix})
+    return sorted(
+        {e.removeprefix(prefix).split("/", 1)[0] for e in entries if e.startswith(prefix) and e != prefix}
+    )
 
 
 def _objects(root: epath.Path) -> list[str]:
     """Every object under gs:// folder `root`, as paths relative to it."""
     prefix = str(root).removeprefix("gs://").rstrip("/") + "/"
-    return sorted(o.removeprefix(prefix) for o in _gcsfs().find(str(root)) if o.startswith(prefix)
-                  and not o.endswith("/"))
+    return sorted(
+        o.removeprefix(prefix)
+        for o in _gcsfs().find(str(root))
+        if o.startswith(prefix) and not o.endswith("/")
+    )
 
 
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -310,8 +334,9 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
         return _upload_tree(source, target)
     if not is_remote(source):
         shutil.copytree(source, target, symlinks=True)
-        return sorted(os.path.relpath(os.path.join(d, f), source)
-                      for d, _, files in os.walk(source) for f in files)
+        return sorted(
+            os.path.relpath(os.path.join(d, f), source) for d, _, files in os.walk(source) for f in files
+        )
     with gcs_errors(source):
         names = _objects(source)
         if not names:
@@ -336,8 +361,9 @@ def _upload_tree(source: epath.Path, target: epath.Path) -> list[str]:
     return sorted(names)
 
 
-def move_tree(src: str | os.PathLike, dst: str | os.PathLike, *,
-              root: str | os.PathLike | None = None) -> None:
+def move_tree(
+    src: str | os.PathLike, dst: str | os.PathLike, *, root: str | os.PathLike | None = None
+) -> None:
     """Moves folder `src` to `dst` (which must not exist).
 
     For example a damaged checkpoint step into `corrupt_checkpoints/`. Locally a rename (of a

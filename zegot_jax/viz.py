@@ -45,14 +45,15 @@ def colorize(label_map: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return out
 
 
-def blend(image: np.ndarray, label_map: np.ndarray, colours: np.ndarray,
-          alpha: float = 0.5) -> np.ndarray:
+def blend(image: np.ndarray, label_map: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image `[H, W, 3]` uint8 with the class colours laid over it at opacity `alpha`."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     if image.shape[:2] != np.shape(label_map):
-        raise ValueError(f"image {image.shape[:2]} and label map {np.shape(label_map)} differ in "
-                         "size; resize the label map (nearest) first.")
+        raise ValueError(
+            f"image {image.shape[:2]} and label map {np.shape(label_map)} differ in "
+            "size; resize the label map (nearest) first."
+        )
     mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(label_map, colours)
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
@@ -69,8 +70,9 @@ def new_figure(width: float, height: float, layout: str | None = None) -> Figure
 DISPLAY_MAX_SIDE = 2000
 
 
-def overlay_figure(result: SegmentationResult, *, alpha: float = 0.5, present_only: bool = True,
-                   title: str | None = None) -> Figure:
+def overlay_figure(
+    result: SegmentationResult, *, alpha: float = 0.5, present_only: bool = True, title: str | None = None
+) -> Figure:
     """The image, and the image with the colour-coded label map and a legend (pixel shares)."""
     colours = palette(len(result.class_names))
     height, width = result.label_map.shape
@@ -86,31 +88,41 @@ def overlay_figure(result: SegmentationResult, *, alpha: float = 0.5, present_on
     for ax in (left, right):
         ax.set_axis_off()
     shown = [i for i in np.argsort(-counts) if counts[i] > 0 or not present_only]
-    handles = [Patch(color=colours[i] / 255.0,
-                     label=f"{result.class_names[i]} ({100 * counts[i] / counts.sum():.0f}%)")
-               for i in shown]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.9, 0.5), frameon=False,
-               fontsize="small")
+    handles = [
+        Patch(
+            color=colours[i] / 255.0, label=f"{result.class_names[i]} ({100 * counts[i] / counts.sum():.0f}%)"
+        )
+        for i in shown
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.9, 0.5), frameon=False, fontsize="small")
     fig.subplots_adjust(left=0.01, right=0.89, wspace=0.03)
     return fig
 
 
-def pick_classes(result: SegmentationResult, classes: Sequence[str] | None = None,
-                 limit: int = 4) -> list[int]:
+def pick_classes(
+    result: SegmentationResult, classes: Sequence[str] | None = None, limit: int = 4
+) -> list[int]:
     """Indices of `classes` (by name), or of up to `limit` classes covering the most pixels."""
     if classes is not None:
         lookup = {n.lower(): i for i, n in enumerate(result.class_names)}
         missing = [c for c in classes if c.lower() not in lookup]
         if missing:
-            raise ValueError(f"Classes {missing} are not in this result's vocabulary "
-                             f"{list(result.class_names)}.")
+            raise ValueError(
+                f"Classes {missing} are not in this result's vocabulary {list(result.class_names)}."
+            )
         return [lookup[c.lower()] for c in classes]
     counts = np.bincount(result.label_map.ravel(), minlength=len(result.class_names))
     return [int(i) for i in np.argsort(-counts, kind="stable")[:limit] if counts[i] > 0]
 
 
-def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None, *,
-                kinds: Sequence[str] = KINDS, layer: int | None = None, limit: int = 4) -> Figure:
+def prompt_grid(
+    result: SegmentationResult,
+    classes: Sequence[str] | None = None,
+    *,
+    kinds: Sequence[str] = KINDS,
+    layer: int | None = None,
+    limit: int = 4,
+) -> Figure:
     """Per-prompt maps of chosen classes: one row per (class, kind), one column per prompt.
 
     Args:
@@ -127,16 +139,16 @@ def prompt_grid(result: SegmentationResult, classes: Sequence[str] | None = None
         raise ValueError(f"kinds={list(kinds)}: choose from {KINDS}.")
     num_layers = result.similarity.shape[0]
     if layer is not None and not -num_layers <= layer < num_layers:
-        raise ValueError(f"layer={layer} but the result has {num_layers} layers "
-                         f"(CLIP layers {result.layers}).")
+        raise ValueError(
+            f"layer={layer} but the result has {num_layers} layers (CLIP layers {result.layers})."
+        )
     ids = pick_classes(result, classes, limit)
     maps = {k: getattr(result, k) for k in kinds}
     maps = {k: (v.mean(0) if layer is None else v[layer]) for k, v in maps.items()}  # [K,h,w,N]
     num_prompts, (h, w) = result.similarity.shape[-1], result.similarity.shape[2:4]
     rows = [(i, k) for i in ids for k in kinds]
     cell = 1.6
-    fig = new_figure(cell * num_prompts + 1.2, (cell * h / w + 0.15) * len(rows) + 0.5,
-                  layout="constrained")
+    fig = new_figure(cell * num_prompts + 1.2, (cell * h / w + 0.15) * len(rows) + 0.5, layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), num_prompts, squeeze=False))
     where = "mean over layers" if layer is None else f"layer {result.layers[layer]}"
     for r, (i, kind) in enumerate(rows):

@@ -12,8 +12,14 @@ def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.Complete
     """`python benchmarks/<name> args...` on the CPU, importing this checkout's package."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tables(text: str) -> list[list[dict[str, str]]]:

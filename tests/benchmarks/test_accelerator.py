@@ -37,7 +37,11 @@ def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
         assert math.isfinite(float(row["CPU loss"])) and row["device"] == "cpu"
         assert float(row["loss rel. diff"]) < 1e-4 and float(row["gradient max rel. diff"]) < 1e-4
     assert sorted((r["clip.dtype"], r["K"]) for r in steps) == [
-        ("bfloat16", "3"), ("bfloat16", "5"), ("float32", "3"), ("float32", "5")]
+        ("bfloat16", "3"),
+        ("bfloat16", "5"),
+        ("float32", "3"),
+        ("float32", "5"),
+    ]
     for row in steps:
         step_s = float(row["step (ms)"].replace(",", "")) / 1e3
         assert step_s > 0 and math.isfinite(float(row["loss"]))
@@ -48,7 +52,8 @@ def test_smoke_prints_every_table_with_finite_losses_and_cpu_agreement():
     (row,) = evaluation
     assert (row["K"], row["image size"], row["batch"]) == ("5", "32x42", "8")
     assert float(row["images/s"].replace(",", "")) == pytest.approx(
-        8e3 / float(row["batch time (ms)"].replace(",", "")), rel=0.01)
+        8e3 / float(row["batch time (ms)"].replace(",", "")), rel=0.01
+    )
     assert [row["variant"] for row in ranking] == ["default", "model.ot.enabled=False"]
     for row in ranking:
         assert row["seeds"] == "2" and row["steps"] == "2" and float(row["compile (s)"]) > 0
@@ -70,8 +75,7 @@ def test_a_budget_too_small_skips_everything_with_the_estimate():
 def _fake_setup():
     config = types.SimpleNamespace(clip=types.SimpleNamespace(text_context_length=16))
     model = types.SimpleNamespace(text_inputs=lambda names, length: {})
-    return types.SimpleNamespace(model=model, config=config, step=None, frozen=None,
-                                 state=lambda: None)
+    return types.SimpleNamespace(model=model, config=config, step=None, frozen=None, state=lambda: None)
 
 
 def test_out_of_memory_is_a_row_and_other_errors_propagate(bench, monkeypatch):

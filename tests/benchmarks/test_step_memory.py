@@ -4,11 +4,14 @@ import pytest
 from md_tables import ROOT, run_script, tables
 
 # ':smoke' runs 5 Sinkhorn iterations; the default solver is Newton with 10 steps, implicit.
-TRAINING = ["image tower forward (frozen, no grad)", "text tower forward+backward",
-            "MPOT forward+backward (sinkhorn 5, unrolled)",
-            "MPOT forward+backward (newton 10, implicit)",
-            "loss forward+backward (upsample, focal + dice)",
-            "train step (whole, AdamW; OT newton 10, implicit)"]
+TRAINING = [
+    "image tower forward (frozen, no grad)",
+    "text tower forward+backward",
+    "MPOT forward+backward (sinkhorn 5, unrolled)",
+    "MPOT forward+backward (newton 10, implicit)",
+    "loss forward+backward (upsample, focal + dice)",
+    "train step (whole, AdamW; OT newton 10, implicit)",
+]
 SEGMENT = ["segment forward (tower + DLFA + MPOT + upsample)", "MPOT forward (newton 10, implicit)"]
 
 
@@ -39,9 +42,13 @@ def test_overrides_are_literals_or_strings(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import harness  # noqa: PLC0415
 
-    assert harness.parse_overrides(["model.ot.backward=unrolled", "clip.dtype=bfloat16",
-                                    "model.layers=(1, 2)", "model.ot.epsilon=0.1"]) == {
-        "model.ot.backward": "unrolled", "clip.dtype": "bfloat16", "model.layers": (1, 2),
-        "model.ot.epsilon": 0.1}
+    assert harness.parse_overrides(
+        ["model.ot.backward=unrolled", "clip.dtype=bfloat16", "model.layers=(1, 2)", "model.ot.epsilon=0.1"]
+    ) == {
+        "model.ot.backward": "unrolled",
+        "clip.dtype": "bfloat16",
+        "model.layers": (1, 2),
+        "model.ot.epsilon": 0.1,
+    }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         harness.parse_overrides(["model.ot.backward"])

@@ -34,9 +34,11 @@ def test_contrasts_pair_runs_by_seed(results):
         return {"seed": seed, "miou_seen": s, "miou_unseen": u, "hiou": 2 * s * u / (s + u)}
 
     zegot, no_ot = results.ZEGOT_W8, "KgCoOp 8, no OT (uniform plan)"
-    rows = {zegot: [row(0, 0.5, 0.4), row(1, 0.6, 0.5), row(2, 0.9, 0.9)],
-            no_ot: [row(1, 0.5, 0.5), row(0, 0.4, 0.4)],  # seed 2 missing, other order
-            "training-free templates": [row(0, 0.1, 0.1)]}  # deterministic: stands for all seeds
+    rows = {
+        zegot: [row(0, 0.5, 0.4), row(1, 0.6, 0.5), row(2, 0.9, 0.9)],
+        no_ot: [row(1, 0.5, 0.5), row(0, 0.4, 0.4)],  # seed 2 missing, other order
+        "training-free templates": [row(0, 0.1, 0.1)],
+    }  # deterministic: stands for all seeds
     text = results.contrasts(rows).splitlines()
     line = next(r for r in text if r.startswith("| ZegOT with KgCoOp 8 - training-free"))
     assert line.startswith("| ZegOT with KgCoOp 8 - training-free | +56.7")
@@ -57,9 +59,13 @@ def test_every_variant_is_a_valid_override_of_the_default(results):
 
 
 def test_variants_from_the_command_line_are_literals_or_strings(results):
-    assert results.overrides_of(["model.ot.epsilon=0.1", "model.ot.enabled=False",
-                                 "model.ot.solver=newton", "model.layers=(1, 3)"]) == {
-        "model.ot.epsilon": 0.1, "model.ot.enabled": False, "model.ot.solver": "newton",
-        "model.layers": (1, 3)}
+    assert results.overrides_of(
+        ["model.ot.epsilon=0.1", "model.ot.enabled=False", "model.ot.solver=newton", "model.layers=(1, 3)"]
+    ) == {
+        "model.ot.epsilon": 0.1,
+        "model.ot.enabled": False,
+        "model.ot.solver": "newton",
+        "model.layers": (1, 3),
+    }
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         results.overrides_of(["model.ot.epsilon"])

@@ -22,10 +22,18 @@ def _rows(output: str, columns: int) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_smoke_mode_prints_memory_times_and_agreement():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "benchmarks/text_tower.py", "--smoke", "--time-remat"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    result = subprocess.run(
+        [sys.executable, "benchmarks/text_tower.py", "--smoke", "--time-remat"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "load average" in out and "(load " in out

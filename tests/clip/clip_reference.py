@@ -4,23 +4,50 @@ import numpy as np
 import torch
 import transformers
 
-OPENAI_EXTRAS = ('input_resolution', 'context_length', 'vocab_size')  # ints in OpenAI's .pt files
+OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # ints in OpenAI's .pt files
 
 
-def build_hf_clip(act='quick_gelu', *, vision_width=128, vision_layers=3, vision_heads=2,
-                  patch=8, image_size=40, text_width=64, text_layers=2, text_heads=1,
-                  context=11, vocab=1000, embed=48, seed=0, vision_mlp=None, text_mlp=None):
+def build_hf_clip(
+    act="quick_gelu",
+    *,
+    vision_width=128,
+    vision_layers=3,
+    vision_heads=2,
+    patch=8,
+    image_size=40,
+    text_width=64,
+    text_layers=2,
+    text_heads=1,
+    context=11,
+    vocab=1000,
+    embed=48,
+    seed=0,
+    vision_mlp=None,
+    text_mlp=None,
+):
     """A random `transformers.CLIPModel` in eval mode; every weight (LN, biases too) is random."""
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=text_width,
-                         intermediate_size=text_mlp or 4 * text_width, num_hidden_layers=text_layers,
-                         num_attention_heads=text_heads, max_position_embeddings=context,
-                         hidden_act=act, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                         pad_token_id=0),
-        vision_config=dict(hidden_size=vision_width,
-                           intermediate_size=vision_mlp or 4 * vision_width,
-                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
-                           image_size=image_size, patch_size=patch, hidden_act=act),
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=text_width,
+            intermediate_size=text_mlp or 4 * text_width,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            max_position_embeddings=context,
+            hidden_act=act,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=vision_width,
+            intermediate_size=vision_mlp or 4 * vision_width,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=image_size,
+            patch_size=patch,
+            hidden_act=act,
+        ),
         projection_dim=embed,
     )
     torch.manual_seed(seed)
@@ -36,32 +63,35 @@ def hf_to_openai_reference(model) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
     cfg = model.config
     out = {}
-    towers = (('vision_model', 'visual.transformer.resblocks', cfg.vision_config),
-              ('text_model', 'transformer.resblocks', cfg.text_config))
+    towers = (
+        ("vision_model", "visual.transformer.resblocks", cfg.vision_config),
+        ("text_model", "transformer.resblocks", cfg.text_config),
+    )
     for hf, oa, tower_cfg in towers:
         for i in range(tower_cfg.num_hidden_layers):
-            s, d = f'{hf}.encoder.layers.{i}.', f'{oa}.{i}.'
-            for kind in ('weight', 'bias'):
-                out[d + f'attn.in_proj_{kind}'] = torch.cat(
-                    [sd[s + f'self_attn.{c}_proj.{kind}'] for c in 'qkv'], 0)
-                out[d + f'attn.out_proj.{kind}'] = sd[s + f'self_attn.out_proj.{kind}']
-                out[d + f'ln_1.{kind}'] = sd[s + f'layer_norm1.{kind}']
-                out[d + f'ln_2.{kind}'] = sd[s + f'layer_norm2.{kind}']
-                out[d + f'mlp.c_fc.{kind}'] = sd[s + f'mlp.fc1.{kind}']
-                out[d + f'mlp.c_proj.{kind}'] = sd[s + f'mlp.fc2.{kind}']
-    v, t = 'vision_model.', 'text_model.'
-    out['visual.class_embedding'] = sd[v + 'embeddings.class_embedding']
-    out['visual.conv1.weight'] = sd[v + 'embeddings.patch_embedding.weight']
-    out['visual.positional_embedding'] = sd[v + 'embeddings.position_embedding.weight']
-    for kind in ('weight', 'bias'):
-        out[f'visual.ln_pre.{kind}'] = sd[v + f'pre_layrnorm.{kind}']
-        out[f'visual.ln_post.{kind}'] = sd[v + f'post_layernorm.{kind}']
-        out[f'ln_final.{kind}'] = sd[t + f'final_layer_norm.{kind}']
-    out['visual.proj'] = sd['visual_projection.weight'].T.contiguous()
-    out['token_embedding.weight'] = sd[t + 'embeddings.token_embedding.weight']
-    out['positional_embedding'] = sd[t + 'embeddings.position_embedding.weight']
-    out['text_projection'] = sd['text_projection.weight'].T.contiguous()
-    out['logit_scale'] = sd['logit_scale']
+            s, d = f"{hf}.encoder.layers.{i}.", f"{oa}.{i}."
+            for kind in ("weight", "bias"):
+                out[d + f"attn.in_proj_{kind}"] = torch.cat(
+                    [sd[s + f"self_attn.{c}_proj.{kind}"] for c in "qkv"], 0
+                )
+                out[d + f"attn.out_proj.{kind}"] = sd[s + f"self_attn.out_proj.{kind}"]
+                out[d + f"ln_1.{kind}"] = sd[s + f"layer_norm1.{kind}"]
+                out[d + f"ln_2.{kind}"] = sd[s + f"layer_norm2.{kind}"]
+                out[d + f"mlp.c_fc.{kind}"] = sd[s + f"mlp.fc1.{kind}"]
+                out[d + f"mlp.c_proj.{kind}"] = sd[s + f"mlp.fc2.{kind}"]
+    v, t = "vision_model.", "text_model."
+    out["visual.class_embedding"] = sd[v + "embeddings.class_embedding"]
+    out["visual.conv1.weight"] = sd[v + "embeddings.patch_embedding.weight"]
+    out["visual.positional_embedding"] = sd[v + "embeddings.position_embedding.weight"]
+    for kind in ("weight", "bias"):
+        out[f"visual.ln_pre.{kind}"] = sd[v + f"pre_layrnorm.{kind}"]
+        out[f"visual.ln_post.{kind}"] = sd[v + f"post_layernorm.{kind}"]
+        out[f"ln_final.{kind}"] = sd[t + f"final_layer_norm.{kind}"]
+    out["visual.proj"] = sd["visual_projection.weight"].T.contiguous()
+    out["token_embedding.weight"] = sd[t + "embeddings.token_embedding.weight"]
+    out["positional_embedding"] = sd[t + "embeddings.position_embedding.weight"]
+    out["text_projection"] = sd["text_projection.weight"].T.contiguous()
+    out["logit_scale"] = sd["logit_scale"]
     return {k: v.detach().clone() for k, v in out.items()}
 
 
@@ -71,8 +101,7 @@ def set_torch_grid(model, grid: int):
     table = emb.position_embedding.weight.detach()
     g = int(round((table.shape[0] - 1) ** 0.5))
     patch = table[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
-    patch = torch.nn.functional.interpolate(patch, size=(grid, grid), mode='bilinear',
-                                            align_corners=False)
+    patch = torch.nn.functional.interpolate(patch, size=(grid, grid), mode="bilinear", align_corners=False)
     new = torch.cat([table[:1], patch.permute(0, 2, 3, 1).reshape(grid * grid, -1)], 0)
     emb.position_embedding = torch.nn.Embedding.from_pretrained(new, freeze=True)
     emb.position_ids = torch.arange(grid * grid + 1)[None]
@@ -111,4 +140,4 @@ def assert_close(actual, expected, rtol=1e-4):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape
     err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-12)
-    assert err < rtol, f'relative error {err:.2e} >= {rtol:.0e}'
+    assert err < rtol, f"relative error {err:.2e} >= {rtol:.0e}"

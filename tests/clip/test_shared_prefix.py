@@ -21,8 +21,13 @@ def _rel(a, b) -> float:
 def _whole(model, prefix, suffix, eot):
     """Reference: the N * K concatenated sequences through `encode_embedded_text`, `[N, K, D]`."""
     (n, p, w), k = prefix.shape, suffix.shape[0]
-    x = jnp.concatenate([jnp.broadcast_to(prefix[:, None], (n, k, p, w)),
-                         jnp.broadcast_to(suffix[None], (n, k, *suffix.shape[1:]))], axis=2)
+    x = jnp.concatenate(
+        [
+            jnp.broadcast_to(prefix[:, None], (n, k, p, w)),
+            jnp.broadcast_to(suffix[None], (n, k, *suffix.shape[1:])),
+        ],
+        axis=2,
+    )
     return model.encode_embedded_text(x.reshape(n * k, -1, w), jnp.tile(eot, n)).reshape(n, k, -1)
 
 
@@ -51,8 +56,7 @@ def test_shared_prefix_equals_whole_sequences_and_their_gradients(tiny_clip):
     weights = jax.random.normal(jax.random.key(1), (3, 4, tiny_clip.spec.embed_dim))
 
     def loss(pre, suf, shared):
-        feats = (tiny_clip.encode_shared_prefix(pre, suf, eot) if shared
-                 else _whole(tiny_clip, pre, suf, eot))
+        feats = tiny_clip.encode_shared_prefix(pre, suf, eot) if shared else _whole(tiny_clip, pre, suf, eot)
         return jnp.sum(weights * feats), feats
 
     run = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True), static_argnums=2)
@@ -84,8 +88,7 @@ def test_shared_prefix_rejects_bad_shapes(tiny_clip):
 
 def test_shared_prefix_at_vit_b16_text_widths():
     """ViT-B/16's text tower (12 blocks of width 512, 8 heads), a one-block image tower."""
-    spec = dataclasses.replace(clip.get_spec("ViT-B/16"), vision_width=64, vision_layers=1,
-                               vision_heads=1)
+    spec = dataclasses.replace(clip.get_spec("ViT-B/16"), vision_width=64, vision_layers=1, vision_heads=1)
     model = clip.CLIP(spec, rngs=nnx.Rngs(0))
     prefix, suffix, eot = _inputs(spec, n=2, p=9, k=3, s=7)
     prefix, suffix = 0.02 * prefix, 0.02 * suffix  # token-embedding scale

@@ -30,25 +30,28 @@ def test_shipped_configs_pass(name, arg):
     assert config_checks.problems(config, num_devices=1) == []
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("train.keep_checkpoints", 0, "delete every checkpoint"),
-    ("optim.learning_rate", -2e-4, "gradient ascent"),
-    ("optim.learning_rate", float("nan"), "finite"),
-    ("model.num_prompts", 0, "integer >= 1"),
-    ("train.checkpoint_every", 0, "integer >= 1"),
-    ("train.log_every", -1, "integer >= 1"),
-    ("model.ot.epsilon", 0.0, "> 0"),
-    ("model.ot.tau", 1.5, "(0, 1]"),
-    ("loss.focal_alpha", 2.0, "[0, 1]"),
-    ("loss.dice_weight", float("inf"), "finite"),
-    ("model.layers", (), "non-empty"),
-    ("eval.mode", "sliding", "'slide' or 'whole'"),
-    ("train.profile_steps", (5, 3), "1 <= first <= last"),
-    ("train.profile_steps", (0, 2), "1 <= first <= last"),
-    ("train.profile_steps", (4,), "() (off) or (first, last)"),
-    ("distributed.initialize", "yes", "'auto', 'on' or 'off'"),
-    ("distributed.heartbeat_timeout_s", 0, "integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("train.keep_checkpoints", 0, "delete every checkpoint"),
+        ("optim.learning_rate", -2e-4, "gradient ascent"),
+        ("optim.learning_rate", float("nan"), "finite"),
+        ("model.num_prompts", 0, "integer >= 1"),
+        ("train.checkpoint_every", 0, "integer >= 1"),
+        ("train.log_every", -1, "integer >= 1"),
+        ("model.ot.epsilon", 0.0, "> 0"),
+        ("model.ot.tau", 1.5, "(0, 1]"),
+        ("loss.focal_alpha", 2.0, "[0, 1]"),
+        ("loss.dice_weight", float("inf"), "finite"),
+        ("model.layers", (), "non-empty"),
+        ("eval.mode", "sliding", "'slide' or 'whole'"),
+        ("train.profile_steps", (5, 3), "1 <= first <= last"),
+        ("train.profile_steps", (0, 2), "1 <= first <= last"),
+        ("train.profile_steps", (4,), "() (off) or (first, last)"),
+        ("distributed.initialize", "yes", "'auto', 'on' or 'off'"),
+        ("distributed.heartbeat_timeout_s", 0, "integer >= 1"),
+    ],
+)
 def test_one_message_naming_the_field(smoke_config, field, value, words):
     section, key = field.rsplit(".", 1)
     parent = smoke_config
@@ -60,12 +63,15 @@ def test_one_message_naming_the_field(smoke_config, field, value, words):
     assert len(found) == 1 and found[0].startswith(f"{field}=") and words in found[0], found
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"data.crop_size": 100}, "data.crop_size=100 is larger than any training image"),
-    ({"eval.stride": 40}, "eval.stride=40 is larger than eval.crop=32"),
-    ({"optim.min_learning_rate": 1.0}, "optim.min_learning_rate=1 is above"),
-    ({"model.context_tokens": 14}, "leaves no room for a class name"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"data.crop_size": 100}, "data.crop_size=100 is larger than any training image"),
+        ({"eval.stride": 40}, "eval.stride=40 is larger than eval.crop=32"),
+        ({"optim.min_learning_rate": 1.0}, "optim.min_learning_rate=1 is above"),
+        ({"model.context_tokens": 14}, "leaves no room for a class name"),
+    ],
+)
 def test_relations_between_fields(smoke_config, changes, words):
     for key, value in changes.items():
         section, field = key.rsplit(".", 1)
@@ -73,10 +79,13 @@ def test_relations_between_fields(smoke_config, changes, words):
     assert any(words in p for p in config_checks.problems(smoke_config))
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"tau": 0.8}, "solves balanced problems only"),
-    ({"solver": "sinkhorn", "threshold": 1e-5, "backward": "unrolled"}, "cannot unroll"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"tau": 0.8}, "solves balanced problems only"),
+        ({"solver": "sinkhorn", "threshold": 1e-5, "backward": "unrolled"}, "cannot unroll"),
+    ],
+)
 def test_ot_solver_relations(smoke_config, changes, words):
     smoke_config.model.ot.update(changes)
     assert any(words in p for p in config_checks.problems(smoke_config))
@@ -98,15 +107,15 @@ def test_absent_and_unknown_fields_are_skipped():
     config = ml_collections.ConfigDict({"model": {"num_prompts": 4, "something_new": "x"}})
     assert config_checks.problems(config, num_devices=4) == []
     config.model.ensemble_weight = 1.5  # a rule for a field other configs do not have yet
-    assert config_checks.problems(config) == ["model.ensemble_weight=1.5: must be a number in "
-                                              "[0, 1]."]
+    assert config_checks.problems(config) == ["model.ensemble_weight=1.5: must be a number in [0, 1]."]
 
 
 def test_sections_limit_what_is_checked(smoke_config):
     smoke_config.train.num_steps = -1
     assert config_checks.problems(smoke_config, sections=config_checks.EVALUATION_SECTIONS) == []
     assert config_checks.problems(smoke_config) == [
-        "train.num_steps=-1: must be an integer >= 0 (0: evaluate the model as built)."]
+        "train.num_steps=-1: must be an integer >= 0 (0: evaluate the model as built)."
+    ]
 
 
 def test_solver_is_any_registered_transport_and_its_options_are_checked(smoke_config):
@@ -114,17 +123,20 @@ def test_solver_is_any_registered_transport_and_its_options_are_checked(smoke_co
 
     smoke_config.model.ot.solver = "my_transport"
     found = config_checks.problems(smoke_config)
-    assert found == ["model.ot.solver='my_transport': must be a registered transport (newton, "
-                     f"sinkhorn{''.join(', ' + n for n in ot.registered_transports()[2:])}); "
-                     "register one with zegot_jax.ot.register_transport('my_transport', fn) "
-                     "first."]
+    assert found == [
+        "model.ot.solver='my_transport': must be a registered transport (newton, "
+        f"sinkhorn{''.join(', ' + n for n in ot.registered_transports()[2:])}); "
+        "register one with zegot_jax.ot.register_transport('my_transport', fn) "
+        "first."
+    ]
     ot.register_transport("my_transport", lambda p, s: p.similarity, options={"rho": 1.0})
     try:
         assert config_checks.problems(smoke_config) == []
         smoke_config.model.ot.options.rhoo = 2.0
         assert config_checks.problems(smoke_config) == [
             "model.ot.options has field(s) ['rhoo'] that transport 'my_transport' does not take; "
-            "its options: rho."]
+            "its options: rho."
+        ]
     finally:
         ot.unregister_transport("my_transport")
 
@@ -136,8 +148,9 @@ def test_transport_options_can_be_overridden_from_the_command_line():
     def parse(*argv):  # config_flags finds the overrides in sys_argv
         values = flags.FlagValues()
         argv = ["prog", "--config=configs/voc.py:smoke,solver=semi_relaxed", *argv]
-        config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                        sys_argv=argv)
+        config_flags.DEFINE_config_file(
+            "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+        )
         values(argv)
         return values.config
 
@@ -149,14 +162,23 @@ def test_transport_options_can_be_overridden_from_the_command_line():
     with pytest.raises(ValueError, match="Unknown OT solver 'nope'"):
         importlib.import_module("configs.voc").get_config("solver=nope")
 
-@pytest.mark.parametrize("changes, words", [
-    ({"data.crop_size": 30}, "data.crop_size=30 is not a multiple of the CLIP patch size 8 "
-                             "(clip.weights='random:tiny'); use e.g. 24 or 32."),
-    ({"eval.crop": 30, "eval.stride": 20}, "eval.crop=30 is not a multiple of the CLIP patch"),
-    ({"eval.mode": "whole", "data.eval_short_side": 30}, "data.eval_short_side=30 is not a"),
-    ({"clip.weights": "openai/clip-vit-base-patch16", "data.crop_size": 40},
-     "data.crop_size=40 is not a multiple of the CLIP patch size 16"),
-])
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            {"data.crop_size": 30},
+            "data.crop_size=30 is not a multiple of the CLIP patch size 8 "
+            "(clip.weights='random:tiny'); use e.g. 24 or 32.",
+        ),
+        ({"eval.crop": 30, "eval.stride": 20}, "eval.crop=30 is not a multiple of the CLIP patch"),
+        ({"eval.mode": "whole", "data.eval_short_side": 30}, "data.eval_short_side=30 is not a"),
+        (
+            {"clip.weights": "openai/clip-vit-base-patch16", "data.crop_size": 40},
+            "data.crop_size=40 is not a multiple of the CLIP patch size 16",
+        ),
+    ],
+)
 def test_sizes_must_be_whole_patches(smoke_config, changes, words):
     # Each of these failed only at step 1 ("image height and width ... must be multiples").
     for key, value in changes.items():
@@ -166,7 +188,12 @@ def test_sizes_must_be_whole_patches(smoke_config, changes, words):
 
 
 def test_patch_size_from_the_weights_name(smoke_config):
-    for weights, patch in (("random:tiny", 8), ("ViT-L/14", 14), ("openai/clip-vit-base-patch32",
-                           32), ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", 14), ("w.pt", None)):
+    for weights, patch in (
+        ("random:tiny", 8),
+        ("ViT-L/14", 14),
+        ("openai/clip-vit-base-patch32", 32),
+        ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", 14),
+        ("w.pt", None),
+    ):
         smoke_config.clip.weights = weights
         assert config_checks.patch_size(smoke_config) == patch, weights

@@ -53,8 +53,17 @@ def test_override_typo_fails_at_launch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["voc:smoke", "context:smoke", "coco:smoke", "synthetic:smoke",
-                                  "voc:transductive,smoke", "coco:supervised,smoke"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "voc:smoke",
+        "context:smoke",
+        "coco:smoke",
+        "synthetic:smoke",
+        "voc:transductive,smoke",
+        "coco:supervised,smoke",
+    ],
+)
 def test_smoke_runs_every_config(tmp_path, spec):
     # In process (train.py's flags and exit statuses are tested in test_loop.py and above).
     name, arg = spec.split(":")

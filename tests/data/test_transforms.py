@@ -21,20 +21,20 @@ def test_rescale_sizes_follow_mmseg():
 
 def test_label_lut_modes():
     unseen = (15, 16, 17, 18, 19)
-    lut = T.label_lut('inductive', 20, unseen)
+    lut = T.label_lut("inductive", 20, unseen)
     assert lut[:15].tolist() == list(range(15))
     assert (lut[15:] == 255).all()
-    lut = T.label_lut('inductive', 59, (0, 6))  # seen classes keep index order, renumbered
+    lut = T.label_lut("inductive", 59, (0, 6))  # seen classes keep index order, renumbered
     assert lut[[0, 1, 5, 6, 7, 58]].tolist() == [255, 0, 4, 255, 5, 56]
-    for mode in ('transductive', 'supervised'):
+    for mode in ("transductive", "supervised"):
         lut = T.label_lut(mode, 20, unseen)
         assert lut[:20].tolist() == list(range(20)) and (lut[20:] == 255).all()
-    with pytest.raises(ValueError, match='label_mode'):
-        T.label_lut('zero-shot', 20, unseen)
-    with pytest.raises(ValueError, match='must lie in'):
-        T.label_lut('inductive', 20, (20,))
-    with pytest.raises(ValueError, match='needs the unseen'):
-        T.label_lut('transductive', 20, ())
+    with pytest.raises(ValueError, match="label_mode"):
+        T.label_lut("zero-shot", 20, unseen)
+    with pytest.raises(ValueError, match="must lie in"):
+        T.label_lut("inductive", 20, (20,))
+    with pytest.raises(ValueError, match="needs the unseen"):
+        T.label_lut("transductive", 20, ())
 
 
 def test_crop_respects_category_max_ratio():
@@ -44,12 +44,16 @@ def test_crop_respects_category_max_ratio():
     for seed in range(10):
         y0, x0, h, w = T.random_crop_box(label, (50, 50), np.random.default_rng(seed), 0.75)
         assert (h, w) == (50, 50) and 0 <= y0 <= 50 and 0 <= x0 <= 50
-        counts = np.bincount(label[y0:y0 + h, x0:x0 + w].ravel(), minlength=256)[:255]
+        counts = np.bincount(label[y0 : y0 + h, x0 : x0 + w].ravel(), minlength=256)[:255]
         counts = counts[counts > 0]
         assert len(counts) > 1 and counts.max() / counts.sum() < 0.75
     # Impossible rule: still returns a valid box after the retries; crops clip to the image.
-    assert T.random_crop_box(np.zeros((30, 20), np.uint8), (64, 64),
-                             np.random.default_rng(0)) == (0, 0, 30, 20)
+    assert T.random_crop_box(np.zeros((30, 20), np.uint8), (64, 64), np.random.default_rng(0)) == (
+        0,
+        0,
+        30,
+        20,
+    )
 
 
 def test_photometric_distortion():
@@ -59,8 +63,10 @@ def test_photometric_distortion():
     out_b = T.photometric_distortion(image, np.random.default_rng(7))
     assert out_a.dtype == np.uint8 and out_a.shape == image.shape
     np.testing.assert_array_equal(out_a, out_b)
-    changed = [not np.array_equal(T.photometric_distortion(image, np.random.default_rng(s)), image)
-               for s in range(10)]
+    changed = [
+        not np.array_equal(T.photometric_distortion(image, np.random.default_rng(s)), image)
+        for s in range(10)
+    ]
     assert sum(changed) >= 8
     grey = np.repeat(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8), 3, axis=2)
     for seed in range(10):  # saturation and hue leave grey pixels grey
@@ -80,31 +86,34 @@ def test_normalize_and_pad():
 def test_decoding_and_label_checks():
     rgb = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
     png = io.BytesIO()
-    PIL.Image.fromarray(rgb).save(png, 'PNG')
+    PIL.Image.fromarray(rgb).save(png, "PNG")
     np.testing.assert_array_equal(T.decode_image(png.getvalue()), rgb)
-    with pytest.raises(ValueError, match='Cannot decode image rec 3'):
-        T.decode_image(b'not an image', 'rec 3')
-    with pytest.raises(ValueError, match=r'uint8 \[H, W, 3\]'):
+    with pytest.raises(ValueError, match="Cannot decode image rec 3"):
+        T.decode_image(b"not an image", "rec 3")
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         T.decode_image(rgb.astype(np.float32))
-    palette = PIL.Image.fromarray(np.array([[0, 5], [255, 1]], np.uint8), mode='P')
+    palette = PIL.Image.fromarray(np.array([[0, 5], [255, 1]], np.uint8), mode="P")
     palette.putpalette([0] * 768)
     buf = io.BytesIO()
-    palette.save(buf, 'PNG')
+    palette.save(buf, "PNG")
     assert T.decode_label(buf.getvalue()).tolist() == [[0, 5], [255, 1]]
     assert T.decode_label(np.zeros((3, 4, 1), np.uint8)).shape == (3, 4)
     T.check_label(np.array([[0, 19, 255]], np.uint8), 20)
-    with pytest.raises(ValueError, match=r'ids \[20, 254\] outside 0..19'):
-        T.check_label(np.array([[0, 20, 254, 255]], np.uint8), 20, 'x')
+    with pytest.raises(ValueError, match=r"ids \[20, 254\] outside 0..19"):
+        T.check_label(np.array([[0, 20, 254, 255]], np.uint8), 20, "x")
 
 
 def test_resize_crop_equals_resize_then_crop():
     rng = np.random.default_rng(0)
-    image = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((4, 4, 1),
-                                                                             np.uint8))
-    for size, box in [((96, 128), (10, 20, 32, 40)), ((100, 133), (68, 93, 32, 40)),
-                      ((37, 50), (5, 3, 32, 40)), ((30, 40), (0, 0, 30, 40))]:
+    image = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))
+    for size, box in [
+        ((96, 128), (10, 20, 32, 40)),
+        ((100, 133), (68, 93, 32, 40)),
+        ((37, 50), (5, 3, 32, 40)),
+        ((30, 40), (0, 0, 30, 40)),
+    ]:
         y0, x0, h, w = box
-        ref = T.resize(image, size, nearest=False)[y0:y0 + h, x0:x0 + w].astype(int)
+        ref = T.resize(image, size, nearest=False)[y0 : y0 + h, x0 : x0 + w].astype(int)
         got = T.resize_crop(image, size, box)
         assert got.shape == ref.shape and np.abs(got - ref).max() <= 4
         assert np.abs(got - ref).mean() < 0.5

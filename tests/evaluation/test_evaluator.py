@@ -26,8 +26,7 @@ def _per_image_confusion(config, parts, params, examples, names, unseen, seen_pe
         if not ex.get("valid", True):
             continue
         label = np.asarray(ex["label"])
-        scores = np.asarray(predict(params, f, text, jnp.asarray(ex["image"])[None], label.shape,
-                                    reference))
+        scores = np.asarray(predict(params, f, text, jnp.asarray(ex["image"])[None], label.shape, reference))
         pred = np.argmax(scores - shift[:, None, None], axis=0)
         keep = label < k
         np.add.at(conf, (label[keep], pred[keep]), 1)
@@ -36,8 +35,9 @@ def _per_image_confusion(config, parts, params, examples, names, unseen, seen_pe
 
 def _check_same(config, parts, params, examples, names, unseen, penalty=0.1):
     conf, count = _per_image_confusion(config, parts, params, examples, names, unseen, penalty)
-    summary = evaluator.evaluate(config, parts.graphdef, params, parts.frozen, examples, names,
-                                 unseen, seen_penalty=penalty)
+    summary = evaluator.evaluate(
+        config, parts.graphdef, params, parts.frozen, examples, names, unseen, seen_penalty=penalty
+    )
     expected = metrics.summarize(conf, names, unseen)
     assert summary["num_images"] == count
     assert summary["per_class_iou"] == expected["per_class_iou"]
@@ -48,14 +48,18 @@ def _moved(parts):
     """Parameters moved away from their initialisation, so classes are told apart."""
     leaves, tree = jax.tree.flatten(parts.params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    return jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
-                                     for x, k in zip(leaves, keys, strict=True)])
+    return jax.tree.unflatten(
+        tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
+    )
 
 
 def test_equal_shape_batches_keep_order_pad_and_split_on_shape_changes():
     def ex(h, value, valid=True):
-        return {"image": np.full((h, 4, 3), value, np.float32),
-                "label": np.full((h, 4), value, np.int32), "valid": valid}
+        return {
+            "image": np.full((h, 4, 3), value, np.float32),
+            "label": np.full((h, 4), value, np.int32),
+            "valid": valid,
+        }
 
     examples = [ex(2, 1), ex(2, 2), ex(2, 0, valid=False), ex(2, 3), ex(3, 4), ex(2, 5)]
     batches = list(evaluator.equal_shape_batches(examples, 2))
@@ -77,8 +81,9 @@ def test_benchmark_like_images_of_several_sizes(tiny_clip, batch_size):
         label = rng.integers(0, len(names), (h + 5, w + 3)).astype(np.int32)
         label[:3] = 255
         examples.append({"image": rng.normal(size=(h, w, 3)).astype(np.float32), "label": label})
-    examples.insert(2, {"image": np.zeros((1, 1, 3), np.float32),
-                        "label": np.full((1, 1), 255, np.int32), "valid": False})
+    examples.insert(
+        2, {"image": np.zeros((1, 1, 3), np.float32), "label": np.full((1, 1), 255, np.int32), "valid": False}
+    )
     _check_same(config, parts, _moved(parts), examples, names, unseen)
 
 

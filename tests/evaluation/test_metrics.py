@@ -65,8 +65,9 @@ def test_summary_matches_numpy_nanmean():
     pred, label = _random_batch(3, k)
     conf = _numpy_confusion(pred, label, k)
     names = [f"class {c}" for c in range(k)]
-    summary = metrics.summarize(metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(label), k),
-                                names, unseen)
+    summary = metrics.summarize(
+        metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(label), k), names, unseen
+    )
     iou, s, u, h, acc, miou = _numpy_summary(conf, unseen)
     assert summary["per_class_iou"]["class 2"] is None and np.isnan(iou[2])
     assert summary["per_class_iou"]["class 4"] == 0.0

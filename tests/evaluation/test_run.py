@@ -20,5 +20,4 @@ def test_another_datasets_config_scores_a_synthetic_run(tmp_path, tiny_clip):
 def test_an_unwritable_out_fails_before_loading(tmp_path, tiny_clip):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="--out .* is a file"):
-        run_lib.evaluate_checkpoint(coco.get_config("smoke"), str(tmp_path),
-                                    out=str(tmp_path / "file"))
+        run_lib.evaluate_checkpoint(coco.get_config("smoke"), str(tmp_path), out=str(tmp_path / "file"))

@@ -52,8 +52,10 @@ def _changes(overrides: dict) -> tuple[float, float]:
     """
     value0, grad0 = _default()
     value, grad = _score_and_gradient(override(synthetic.get_config(), overrides).model.ot)
-    return (abs(float(value - value0)) / abs(float(value0)),
-            float(np.abs(grad - grad0).max() / np.abs(grad0).max()))
+    return (
+        abs(float(value - value0)) / abs(float(value0)),
+        float(np.abs(grad - grad0).max() / np.abs(grad0).max()),
+    )
 
 
 @pytest.fixture
@@ -90,9 +92,15 @@ def test_the_notebook_transport_changes_the_forward_and_keeps_the_marginals(note
 
 def test_plan_figure_draws_a_row_per_transport_and_a_column_per_prompt():
     plan = np.random.default_rng(0).dirichlet(np.ones(N), size=(1, K, H, W)).astype(np.float32)
-    result = SegmentationResult(class_names=("cat", "dog"), image=np.zeros((6, 8, 3), np.uint8),
-                                label_map=np.zeros((6, 8), np.int32), scores=None, layers=(3,),
-                                similarity=plan, plan=plan)
+    result = SegmentationResult(
+        class_names=("cat", "dog"),
+        image=np.zeros((6, 8, 3), np.uint8),
+        label_map=np.zeros((6, 8), np.int32),
+        scores=None,
+        layers=(3,),
+        similarity=plan,
+        plan=plan,
+    )
     fig = ot_lab.plan_figure({"MPOT": result, "mine": result}, "dog")
     assert len(fig.axes) == 2 * N + 1  # and one colour bar
     assert fig.axes[0].get_ylabel() == "MPOT" and fig.axes[N].get_ylabel() == "mine"

@@ -9,8 +9,15 @@ from zegot_jax.experiments import ranking
 def _fake_train(seen):
     def train(config, workdir):
         seen.append((config, workdir))
-        return {"miou_seen": 0.5, "miou_unseen": config.model.ot.epsilon, "hiou": 0.1,
-                "miou": 0.3, "pixel_acc": 0.9, "per_class_iou": {}}
+        return {
+            "miou_seen": 0.5,
+            "miou_unseen": config.model.ot.epsilon,
+            "hiou": 0.1,
+            "miou": 0.3,
+            "pixel_acc": 0.9,
+            "per_class_iou": {},
+        }
+
     return train
 
 
@@ -18,8 +25,11 @@ def test_compare_variants_applies_overrides(tmp_path):
     base = common.get_config()
     seen = []
     rows = ranking.compare_variants(
-        base, {"OT eps=0.05": {}, "OT eps=0.2": {"model.ot.epsilon": 0.2},
-               "no OT": {"model.ot.enabled": False}}, str(tmp_path), train_fn=_fake_train(seen))
+        base,
+        {"OT eps=0.05": {}, "OT eps=0.2": {"model.ot.epsilon": 0.2}, "no OT": {"model.ot.enabled": False}},
+        str(tmp_path),
+        train_fn=_fake_train(seen),
+    )
     assert [r["variant"] for r in rows] == ["OT eps=0.05", "OT eps=0.2", "no OT"]
     assert [r["miou_unseen"] for r in rows] == [0.05, 0.2, 0.05]
     dirs = ("ot-eps-0.05", "ot-eps-0.2", "no-ot")
@@ -34,14 +44,15 @@ def test_bad_variants_fail_before_training(tmp_path):
     seen = []
     base = common.get_config()
     with pytest.raises(KeyError, match="epsilom"):
-        ranking.compare_variants(base, {"a": {}, "b": {"model.ot.epsilom": 0.1}},
-                                   str(tmp_path), train_fn=_fake_train(seen))
+        ranking.compare_variants(
+            base, {"a": {}, "b": {"model.ot.epsilom": 0.1}}, str(tmp_path), train_fn=_fake_train(seen)
+        )
     with pytest.raises(KeyError, match="not a config section"):
-        ranking.compare_variants(base, {"a": {"model.otx.epsilon": 0.1}}, str(tmp_path),
-                                   train_fn=_fake_train(seen))
+        ranking.compare_variants(
+            base, {"a": {"model.otx.epsilon": 0.1}}, str(tmp_path), train_fn=_fake_train(seen)
+        )
     with pytest.raises(ValueError, match="same directory"):
-        ranking.compare_variants(base, {"No OT": {}, "no-ot": {}}, str(tmp_path),
-                                   train_fn=_fake_train(seen))
+        ranking.compare_variants(base, {"No OT": {}, "no-ot": {}}, str(tmp_path), train_fn=_fake_train(seen))
     with pytest.raises(ValueError, match="No variants"):
         ranking.compare_variants(base, {}, str(tmp_path), train_fn=_fake_train(seen))
     assert seen == []
@@ -73,26 +84,50 @@ def fake_ranking(monkeypatch):
 
     def score(config, runs, *, statistics):
         del statistics
-        return [{"seed": s, "miou_seen": p, "miou_unseen": p, "hiou": p, "miou": p,
-                 "pixel_acc": p, "per_class_iou": {}, "final_loss": config.eval.seen_penalty}
-                for s, p in zip(runs.seeds, runs.params, strict=True)]
+        return [
+            {
+                "seed": s,
+                "miou_seen": p,
+                "miou_unseen": p,
+                "hiou": p,
+                "miou": p,
+                "pixel_acc": p,
+                "per_class_iou": {},
+                "final_loss": config.eval.seen_penalty,
+            }
+            for s, p in zip(runs.seeds, runs.params, strict=True)
+        ]
 
     monkeypatch.setattr(train_seeds, "train_seeds", train)
     monkeypatch.setattr(ranking, "score_seeds", score)
     monkeypatch.setattr(ranking, "enable_compilation_cache", lambda: "")
-    monkeypatch.setattr(ranking, "_select", lambda runs, seeds: runs._replace(
-        seeds=tuple(seeds), params=[runs.params[runs.seeds.index(s)] for s in seeds]))
+    monkeypatch.setattr(
+        ranking,
+        "_select",
+        lambda runs, seeds: runs._replace(
+            seeds=tuple(seeds), params=[runs.params[runs.seeds.index(s)] for s in seeds]
+        ),
+    )
     return trained
 
 
 def test_rank_variants_trains_each_variant_once_and_keeps_rows(tmp_path, fake_ranking):
     base = common.get_config()
-    variants = {"default": {}, "eps 0.2": {"model.ot.epsilon": 0.2},
-                "free": {"model.ot.epsilon": 0.5},
-                "penalty 0": {"eval.seen_penalty": 0.0}}
-    rows = ranking.rank_variants(base, variants, (0, 1, 2), workdir=str(tmp_path),
-                                   deterministic=("free",), eval_only={"penalty 0": "default"},
-                                   log=None)
+    variants = {
+        "default": {},
+        "eps 0.2": {"model.ot.epsilon": 0.2},
+        "free": {"model.ot.epsilon": 0.5},
+        "penalty 0": {"eval.seen_penalty": 0.0},
+    }
+    rows = ranking.rank_variants(
+        base,
+        variants,
+        (0, 1, 2),
+        workdir=str(tmp_path),
+        deterministic=("free",),
+        eval_only={"penalty 0": "default"},
+        log=None,
+    )
     # one call per trained variant, all its seeds at once; 'penalty 0' reuses 'default'
     assert fake_ranking == [(0.05, (0, 1, 2)), (0.2, (0, 1, 2)), (0.5, (0,))]
     assert [r["seed"] for r in rows["default"]] == [0, 1, 2] and len(rows["free"]) == 1
@@ -104,8 +139,9 @@ def test_rank_variants_trains_each_variant_once_and_keeps_rows(tmp_path, fake_ra
     line = next(r for r in text.splitlines() if r.startswith("| free - default |"))
     assert line.endswith("| 3 |")  # the deterministic run stands for every seed
     fake_ranking.clear()  # a second call reads the rows back and trains only the new seed
-    again = ranking.rank_variants(base, {"eps 0.2": {"model.ot.epsilon": 0.2}}, (1, 3),
-                                    workdir=str(tmp_path), log=None)
+    again = ranking.rank_variants(
+        base, {"eps 0.2": {"model.ot.epsilon": 0.2}}, (1, 3), workdir=str(tmp_path), log=None
+    )
     assert fake_ranking == [(0.2, (3,))]
     assert [r["hiou"] for r in again["eps 0.2"]] == pytest.approx([1.2, 3.2])
 
@@ -121,7 +157,7 @@ def test_rank_variants_rejects_bad_input_before_training(fake_ranking):
     assert fake_ranking == []
 
 
-PLUGIN = '''
+PLUGIN = """
 import jax
 import zegot_jax.ot as zot
 
@@ -130,7 +166,7 @@ import zegot_jax.ot as zot
 def row_softmax(problem, settings):
     m = problem.similarity.shape[0]
     return jax.nn.softmax(problem.similarity / settings.options["temperature"], axis=1) / m
-'''
+"""
 
 
 @pytest.mark.slow
@@ -142,8 +178,9 @@ def test_workers_give_the_rows_of_one_process_and_load_plugins(tmp_path):
     plugin.write_text(PLUGIN)
     base = synthetic.get_config("smoke")
     variants = {"default": {}, "mine": {"model.ot.solver": "row_softmax_test"}}
-    workers = ranking.rank_variants(base, variants, (0,), statistics=False, log=None, jobs=2,
-                                      plugins=[str(plugin)])
+    workers = ranking.rank_variants(
+        base, variants, (0,), statistics=False, log=None, jobs=2, plugins=[str(plugin)]
+    )
     assert "row_softmax_test" not in zot.registered_transports()  # registered in the workers
     zot.load_plugins([str(plugin)])
     try:
@@ -170,7 +207,8 @@ def test_workers_refuse_a_transport_of_this_session_only():
     zot.register_transport("session_only_test", mine)
     try:
         with pytest.raises(ValueError, match=r"plugins=\['that_file.py'\]"):
-            ranking.rank_variants(synthetic.get_config("smoke"),
-                                    {"a": {"model.ot.solver": "session_only_test"}}, (0,), jobs=2)
+            ranking.rank_variants(
+                synthetic.get_config("smoke"), {"a": {"model.ot.solver": "session_only_test"}}, (0,), jobs=2
+            )
     finally:
         zot.unregister_transport("session_only_test")

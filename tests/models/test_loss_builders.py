@@ -30,9 +30,16 @@ def test_pseudo_labels_replace_only_unseen_pixels_with_the_best_unseen_class():
 
 @pytest.mark.parametrize("ignore_as_negative", [True, False])
 def test_per_image_loss_equals_the_batched_loss_and_its_gradient(ignore_as_negative):
-    cfg = ml_collections.ConfigDict(dict(
-        focal_weight=100.0, dice_weight=1.0, focal_alpha=0.25, focal_gamma=2.0,
-        ignore_as_negative=ignore_as_negative, per_image=False))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            focal_weight=100.0,
+            dice_weight=1.0,
+            focal_alpha=0.25,
+            focal_gamma=2.0,
+            ignore_as_negative=ignore_as_negative,
+            per_image=False,
+        )
+    )
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(3, 5, 4, 4)), jnp.float32)
     labels = rng.integers(0, 5, (3, 16, 16))
@@ -48,7 +55,7 @@ def test_per_image_loss_equals_the_batched_loss_and_its_gradient(ignore_as_negat
     np.testing.assert_allclose(aux_p["num_masks"], aux_b["num_masks"])
     np.testing.assert_allclose(grad_p, grad_b, rtol=1e-5, atol=1e-7 * float(jnp.abs(grad_b).max()))
     # a per-image mean of per-image losses would differ: the masks are counted over the batch
-    means = [batched(logits[i:i + 1], labels[i:i + 1])[0] for i in range(3)]
+    means = [batched(logits[i : i + 1], labels[i : i + 1])[0] for i in range(3)]
     assert abs(float(np.mean(means)) - float(value_b)) > 1e-4 * abs(float(value_b))
 
 
@@ -69,17 +76,27 @@ print("all-gathers:", hlo.count("all-gather"))
 def test_per_image_loss_stays_on_each_device_under_data_parallel_sharding():
     flags = os.environ.get("XLA_FLAGS", "")
     env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8"}
-    done = subprocess.run([sys.executable, "-c", _SHARDED_LOSS], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _SHARDED_LOSS], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "all-gathers: 0" in done.stdout, done.stdout  # a map over the global batch gathers
 
 
 def _loss_config(num_points=0):
-    return ml_collections.ConfigDict(dict(
-        focal_weight=100.0, dice_weight=1.0, focal_alpha=0.25, focal_gamma=2.0,
-        ignore_as_negative=True, per_image=False, num_points=num_points, point_oversample=3.0,
-        point_importance=0.75))
+    return ml_collections.ConfigDict(
+        dict(
+            focal_weight=100.0,
+            dice_weight=1.0,
+            focal_alpha=0.25,
+            focal_gamma=2.0,
+            ignore_as_negative=True,
+            per_image=False,
+            num_points=num_points,
+            point_oversample=3.0,
+            point_importance=0.75,
+        )
+    )
 
 
 def _logits_and_labels():

@@ -8,8 +8,17 @@ import pytest
 from zegot_jax.models.losses import segmentation_loss, text_consistency_loss
 
 
-def _reference(logits, labels, *, focal_weight=100.0, dice_weight=1.0, alpha=0.25, gamma=2.0,
-               ignore_index=255, ignore_as_negative=True):
+def _reference(
+    logits,
+    labels,
+    *,
+    focal_weight=100.0,
+    dice_weight=1.0,
+    alpha=0.25,
+    gamma=2.0,
+    ignore_index=255,
+    ignore_as_negative=True,
+):
     """Straightforward float64 NumPy version of the normalisation in the module docstring."""
     b, k = logits.shape[:2]
     focal_sum, dice_sum, num_masks = 0.0, 0.0, 0
@@ -48,10 +57,12 @@ def _inputs(seed, b=2, k=5, h=6, w=7, ignore_fraction=0.2, absent=(1,)):
 def test_matches_numpy_reference(seed, ignore_as_negative):
     logits, labels = _inputs(seed)
     labels[0, :, :] = np.where(labels[0] == 3, 255, labels[0])  # class 3 absent in image 0 only
-    loss, aux = jax.jit(lambda x, y: segmentation_loss(
-        x, y, ignore_as_negative=ignore_as_negative))(logits, labels)
+    loss, aux = jax.jit(lambda x, y: segmentation_loss(x, y, ignore_as_negative=ignore_as_negative))(
+        logits, labels
+    )
     ref_loss, ref_focal, ref_dice, ref_masks = _reference(
-        logits, labels, ignore_as_negative=ignore_as_negative)
+        logits, labels, ignore_as_negative=ignore_as_negative
+    )
     assert float(aux["num_masks"]) == ref_masks == 7  # 4 classes in image 1, 3 in image 0
     np.testing.assert_allclose(aux["focal"], ref_focal, rtol=1e-5)
     np.testing.assert_allclose(aux["dice"], ref_dice, rtol=1e-5)
@@ -77,8 +88,7 @@ def test_ignore_pixels_only_matter_as_negatives():
     moved = segmentation_loss(jnp.asarray(changed), jnp.asarray(labels), ignore_as_negative=False)
     np.testing.assert_allclose(moved[0], base[0], rtol=1e-6)
     negative = segmentation_loss(jnp.asarray(changed), jnp.asarray(labels))
-    assert float(negative[0]) > float(segmentation_loss(jnp.asarray(logits),
-                                                        jnp.asarray(labels))[0])
+    assert float(negative[0]) > float(segmentation_loss(jnp.asarray(logits), jnp.asarray(labels))[0])
 
 
 def test_all_ignore_batch_is_finite_with_one_mask_minimum():
@@ -94,9 +104,9 @@ def test_gradients_are_finite_for_extreme_logits(ignore_as_negative):
     logits, labels = _inputs(5)
     logits[0, 0] = 80.0
     logits[1, 2] = -80.0
-    grad = jax.grad(lambda x: segmentation_loss(
-        x, jnp.asarray(labels), ignore_as_negative=ignore_as_negative)[0])(
-            jnp.asarray(logits, jnp.bfloat16))
+    grad = jax.grad(
+        lambda x: segmentation_loss(x, jnp.asarray(labels), ignore_as_negative=ignore_as_negative)[0]
+    )(jnp.asarray(logits, jnp.bfloat16))
     assert grad.dtype == jnp.bfloat16
     grad = grad.astype(jnp.float32)
     assert bool(jnp.isfinite(grad).all()) and float(jnp.abs(grad).max()) > 0
@@ -116,7 +126,8 @@ def test_text_consistency_loss_is_mean_cosine_distance_to_the_template_mean():
     reference = unit(rng.normal(size=(3, 2, 8))).astype(np.float32)
     ref = unit(reference.mean(1))
     expected = np.mean(1 - np.einsum("knd,kd->kn", text, ref))
-    np.testing.assert_allclose(text_consistency_loss(jnp.asarray(text), jnp.asarray(reference)),
-                               expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        text_consistency_loss(jnp.asarray(text), jnp.asarray(reference)), expected, rtol=1e-5
+    )
     same = np.repeat(ref[:, None], 4, axis=1)
     assert abs(float(text_consistency_loss(jnp.asarray(same), jnp.asarray(reference)))) < 1e-6

@@ -21,8 +21,7 @@ def _rel(a, b) -> float:
 
 
 def _table(num_context, names=NAMES, context_length=16):
-    tokens, eot = prompts.prompt_token_table(names, num_context=num_context,
-                                             context_length=context_length)
+    tokens, eot = prompts.prompt_token_table(names, num_context=num_context, context_length=context_length)
     return jnp.asarray(tokens), jnp.asarray(eot)
 
 
@@ -32,9 +31,15 @@ def _compiled(clip, tokens, eot, *, prefix_shared, remat, num_prompts=3, num_con
     Returns (compiled function, its contexts state); the function gives
     `((loss, features [K, N, D]), grad)`.
     """
-    learner = prompts.PromptLearner(num_prompts, num_context, clip.spec.text_width,
-                                    init_std=0.5, rngs=nnx.Rngs(1), prefix_shared=prefix_shared,
-                                    remat=remat)
+    learner = prompts.PromptLearner(
+        num_prompts,
+        num_context,
+        clip.spec.text_width,
+        init_std=0.5,
+        rngs=nnx.Rngs(1),
+        prefix_shared=prefix_shared,
+        remat=remat,
+    )
     graphdef, params, rest = nnx.split(learner, prompts.Trainable, ...)
     weights = jax.random.normal(jax.random.key(2), (len(eot), num_prompts, clip.spec.embed_dim))
 
@@ -96,8 +101,7 @@ def test_config_fields_reach_the_prompt_learner(smoke_config, tiny_clip):
         config = copy.deepcopy(smoke_config)
         config.model.prefix_shared, config.model.text_remat = shared, not shared
         model = zegot.ZegOT(tiny_clip, config.model, rngs=nnx.Rngs(0))
-        assert (model.prompt_learner.prefix_shared, model.prompt_learner.remat) == (
-            shared, not shared)
+        assert (model.prompt_learner.prefix_shared, model.prompt_learner.remat) == (shared, not shared)
         feats[shared] = model.text_features(model.text_inputs(NAMES, 16))
     assert _rel(feats[True], feats[False]) < 1e-5
     del smoke_config.model.prefix_shared, smoke_config.model.text_remat  # a run saved before them

@@ -73,26 +73,28 @@ def test_no_ot_variant_sums_similarities(smoke_config, tiny_clip):
     model = _model(smoke_config, tiny_clip)
     out = model(_images(tiny_clip), model.text_inputs(VOC[:5], 16))
     n = smoke_config.model.num_prompts  # logits = 10 * score / N - 10 at initialisation
-    np.testing.assert_allclose(out.layer_logits, 10 * out.similarity.sum(-1) / n - 10,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.layer_logits, 10 * out.similarity.sum(-1) / n - 10, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", [
-    {"num_prompts": 1},
-    {"prompts": "templates"},
-    {"alignment": False},
-    {"dense_mode": "value"},
-    {"ot.plan_gradient": False},
-    {"ot.tau": 0.8, "ot.solver": "sinkhorn"},
-    {"ot.solver": "sinkhorn", "ot.domain": "kernel", "ot.threshold": 1e-4},
-    {"ot.solver": "sinkhorn", "ot.backward": "unrolled"},
-    {"ot.epsilon": 0.1, "ot.num_iterations": 3},
-    {"layers": (2,)},
-    {"prompt_init": "random"},
-    {"alignment_residual": False},
-    {"learn_temperature": False},
-    {"text_consistency_weight": 8.0},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_prompts": 1},
+        {"prompts": "templates"},
+        {"alignment": False},
+        {"dense_mode": "value"},
+        {"ot.plan_gradient": False},
+        {"ot.tau": 0.8, "ot.solver": "sinkhorn"},
+        {"ot.solver": "sinkhorn", "ot.domain": "kernel", "ot.threshold": 1e-4},
+        {"ot.solver": "sinkhorn", "ot.backward": "unrolled"},
+        {"ot.epsilon": 0.1, "ot.num_iterations": 3},
+        {"layers": (2,)},
+        {"prompt_init": "random"},
+        {"alignment_residual": False},
+        {"learn_temperature": False},
+        {"text_consistency_weight": 8.0},
+    ],
+)
 def test_variants_are_one_config_change(smoke_config, tiny_clip, change):
     config = copy.deepcopy(smoke_config)
     for key, value in change.items():
@@ -104,8 +106,9 @@ def test_variants_are_one_config_change(smoke_config, tiny_clip, change):
     model = _model(config, tiny_clip)
     out = model(_images(tiny_clip), model.text_inputs(VOC[:3], 16))
     assert np.isfinite(np.asarray(out.logits)).all()
-    expected_n = len(config.model.templates) if config.model.prompts == "templates" else \
-        config.model.num_prompts
+    expected_n = (
+        len(config.model.templates) if config.model.prompts == "templates" else config.model.num_prompts
+    )
     assert out.plan.shape[-1] == expected_n
     assert out.layer_logits.shape[0] == len(config.model.layers)
 
@@ -128,13 +131,13 @@ def test_clip_is_frozen_by_construction(smoke_config, tiny_clip):
     step = jax.jit(step_lib.make_train_step(parts.graphdef, tx, schedule, smoke_config))
     labels = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 32, 32)), jnp.int32)
     text = model.text_inputs(VOC[:3], 16)
-    new_state, metrics = step(state, parts.frozen, {"image": _images(tiny_clip), "label": labels},
-                              text)
+    new_state, metrics = step(state, parts.frozen, {"image": _images(tiny_clip), "label": labels}, text)
     assert np.isfinite(float(metrics["loss"]))
     assert 0 <= float(metrics["ot_marginal_error"]) < 1e-2  # logged with every step's metrics
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, parts.frozen))
-    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                           parts.params, new_state["params"])
+    changed = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), parts.params, new_state["params"]
+    )
     assert all(jax.tree.leaves(changed)), "every Trainable leaf should move after one step"
 
 
@@ -161,9 +164,10 @@ def test_trimmed_token_table_gives_the_same_text_features(smoke_config, tiny_cli
     model = _model(smoke_config, tiny_clip)
     inputs = model.text_inputs(VOC[:4], 16)
     assert inputs["tokens"].shape[1] <= 16
-    full = jnp.zeros((4, 16), jnp.int32).at[:, :inputs["tokens"].shape[1]].set(inputs["tokens"])
-    np.testing.assert_allclose(model.text_features(inputs),
-                               model.text_features({**inputs, "tokens": full}), atol=1e-5)
+    full = jnp.zeros((4, 16), jnp.int32).at[:, : inputs["tokens"].shape[1]].set(inputs["tokens"])
+    np.testing.assert_allclose(
+        model.text_features(inputs), model.text_features({**inputs, "tokens": full}), atol=1e-5
+    )
 
 
 def _with(config, **changes):
@@ -179,12 +183,17 @@ def test_residual_dlfa_starts_as_the_model_without_dlfa(smoke_config, tiny_clip)
     residual = _model(smoke_config, tiny_clip)
     plain = _model(_with(smoke_config, alignment=False), tiny_clip)
     text = residual.text_features(residual.text_inputs(names, 16))
-    np.testing.assert_allclose(residual.segment(images, text).logits,
-                               plain.segment(images, text).logits, atol=1e-5)
+    np.testing.assert_allclose(
+        residual.segment(images, text).logits, plain.segment(images, text).logits, atol=1e-5
+    )
     assert all(not np.asarray(a.kernel[...]).any() for a in residual.alignment)
     otseg = _model(_with(smoke_config, alignment_residual=False), tiny_clip)
-    assert np.abs(np.asarray(otseg.segment(images, text).logits)
-                  - np.asarray(plain.segment(images, text).logits)).max() > 1e-3
+    assert (
+        np.abs(
+            np.asarray(otseg.segment(images, text).logits) - np.asarray(plain.segment(images, text).logits)
+        ).max()
+        > 1e-3
+    )
 
 
 def test_template_contexts_start_as_the_hand_crafted_prompts(smoke_config, tiny_clip):
@@ -195,8 +204,9 @@ def test_template_contexts_start_as_the_hand_crafted_prompts(smoke_config, tiny_
     model = _model(smoke_config, tiny_clip)  # smoke: 2 prompts of 4 slots, 4-token templates
     learned = np.asarray(model.text_features(model.text_inputs(names, 16)))
     for n, words in enumerate(smoke_config.model.init_templates[:2]):
-        template = np.asarray(prompts.template_features(tiny_clip, names, [words + " {}."],
-                                                        context_length=16))[:, 0]
+        template = np.asarray(
+            prompts.template_features(tiny_clip, names, [words + " {}."], context_length=16)
+        )[:, 0]
         np.testing.assert_allclose(learned[:, n], template, atol=1e-5)
     assert np.abs(learned[:, 0] - learned[:, 1]).max() > 1e-3  # the prompts start different
     with pytest.raises(ValueError, match="one text per prompt"):
@@ -212,9 +222,12 @@ def test_temperature_and_bias_scale_the_refined_score(smoke_config, tiny_clip):
     scaled = _model(_with(smoke_config, temperature_init=5.0, bias_init=-2.0), tiny_clip)
     raw = _model(_with(smoke_config, learn_temperature=False), tiny_clip)
     text = scaled.text_features(scaled.text_inputs(names, 16))
-    np.testing.assert_allclose(scaled.segment(images, text).logits,
-                               5.0 * raw.segment(images, text).logits / n - 2.0, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        scaled.segment(images, text).logits,
+        5.0 * raw.segment(images, text).logits / n - 2.0,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert float(scaled.score_scale[...]) == pytest.approx(np.log(5.0))
 
 

@@ -30,8 +30,9 @@ def _similarity(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> np.nda
 def _pot_plan(s: np.ndarray, epsilon: float, num_iterations: int) -> np.ndarray:
     m, n = s.shape
     a, b = np.full(m, 1.0 / m), np.full(n, 1.0 / n)
-    return pot.sinkhorn(a, b, 1.0 - s, reg=epsilon, method="sinkhorn_log",
-                        numItermax=num_iterations, stopThr=0.0, warn=False)
+    return pot.sinkhorn(
+        a, b, 1.0 - s, reg=epsilon, method="sinkhorn_log", numItermax=num_iterations, stopThr=0.0, warn=False
+    )
 
 
 @pytest.mark.parametrize("num_iterations", [1, 37, 100])
@@ -39,8 +40,7 @@ def test_exact_iteration_count_matches_pot_float64(x64, num_iterations):
     # POT updates in the same order from the same start, so equal counts give equal plans; an
     # iteration more or less would differ by far more than the tolerance.
     s = _similarity(0, (40, 3))
-    out = zot.mpot(jnp.asarray(s), epsilon=0.05, num_iterations=num_iterations,
-                   dtype=jnp.float64)
+    out = zot.mpot(jnp.asarray(s), epsilon=0.05, num_iterations=num_iterations, dtype=jnp.float64)
     assert int(out.iterations) == num_iterations
     expected = _pot_plan(s, 0.05, num_iterations)
     np.testing.assert_allclose(np.asarray(out.plan) * s.size, expected * s.size, atol=1e-10)
@@ -56,8 +56,7 @@ def test_float32_plan_within_1e4_of_cell_mass_of_pot(epsilon):
     expected = _pot_plan(s, epsilon, 100)
     cell = 1.0 / s.size
     assert np.abs(np.asarray(out.plan, np.float64) - expected).max() < 1e-4 * cell
-    ref = zot.sinkhorn_log_reference(jnp.asarray(1.0 - s, jnp.float32), epsilon=epsilon,
-                                     num_iterations=100)
+    ref = zot.sinkhorn_log_reference(jnp.asarray(1.0 - s, jnp.float32), epsilon=epsilon, num_iterations=100)
     assert np.abs(np.asarray(ref, np.float64) - expected).max() < 1e-4 * cell
 
 
@@ -82,21 +81,27 @@ def test_uniform_is_sum_over_prompts_exactly():
     np.testing.assert_allclose(out.entropy, np.log(120.0), rtol=1e-6)
     assert out.score.shape == (2, 5, 30) and int(out.iterations.max()) == 0
     w = jnp.asarray(_similarity(4, (2, 5, 30)), jnp.float32)
-    grad = jax.grad(lambda x: jnp.sum(w * zot.mpot(x, epsilon=0.05, num_iterations=10,
-                                                   uniform=True).score))(s)
+    grad = jax.grad(lambda x: jnp.sum(w * zot.mpot(x, epsilon=0.05, num_iterations=10, uniform=True).score))(
+        s
+    )
     np.testing.assert_allclose(grad, jnp.broadcast_to(w[..., None], s.shape), rtol=1e-6)
 
 
 @jax.jit
 def _loss(s, w):
-    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, backward="unrolled",
-                                dtype=jnp.float64).score)
+    return jnp.sum(
+        w * zot.mpot(s, epsilon=0.1, num_iterations=60, backward="unrolled", dtype=jnp.float64).score
+    )
 
 
 @jax.jit
 def _loss_stop_gradient(s, w):
-    return jnp.sum(w * zot.mpot(s, epsilon=0.1, num_iterations=60, dtype=jnp.float64,
-                                backward="unrolled", plan_gradient=False).score)
+    return jnp.sum(
+        w
+        * zot.mpot(
+            s, epsilon=0.1, num_iterations=60, dtype=jnp.float64, backward="unrolled", plan_gradient=False
+        ).score
+    )
 
 
 def test_unrolled_gradient_matchescentral_differences(x64):
@@ -106,8 +111,11 @@ def test_unrolled_gradient_matchescentral_differences(x64):
     grad = np.asarray(jax.grad(_loss)(s, w))
     fd = central_differences(lambda x: _loss(x, w), s)
     np.testing.assert_allclose(grad, fd, atol=1e-7 * np.abs(fd).max())
-    ref_grad = jax.grad(lambda x: jnp.sum(w * 18 * jnp.sum(
-        zot.sinkhorn_log_reference(1 - x, epsilon=0.1, num_iterations=60) * x, -1)))(s)
+    ref_grad = jax.grad(
+        lambda x: jnp.sum(
+            w * 18 * jnp.sum(zot.sinkhorn_log_reference(1 - x, epsilon=0.1, num_iterations=60) * x, -1)
+        )
+    )(s)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
 
 
@@ -120,17 +128,27 @@ def test_stop_gradient_plan_matches_analytic_formula(x64):
     assert np.abs(grad - jax.grad(_loss)(s, w)).max() > 1e-3  # the two choices really differ
 
 
-@pytest.mark.parametrize("solver,tau,iterations", [("sinkhorn", 1.0, 3000), ("sinkhorn", 0.8, 3000),
-                                                   ("newton", 1.0, 30)])
-def test_implicit_gradient_matches_central_differences_of_converged_solve(x64, solver, tau,
-                                                                          iterations):
+@pytest.mark.parametrize(
+    "solver,tau,iterations", [("sinkhorn", 1.0, 3000), ("sinkhorn", 0.8, 3000), ("newton", 1.0, 30)]
+)
+def test_implicit_gradient_matches_central_differences_of_converged_solve(x64, solver, tau, iterations):
     s = jnp.asarray(_similarity(9, (2, 12, 3), scale=0.6))
     w = jnp.asarray(_similarity(10, (2, 12)))
 
     @jax.jit
     def loss(x):
-        return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=iterations, tau=tau,
-                                    solver=solver, backward="implicit", dtype=jnp.float64).score)
+        return jnp.sum(
+            w
+            * zot.mpot(
+                x,
+                epsilon=0.1,
+                num_iterations=iterations,
+                tau=tau,
+                solver=solver,
+                backward="implicit",
+                dtype=jnp.float64,
+            ).score
+        )
 
     grad, fd = np.asarray(jax.grad(loss)(s)), central_differences(loss, s)
     np.testing.assert_allclose(grad, fd, atol=1e-6 * np.abs(fd).max())
@@ -142,15 +160,24 @@ def test_implicit_gradient_matches_unrolled_when_converged(x64, tau):
     w = jnp.asarray(_similarity(10, (12,)))
 
     def loss(x, backward):
-        return jnp.sum(w * zot.mpot(x, epsilon=0.1, num_iterations=400, tau=tau,
-                                    backward=backward, dtype=jnp.float64).score)
+        return jnp.sum(
+            w
+            * zot.mpot(
+                x, epsilon=0.1, num_iterations=400, tau=tau, backward=backward, dtype=jnp.float64
+            ).score
+        )
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     unrolled, implicit = grad(s, "unrolled"), grad(s, "implicit")
     np.testing.assert_allclose(implicit, unrolled, atol=1e-6 * np.abs(unrolled).max())
-    truncated = jax.grad(lambda x: jnp.sum(w * zot.mpot(
-        x, epsilon=0.1, num_iterations=3, tau=tau, backward="unrolled",
-        dtype=jnp.float64).score))(s)
+    truncated = jax.grad(
+        lambda x: jnp.sum(
+            w
+            * zot.mpot(
+                x, epsilon=0.1, num_iterations=3, tau=tau, backward="unrolled", dtype=jnp.float64
+            ).score
+        )
+    )(s)
     assert np.abs(truncated - unrolled).max() > 1e-3 * np.abs(unrolled).max()  # a real check
 
 
@@ -160,13 +187,13 @@ def test_implicit_float32_matches_float64_at_convergence():
 
     def grad(x, dtype, **kw):
         kw = {"num_iterations": 100, **kw}
-        return jax.grad(lambda y: jnp.sum(w.astype(dtype) * zot.mpot(
-            y, epsilon=0.05, dtype=dtype, **kw).score))(x)
+        return jax.grad(
+            lambda y: jnp.sum(w.astype(dtype) * zot.mpot(y, epsilon=0.05, dtype=dtype, **kw).score)
+        )(x)
 
     implicit = grad(jnp.asarray(s64, jnp.float32), jnp.float32)
     with jax.enable_x64(True):
-        exact = np.asarray(grad(jnp.asarray(s64), jnp.float64, num_iterations=1000,
-                                backward="unrolled"))
+        exact = np.asarray(grad(jnp.asarray(s64), jnp.float64, num_iterations=1000, backward="unrolled"))
     assert bool(jnp.isfinite(implicit).all())
     np.testing.assert_allclose(implicit, exact, atol=1e-5 * np.abs(exact).max())
 
@@ -175,16 +202,18 @@ def test_implicit_memory_does_not_grow_with_iterations():
     s = jnp.zeros((8, 1024, 4), jnp.float32) + jnp.linspace(0, 0.3, 4)
 
     def temp_bytes(backward, iterations):
-        fn = jax.grad(lambda x: jnp.sum(zot.mpot(x, epsilon=0.05, num_iterations=iterations,
-                                                 backward=backward).score))
+        fn = jax.grad(
+            lambda x: jnp.sum(zot.mpot(x, epsilon=0.05, num_iterations=iterations, backward=backward).score)
+        )
         return jax.jit(fn).lower(s).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes("implicit", 200) <= 1.05 * temp_bytes("implicit", 20)
     assert temp_bytes("unrolled", 200) > 5 * temp_bytes("unrolled", 20)
 
 
-@pytest.mark.parametrize("options", [dict(domain="kernel"), dict(domain="auto"),
-                                     dict(solver="newton", num_iterations=3)])
+@pytest.mark.parametrize(
+    "options", [dict(domain="kernel"), dict(domain="auto"), dict(solver="newton", num_iterations=3)]
+)
 def test_faster_forward_gives_the_100_iteration_log_plan(options):
     s = jnp.asarray(_similarity(13, (3, 1024, 4), scale=0.3), jnp.float32)
     reference = zot.mpot(s, epsilon=0.05, num_iterations=100, domain="log").plan
@@ -198,8 +227,7 @@ def test_kernel_and_auto_domains_fall_back_to_log_without_float32_headroom(monke
     monkeypatch.setattr(mpot_lib, "_warned", set())
     s = jnp.asarray(_similarity(14, (2, 64, 4)), jnp.float32)
     options = dict(epsilon=0.01, num_iterations=30)
-    raw = jax.vmap(lambda c: solvers.sinkhorn_plan(c, jnp.ones(()), tau=1.0, threshold=0.0,
-                                                   **options)[0])
+    raw = jax.vmap(lambda c: solvers.sinkhorn_plan(c, jnp.ones(()), tau=1.0, threshold=0.0, **options)[0])
     log = zot.mpot(s, domain="log", **options).plan
     assert float(jnp.abs(raw(1.0 - s) - log).max()) * 64 * 4 > 0.1  # kernel iterations fail here
     for domain in ("auto", "kernel"):
@@ -252,8 +280,10 @@ def test_no_nan_at_small_epsilon_float32():
 
 def test_unbalanced_relaxes_marginals_and_tau_one_is_balanced(x64):
     s = jnp.asarray(_similarity(14, (30, 4)))
-    solve = jax.jit(lambda x, tau: zot.mpot(x, epsilon=0.05, num_iterations=300, tau=tau,
-                                            dtype=jnp.float64), static_argnums=1)
+    solve = jax.jit(
+        lambda x, tau: zot.mpot(x, epsilon=0.05, num_iterations=300, tau=tau, dtype=jnp.float64),
+        static_argnums=1,
+    )
     np.testing.assert_array_equal(solve(s, 1.0).plan, solve(s, None).plan)
     errors = [float(solve(s, t).marginal_error) for t in (1.0, 0.99, 0.9, 0.5)]
     assert errors[0] < 1e-9 and all(e1 < e2 for e1, e2 in zip(errors, errors[1:], strict=False))
@@ -262,17 +292,22 @@ def test_unbalanced_relaxes_marginals_and_tau_one_is_balanced(x64):
 def test_unbalanced_matches_pot_and_reference(x64):
     s = _similarity(15, (20, 3))
     epsilon, tau = 0.1, 0.8
-    out = zot.mpot(jnp.asarray(s), epsilon=epsilon, tau=tau, num_iterations=500,
-                   dtype=jnp.float64)
-    ref = zot.sinkhorn_log_reference(jnp.asarray(1 - s), epsilon=epsilon, tau=tau,
-                                     num_iterations=500)
+    out = zot.mpot(jnp.asarray(s), epsilon=epsilon, tau=tau, num_iterations=500, dtype=jnp.float64)
+    ref = zot.sinkhorn_log_reference(jnp.asarray(1 - s), epsilon=epsilon, tau=tau, num_iterations=500)
     np.testing.assert_allclose(out.plan, ref, atol=1e-12)
     rho = tau * epsilon / (1 - tau)  # ott's tau = rho / (rho + epsilon)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # POT warns that reg_type='entropy' ignores c
         expected = pot.unbalanced.sinkhorn_unbalanced(
-            np.full(20, 1 / 20), np.full(3, 1 / 3), 1 - s, epsilon, rho, reg_type="entropy",
-            numItermax=5000, stopThr=1e-14)
+            np.full(20, 1 / 20),
+            np.full(3, 1 / 3),
+            1 - s,
+            epsilon,
+            rho,
+            reg_type="entropy",
+            numItermax=5000,
+            stopThr=1e-14,
+        )
     np.testing.assert_allclose(out.plan, expected, atol=1e-8 / s.size)
 
 
@@ -299,27 +334,28 @@ def test_remat_reference_gradient_is_unchanged():
     c = jnp.asarray(1 - _similarity(18, (3, 16, 4)), jnp.float32)
 
     def loss(x, remat):
-        return jnp.sum(zot.sinkhorn_log_reference(x, epsilon=0.05, num_iterations=20,
-                                                  remat=remat) * x)
+        return jnp.sum(zot.sinkhorn_log_reference(x, epsilon=0.05, num_iterations=20, remat=remat) * x)
 
     expected = jax.grad(loss)(c, False)
-    np.testing.assert_allclose(jax.grad(loss)(c, True), expected,
-                               atol=1e-5 * float(jnp.abs(expected).max()))
+    np.testing.assert_allclose(jax.grad(loss)(c, True), expected, atol=1e-5 * float(jnp.abs(expected).max()))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(epsilon=None, num_iterations=10), "epsilon is required"),
-    (dict(epsilon=0.0, num_iterations=10), "epsilon must be > 0"),
-    (dict(epsilon=-0.1, num_iterations=10), "epsilon must be > 0"),
-    (dict(epsilon=0.05, num_iterations=0), "num_iterations"),
-    (dict(epsilon=0.05, num_iterations=2.5), "num_iterations"),
-    (dict(epsilon=0.05, num_iterations=10, tau=0.0), "tau"),
-    (dict(epsilon=0.05, num_iterations=10, tau=1.5), "tau"),
-    (dict(epsilon=0.05, num_iterations=10, solver="lbfgs"), "Unknown OT solver"),
-    (dict(epsilon=0.05, num_iterations=10, backward="cg"), "backward must be one of"),
-    (dict(epsilon=0.05, num_iterations=10, domain="fft"), "domain must be one of"),
-    (dict(epsilon=0.05, num_iterations=10, threshold=-1.0), "threshold must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epsilon=None, num_iterations=10), "epsilon is required"),
+        (dict(epsilon=0.0, num_iterations=10), "epsilon must be > 0"),
+        (dict(epsilon=-0.1, num_iterations=10), "epsilon must be > 0"),
+        (dict(epsilon=0.05, num_iterations=0), "num_iterations"),
+        (dict(epsilon=0.05, num_iterations=2.5), "num_iterations"),
+        (dict(epsilon=0.05, num_iterations=10, tau=0.0), "tau"),
+        (dict(epsilon=0.05, num_iterations=10, tau=1.5), "tau"),
+        (dict(epsilon=0.05, num_iterations=10, solver="lbfgs"), "Unknown OT solver"),
+        (dict(epsilon=0.05, num_iterations=10, backward="cg"), "backward must be one of"),
+        (dict(epsilon=0.05, num_iterations=10, domain="fft"), "domain must be one of"),
+        (dict(epsilon=0.05, num_iterations=10, threshold=-1.0), "threshold must be >= 0"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         zot.mpot(jnp.zeros((4, 2)), **kwargs)
@@ -336,8 +372,7 @@ def test_unbalanced_score_uses_the_plan_at_unit_mass():
     out = zot.mpot(s, epsilon=0.05, num_iterations=50, tau=0.5)
     mass = np.asarray(out.plan.sum((-1, -2)))
     assert np.all(mass < 0.5)  # the raw plan lost most of its mass ...
-    expected = 64 * 4 * np.einsum("bmn,bmn->bm", np.asarray(out.plan) / mass[:, None, None],
-                                  np.asarray(s))
+    expected = 64 * 4 * np.einsum("bmn,bmn->bm", np.asarray(out.plan) / mass[:, None, None], np.asarray(s))
     np.testing.assert_allclose(out.score, expected, rtol=1e-5)
     balanced = zot.mpot(s, epsilon=0.05, num_iterations=50)
     # ... but the score stays on the balanced scale (N times a weighted mean of S).
@@ -351,8 +386,7 @@ def test_spd_solve_matches_numpy_batched(x64, n):
     matrices = factors @ factors.transpose(0, 2, 1) + 0.1 * np.eye(n)
     rhs = rng.normal(size=(50, n))
     got = jax.jit(jax.vmap(spd.solve))(jnp.asarray(matrices), jnp.asarray(rhs))
-    np.testing.assert_allclose(got, np.linalg.solve(matrices, rhs[..., None])[..., 0],
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got, np.linalg.solve(matrices, rhs[..., None])[..., 0], rtol=1e-9, atol=1e-9)
 
 
 def test_spd_solve_is_nan_not_wrong_on_an_indefinite_matrix():
@@ -370,6 +404,13 @@ def test_newton_float32_reaches_the_converged_plan_with_a_starved_prompt():
     assert bool(jnp.isfinite(out.plan).all())
     assert float(out.marginal_error.max()) < 1e-4
     for i in range(3):
-        reference = pot.sinkhorn(np.full(64, 1 / 64), np.full(4, 1 / 4), 1.0 - s[i], reg=0.05,
-                                 method="sinkhorn_log", numItermax=20_000, stopThr=1e-13)
+        reference = pot.sinkhorn(
+            np.full(64, 1 / 64),
+            np.full(4, 1 / 4),
+            1.0 - s[i],
+            reg=0.05,
+            method="sinkhorn_log",
+            numItermax=20_000,
+            stopThr=1e-13,
+        )
         assert np.abs(np.asarray(out.plan[i]) - reference).max() * 64 * 4 < 1e-4

@@ -20,13 +20,16 @@ def _from_features(problem: zot.Problem, settings: zot.Settings):
     h, w = problem.grid
     cosines = problem.pixels @ problem.prompts.T  # [M, N]
     plan = jax.nn.softmax(cosines / settings.epsilon, axis=1) / (h * w)
-    return plan, {"mismatch": jnp.abs(cosines - problem.similarity).max(),
-                  "last_row": (jnp.arange(h * w) // w).max()}
+    return plan, {
+        "mismatch": jnp.abs(cosines - problem.similarity).max(),
+        "last_row": (jnp.arange(h * w) // w).max(),
+    }
 
 
 def _loop(problem: zot.Problem, settings: zot.Settings) -> jax.Array:
-    return zot.sinkhorn_log_reference(problem.cost, epsilon=settings.epsilon,
-                                      num_iterations=settings.num_iterations)
+    return zot.sinkhorn_log_reference(
+        problem.cost, epsilon=settings.epsilon, num_iterations=settings.num_iterations
+    )
 
 
 @pytest.fixture
@@ -46,8 +49,7 @@ def _similarity(seed, shape):
 
 def test_vmapped_over_leading_dims_with_options_score_and_diagnostics(registered):
     s = jnp.asarray(_similarity(0, (2, 3, 10, 4)), jnp.bfloat16)
-    out = zot.mpot(s, epsilon=0.05, num_iterations=1, solver="test_softmax",
-                   options={"temperature": 0.5})
+    out = zot.mpot(s, epsilon=0.05, num_iterations=1, solver="test_softmax", options={"temperature": 0.5})
     s32 = np.asarray(s, np.float32)
     expected = np.asarray(jax.nn.softmax(s32 / 0.5, axis=-1)) / 10
     assert out.plan.dtype == jnp.float32 and out.plan.shape == (2, 3, 10, 4)
@@ -64,25 +66,51 @@ def test_grid_and_features_reach_each_problem(registered):
     pixels = jnp.asarray(_similarity(5, (2, 3, 6, 8)), jnp.float32)  # [L, B, M, D]
     prompts = jnp.asarray(_similarity(6, (2, 3, 5, 4, 8)), jnp.float32)  # [L, B, K, N, D]
     s = jnp.einsum("lbmd,lbknd->lbkmn", pixels, prompts)
-    out = jax.jit(lambda *a: zot.mpot(a[0], epsilon=1.0, num_iterations=1, solver="test_features",
-                                      grid=(2, 3), pixels=a[1], prompts=a[2]))(s, pixels, prompts)
+    out = jax.jit(
+        lambda *a: zot.mpot(
+            a[0],
+            epsilon=1.0,
+            num_iterations=1,
+            solver="test_features",
+            grid=(2, 3),
+            pixels=a[1],
+            prompts=a[2],
+        )
+    )(s, pixels, prompts)
     assert out.diagnostics["mismatch"].shape == (2, 3, 5)
     assert float(out.diagnostics["mismatch"].max()) < 1e-5
     assert np.all(np.asarray(out.diagnostics["last_row"]) == 1)
     with pytest.raises(ValueError, match="grid must be"):
-        zot.mpot(s, epsilon=1.0, num_iterations=1, solver="test_features", grid=(4, 4),
-                 pixels=pixels, prompts=prompts)
+        zot.mpot(
+            s,
+            epsilon=1.0,
+            num_iterations=1,
+            solver="test_features",
+            grid=(4, 4),
+            pixels=pixels,
+            prompts=prompts,
+        )
     with pytest.raises(ValueError, match="prefix of the similarity"):
-        zot.mpot(s, epsilon=1.0, num_iterations=1, solver="test_features", grid=(2, 3),
-                 pixels=pixels[:, :1], prompts=prompts)
+        zot.mpot(
+            s,
+            epsilon=1.0,
+            num_iterations=1,
+            solver="test_features",
+            grid=(2, 3),
+            pixels=pixels[:, :1],
+            prompts=prompts,
+        )
 
 
 def test_gradient_is_autodiff_through_the_transport(registered):
     with jax.enable_x64(True):
         s = jnp.asarray(_similarity(1, (5, 3)))
         w = jnp.asarray(_similarity(2, (5,)))
-        loss = jax.jit(lambda x: jnp.sum(w * zot.mpot(
-            x, epsilon=0.1, num_iterations=1, solver="test_softmax", dtype=jnp.float64).score))
+        loss = jax.jit(
+            lambda x: jnp.sum(
+                w * zot.mpot(x, epsilon=0.1, num_iterations=1, solver="test_softmax", dtype=jnp.float64).score
+            )
+        )
         grad = np.asarray(jax.grad(loss)(s))
         fd = central_differences(loss, s)
         np.testing.assert_allclose(grad, fd, atol=1e-7 * np.abs(fd).max())
@@ -94,20 +122,36 @@ def test_implicit_backward_only_for_balanced_entropic_transports(registered):
         w = jnp.asarray(_similarity(4, (12,)))
 
         def grad(solver, backward):  # 5 iterations: far from converged, so the two backwards differ
-            return np.asarray(jax.jit(jax.grad(lambda x: jnp.sum(w * zot.mpot(
-                x, epsilon=0.1, num_iterations=5, solver=solver, backward=backward,
-                dtype=jnp.float64).score)))(s))
+            return np.asarray(
+                jax.jit(
+                    jax.grad(
+                        lambda x: jnp.sum(
+                            w
+                            * zot.mpot(
+                                x,
+                                epsilon=0.1,
+                                num_iterations=5,
+                                solver=solver,
+                                backward=backward,
+                                dtype=jnp.float64,
+                            ).score
+                        )
+                    )
+                )(s)
+            )
 
         def score(x, plan):
             return jnp.sum(w * 36 * jnp.sum(plan * x, -1))
 
         plan = zot.sinkhorn_log_reference(1 - s, epsilon=0.1, num_iterations=5)
-        unrolled = np.asarray(jax.grad(lambda x: score(x, zot.sinkhorn_log_reference(
-            1 - x, epsilon=0.1, num_iterations=5)))(s))
+        unrolled = np.asarray(
+            jax.grad(lambda x: score(x, zot.sinkhorn_log_reference(1 - x, epsilon=0.1, num_iterations=5)))(s)
+        )
         # The implicit backward of that plan: dL/dS = dL/dS at a fixed plan - dL/dC via the plan.
         at_plan, plan_grad = jax.grad(score, argnums=(0, 1))(s, plan)
-        implicit = np.asarray(at_plan - zot.implicit.plan_cotangent_to_cost(
-            plan, plan_grad, epsilon=0.1, tau=1.0))
+        implicit = np.asarray(
+            at_plan - zot.implicit.plan_cotangent_to_cost(plan, plan_grad, epsilon=0.1, tau=1.0)
+        )
         assert np.abs(implicit - unrolled).max() > 1e-3 * np.abs(unrolled).max()
         np.testing.assert_allclose(grad("test_loop_implicit", "implicit"), implicit, atol=1e-10)
         np.testing.assert_allclose(grad("test_loop", "implicit"), unrolled, atol=1e-10)
@@ -119,8 +163,7 @@ def test_bad_outputs_fail_clearly(registered):
     try:
         s = jnp.zeros((2, 6, 3))
         with pytest.raises(ValueError, match=r"'test_bad_shape' returned a plan of shape \(3, 6\)"):
-            jax.jit(lambda x: zot.mpot(x, epsilon=0.1, num_iterations=1,
-                                       solver="test_bad_shape").score)(s)
+            jax.jit(lambda x: zot.mpot(x, epsilon=0.1, num_iterations=1, solver="test_bad_shape").score)(s)
         with pytest.raises(ValueError, match="36 non-finite or negative plan cells"):
             zot.mpot(s, epsilon=0.1, num_iterations=1, solver="test_nan")
     finally:
@@ -131,8 +174,11 @@ def test_bad_outputs_fail_clearly(registered):
 def test_registry_names_and_protections(registered):
     names = zot.registered_transports()
     assert names[:2] == ("newton", "sinkhorn") and "test_softmax" in names
-    with pytest.raises(ValueError, match=r"Unknown OT solver 'nope'; registered: newton, "
-                                         r"sinkhorn, .*register_transport\('nope', fn\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown OT solver 'nope'; registered: newton, "
+        r"sinkhorn, .*register_transport\('nope', fn\)",
+    ):
         zot.mpot(jnp.zeros((4, 2)), epsilon=0.1, num_iterations=1, solver="nope")
     with pytest.raises(ValueError, match="built-in"):
         zot.register_transport("newton", _loop)

@@ -46,23 +46,28 @@ def test_train_step_uses_the_registered_transport(toy_config, tiny_clip):
     parts = functional.split_model(model)
     tx = optax.adamw(1e-2)
     state = step_lib.init_state(parts.params, tx, 0)
-    step = jax.jit(step_lib.make_train_step(parts.graphdef, tx, optax.constant_schedule(1e-2),
-                                            toy_config))
+    step = jax.jit(step_lib.make_train_step(parts.graphdef, tx, optax.constant_schedule(1e-2), toy_config))
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     labels = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 32, 32)), jnp.int32)
     GRIDS.clear()
-    new_state, metrics = step(state, parts.frozen, {"image": images, "label": labels},
-                              model.text_inputs(VOCAB, toy_config.clip.text_context_length))
+    new_state, metrics = step(
+        state,
+        parts.frozen,
+        {"image": images, "label": labels},
+        model.text_inputs(VOCAB, toy_config.clip.text_context_length),
+    )
     patch = tiny_clip.spec.patch_size
     assert GRIDS and set(GRIDS) == {(32 // patch, 32 // patch)}
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                         parts.params, new_state["params"])
+    moved = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), parts.params, new_state["params"]
+    )
     assert all(jax.tree.leaves(moved))
 
 
 def test_saved_run_remembers_the_transport_and_refuses_to_load_without_it(
-        toy_config, tiny_clip, tmp_path, capsys):
+    toy_config, tiny_clip, tmp_path, capsys
+):
     workdir = str(tmp_path / "run")
     save_run(workdir, toy_config, tiny_clip)
     segmenter = inference.Segmenter.from_run(workdir)
@@ -86,8 +91,10 @@ def test_saved_run_remembers_the_transport_and_refuses_to_load_without_it(
     assert cli.main(["segment", str(image), "--run", workdir, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
     plugin = tmp_path / "my_transport.py"  # what `zegot-jax segment --plugin` runs first
-    plugin.write_text("import zegot_jax.ot as zot\nfrom test_transport_plugin import _toy\n"
-                      "zot.register_transport('toy_plugin', _toy, options={'temperature': 1.0})\n")
+    plugin.write_text(
+        "import zegot_jax.ot as zot\nfrom test_transport_plugin import _toy\n"
+        "zot.register_transport('toy_plugin', _toy, options={'temperature': 1.0})\n"
+    )
     cli.load_plugins([str(plugin)])
     assert inference.Segmenter.from_run(workdir).config.model.ot.solver == "toy_plugin"
     with pytest.raises(ValueError, match="cannot import"):

@@ -45,8 +45,9 @@ def rel_err(actual, expected) -> float:
 
 def twin_name(path) -> tuple[str, bool]:
     """JAX `Trainable` path -> (twin parameter name, transpose?)."""
-    keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path if
-            getattr(p, "name", None) != "value"]
+    keys = [
+        str(getattr(p, "key", getattr(p, "name", p))) for p in path if getattr(p, "name", None) != "value"
+    ]
     name = ".".join(keys)
     if name == "prompt_learner.context":
         return "context", False
@@ -69,6 +70,7 @@ def twin_to_jax(tree, arrays: dict[str, np.ndarray]):
         value = arrays[name].T if transpose else arrays[name]
         assert value.shape == leaf.shape, (name, value.shape, leaf.shape)
         return jnp.asarray(value, leaf.dtype)
+
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
@@ -76,7 +78,8 @@ def gradient_capture() -> optax.GradientTransformation:
     """An 'optimiser' whose state after one update is the gradient itself (params unchanged)."""
     return optax.GradientTransformation(
         lambda params: jax.tree.map(jnp.zeros_like, params),
-        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads),
+    )
 
 
 def twin_config() -> ml_collections.ConfigDict:
@@ -117,8 +120,10 @@ class Pair:
         self.check_init(arrays, trainable)
         rng = np.random.default_rng(seed + 1)
         scale = {"context": 0.02, "log_temperature": 0.1, "score_bias": 0.3}
-        arrays = {k: np.asarray(v + scale.get(k, 0.05) * rng.standard_normal(v.shape), np.float32)
-                  for k, v in arrays.items()}
+        arrays = {
+            k: np.asarray(v + scale.get(k, 0.05) * rng.standard_normal(v.shape), np.float32)
+            for k, v in arrays.items()
+        }
         with torch.no_grad():
             for name, p in trainable.items():
                 p.copy_(torch.from_numpy(arrays[name]))
@@ -129,7 +134,7 @@ class Pair:
         cfg = self.config.model
         ctx, twin_ctx = arrays["context"], trainable["context"].detach().numpy()
         if cfg.prompt_init == "templates":
-            for i, text in enumerate(cfg.init_templates[:cfg.num_prompts]):
+            for i, text in enumerate(cfg.init_templates[: cfg.num_prompts]):
                 n = len(clip_lib.encode(text))
                 assert rel_err(ctx[i, -n:], twin_ctx[i, -n:]) < 1e-6
         for name, value in arrays.items():
@@ -144,16 +149,16 @@ class Pair:
         inputs = model.text_inputs(NAMES, self.config.clip.text_context_length)
         tx = gradient_capture()
         step = step_lib.make_train_step(self.graphdef, tx, optax.constant_schedule(0.0), self.config)
-        state, out = jax.jit(step)(step_lib.init_state(self.params, tx, 0), self.frozen, batch,
-                                   inputs)
+        state, out = jax.jit(step)(step_lib.init_state(self.params, tx, 0), self.frozen, batch, inputs)
         forward = jax.jit(lambda p, f, x, ti: functional.merge(self.graphdef, p, f)(x, ti))
         layer_logits = forward(self.params, self.frozen, batch["image"], inputs).layer_logits
         return float(out["loss"]), jax_to_twin(state["opt_state"]), np.asarray(layer_logits)
 
     def torch_train(self, batch):
         self.twin.zero_grad()
-        loss, layer_logits = self.twin.loss(nchw(batch["image"]), torch.from_numpy(batch["label"]),
-                                            NAMES, self.config.loss)
+        loss, layer_logits = self.twin.loss(
+            nchw(batch["image"]), torch.from_numpy(batch["label"]), NAMES, self.config.loss
+        )
         loss.backward()
         grads = {n: p.grad.numpy() for n, p in self.twin.named_parameters() if p.requires_grad}
         return float(loss.detach()), grads, layer_logits.detach().numpy()
@@ -166,26 +171,30 @@ def nchw(images: np.ndarray) -> torch.Tensor:
 def random_batch(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Images and blocky labels with ignore pixels, an out-of-range id and absent classes."""
     rng = np.random.default_rng(seed)
-    blocks = rng.choice([0, 1, 2, 255], (batch, size // 8, size // 8), p=[.3, .3, .2, .2])
+    blocks = rng.choice([0, 1, 2, 255], (batch, size // 8, size // 8), p=[0.3, 0.3, 0.2, 0.2])
     blocks[0, 0, 0] = 7
     blocks[-1][blocks[-1] == 2] = 0  # class 2 absent from the last image
     labels = blocks.repeat(8, 1).repeat(8, 2).astype(np.int32)
-    return {"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-            "label": labels}
+    return {"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32), "label": labels}
 
 
 def check_training_parity(pair: Pair, batch) -> dict[str, float]:
     jax_loss, jax_grads, jax_logits = pair.jax_train(batch)
     torch_loss, torch_grads, torch_logits = pair.torch_train(batch)
-    errors = {"layer_logits": rel_err(jax_logits, torch_logits),
-              "logits": rel_err(jax_logits.mean(0), torch_logits.mean(0)),
-              "loss": rel_err(jax_loss, torch_loss)}
+    errors = {
+        "layer_logits": rel_err(jax_logits, torch_logits),
+        "logits": rel_err(jax_logits.mean(0), torch_logits.mean(0)),
+        "loss": rel_err(jax_loss, torch_loss),
+    }
     errors.update({f"grad {k}": rel_err(jax_grads[k], torch_grads[k]) for k in torch_grads})
     print({k: f"{v:.1e}" for k, v in errors.items()})
     for name, grad in torch_grads.items():
         assert np.abs(grad).max() > 0, f"trivial gradient for {name}"
-    bad = {k: v for k, v in errors.items()
-           if not v < (RTOL_LOG_TEMPERATURE if k == "grad log_temperature" else RTOL)}
+    bad = {
+        k: v
+        for k, v in errors.items()
+        if not v < (RTOL_LOG_TEMPERATURE if k == "grad log_temperature" else RTOL)
+    }
     assert not bad, f"relative errors above {RTOL}: {bad}"
     return errors
 
@@ -201,17 +210,34 @@ def tiny(tmp_path_factory):
 
 CASES = {
     "defaults: OT, 3 layers, value, residual DLFA, template init, T/b, consistency": {
-        "layers": (0, 1, 2), "dense_mode": "value", "text_consistency_weight": 8.0},
+        "layers": (0, 1, 2),
+        "dense_mode": "value",
+        "text_consistency_weight": 8.0,
+    },
     "no OT, last layer standard, plain DLFA, random init, no T/b": {
-        "layers": (2,), "ot__enabled": False, "alignment_residual": False, "prompt_init": "random",
-        "learn_temperature": False, "text_consistency_weight": 0.0},
+        "layers": (2,),
+        "ot__enabled": False,
+        "alignment_residual": False,
+        "prompt_init": "random",
+        "learn_temperature": False,
+        "text_consistency_weight": 0.0,
+    },
     "OT, 1 layer value, plain DLFA, T/b": {
-        "layers": (2,), "dense_mode": "value", "alignment_residual": False,
-        "text_consistency_weight": 0.0},
+        "layers": (2,),
+        "dense_mode": "value",
+        "alignment_residual": False,
+        "text_consistency_weight": 0.0,
+    },
     "no OT, 3 layers standard, residual DLFA, consistency": {
-        "layers": (0, 1, 2), "ot__enabled": False, "text_consistency_weight": 8.0},
+        "layers": (0, 1, 2),
+        "ot__enabled": False,
+        "text_consistency_weight": 8.0,
+    },
     "OT, layers 0 and 1, no DLFA, plan without gradient": {
-        "layers": (0, 1), "alignment": False, "ot__plan_gradient": False},
+        "layers": (0, 1),
+        "alignment": False,
+        "ot__plan_gradient": False,
+    },
 }
 
 
@@ -256,8 +282,7 @@ def test_label_maps_identical(tiny, ensemble):
     With and without the seen penalty.
     """
     hf, jclip = tiny
-    config = make_config(TINY["context"], layers=(1, 2), dense_mode="value",
-                         ensemble_weight=ensemble)
+    config = make_config(TINY["context"], layers=(1, 2), dense_mode="value", ensemble_weight=ensemble)
     config.eval.mode = "whole"
     pair = Pair(hf, jclip, config, seed=3)
     batch = random_batch(3, 48, seed=4)
@@ -265,8 +290,12 @@ def test_label_maps_identical(tiny, ensemble):
     text = evaluator.text_features_of(g, p, f, NAMES, config.clip.text_context_length)
     reference = evaluator.reference_features_of(g, p, f, config, NAMES)
     predict = evaluator.make_predictor(g, config)
-    scores = np.stack([np.asarray(predict(p, f, text, jnp.asarray(img[None]), img.shape[:2],
-                                          reference)) for img in batch["image"]])
+    scores = np.stack(
+        [
+            np.asarray(predict(p, f, text, jnp.asarray(img[None]), img.shape[:2], reference))
+            for img in batch["image"]
+        ]
+    )
     images = nchw(batch["image"])
     maps = {}
     for penalty in (0.0, 0.1):
@@ -279,8 +308,7 @@ def test_label_maps_identical(tiny, ensemble):
         pair.twin.cfg = copy.deepcopy(config.model)
         pair.twin.cfg.ensemble_weight = 0.0
         assert (pair.twin.predict(images, NAMES) != maps[0.0]).any()  # so did the ensemble
-    examples = [{"image": img, "label": lab} for img, lab in zip(batch["image"], batch["label"],
-                                                                 strict=True)]
+    examples = [{"image": img, "label": lab} for img, lab in zip(batch["image"], batch["label"], strict=True)]
     summary = evaluator.evaluate(config, g, p, f, examples, NAMES, UNSEEN, seen_penalty=0.1)
     conf = np.zeros((len(NAMES), len(NAMES)), np.int64)
     valid = batch["label"] < len(NAMES)
@@ -292,9 +320,19 @@ def test_label_maps_identical(tiny, ensemble):
 def test_training_parity_vit_b16(tmp_path):
     """ViT-B/16 at 224 (shapes as released, random weights): the default config, value mode."""
     spec = clip_lib.get_spec("ViT-B/16")
-    hf = build_hf_clip(vision_width=768, vision_layers=12, vision_heads=12, patch=16,
-                       image_size=224, text_width=512, text_layers=12, text_heads=8, context=77,
-                       vocab=49408, embed=512)
+    hf = build_hf_clip(
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        patch=16,
+        image_size=224,
+        text_width=512,
+        text_layers=12,
+        text_heads=8,
+        context=77,
+        vocab=49408,
+        embed=512,
+    )
     with torch.no_grad():  # back to a CLIP-like scale so 12 blocks stay well conditioned
         for param in hf.parameters():
             param.mul_(0.5)

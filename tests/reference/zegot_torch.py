@@ -49,8 +49,17 @@ def upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def focal_dice(logits, labels, *, focal_weight=100.0, dice_weight=1.0, alpha=0.25, gamma=2.0,
-               ignore_index=255, ignore_as_negative=True):
+def focal_dice(
+    logits,
+    labels,
+    *,
+    focal_weight=100.0,
+    dice_weight=1.0,
+    alpha=0.25,
+    gamma=2.0,
+    ignore_index=255,
+    ignore_as_negative=True,
+):
     """`(loss, focal, dice)` of logits `[B, K, H, W]` against labels `[B, H, W]` (method.md).
 
     Ignore pixels (and ids outside [0, K)) have an all-zero target; with `ignore_as_negative`
@@ -101,7 +110,7 @@ class TorchZegOT(torch.nn.Module):
         if cfg.prompt_init == "templates":  # prompt i starts as template i, right before the name
             for i, text in enumerate(cfg.init_templates[:n]):
                 ids = torch.tensor(clip_lib.encode(text))
-                context[i, length - len(ids):] = self._embed(ids)
+                context[i, length - len(ids) :] = self._embed(ids)
         self.context = torch.nn.Parameter(context)
         self.dlfa = None
         if cfg.alignment:
@@ -110,8 +119,7 @@ class TorchZegOT(torch.nn.Module):
                 if cfg.alignment_residual:
                     torch.nn.init.zeros_(linear.weight)
                 else:
-                    torch.nn.init.trunc_normal_(linear.weight, std=0.02, a=-0.04, b=0.04,
-                                                generator=gen)
+                    torch.nn.init.trunc_normal_(linear.weight, std=0.02, a=-0.04, b=0.04, generator=gen)
                 torch.nn.init.zeros_(linear.bias)
         if cfg.learn_temperature:
             self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(cfg.temperature_init)))
@@ -134,15 +142,17 @@ class TorchZegOT(torch.nn.Module):
     def text_features(self, names) -> torch.Tensor:
         """L2-normalised `[K, N, D]` for `[SOS] ctx_n name . [EOT]` (padded with 0 after EOT)."""
         n, length, width = self.context.shape
-        rows = [[clip_lib.SOS] + [0] * length + clip_lib.encode(name) + clip_lib.encode(".")
-                + [clip_lib.EOT] for name in names]
+        rows = [
+            [clip_lib.SOS] + [0] * length + clip_lib.encode(name) + clip_lib.encode(".") + [clip_lib.EOT]
+            for name in names
+        ]
         longest = max(map(len, rows))
         ids = torch.tensor([r + [0] * (longest - len(r)) for r in rows])
         eot = torch.tensor([len(r) - 1 for r in rows])
         emb = self._embed(ids)[None].expand(n, -1, -1, -1)  # [N, K, T, W]
         k = len(names)
         ctx = self.context[:, None].expand(n, k, length, width)
-        x = torch.cat([emb[:, :, :1], ctx, emb[:, :, 1 + length:]], dim=2)
+        x = torch.cat([emb[:, :, :1], ctx, emb[:, :, 1 + length :]], dim=2)
         feats = self.encode_embedded(x.reshape(n * k, longest, width), eot.repeat(n))
         return normalize(feats.view(n, k, -1).transpose(0, 1))
 
@@ -156,7 +166,7 @@ class TorchZegOT(torch.nn.Module):
         if key not in self._templates:
             context = self.clip.config.text_config.max_position_embeddings
             ids = clip_lib.tokenize([t.format(n) for n in names for t in templates], context)
-            ids = torch.from_numpy(ids[:, :(ids == clip_lib.EOT).argmax(1).max() + 1]).long()
+            ids = torch.from_numpy(ids[:, : (ids == clip_lib.EOT).argmax(1).max() + 1]).long()
             feats = self.clip.text_projection(self.clip.text_model(input_ids=ids).pooler_output)
             self._templates[key] = normalize(feats.view(len(names), len(templates), -1))
         return self._templates[key]
@@ -174,7 +184,7 @@ class TorchZegOT(torch.nn.Module):
         table = torch.cat([table[:1], patch.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
         emb.position_embedding = torch.nn.Embedding.from_pretrained(table, freeze=True)
         emb.register_buffer("position_ids", torch.arange(grid * grid + 1)[None], persistent=False)
-        emb.image_size, emb.num_patches, emb.num_positions = grid * emb.patch_size, grid ** 2, grid ** 2 + 1
+        emb.image_size, emb.num_patches, emb.num_positions = grid * emb.patch_size, grid**2, grid**2 + 1
 
     def _value_path(self, x: torch.Tensor) -> torch.Tensor:
         """MaskCLIP's last block on its input tokens: attention replaced by out_proj(v_proj(.))."""
@@ -220,8 +230,9 @@ class TorchZegOT(torch.nn.Module):
             m, n = s.shape[-2:]
             if ot.enabled:
                 cost = 1 - s
-                plan = sinkhorn_log(cost if ot.plan_gradient else cost.detach(), ot.epsilon,
-                                    ot.num_iterations)
+                plan = sinkhorn_log(
+                    cost if ot.plan_gradient else cost.detach(), ot.epsilon, ot.num_iterations
+                )
                 score = m * n * (plan * s).sum(-1)
             else:
                 score = s.sum(-1)  # the uniform plan 1/(MN)
@@ -236,9 +247,13 @@ class TorchZegOT(torch.nn.Module):
         text = self.text_features(names)
         logits, layer_logits, _ = self.segment(images, text)
         size = labels.shape[-2:]
-        kw = dict(focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
-                  alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
-                  ignore_as_negative=loss_cfg.ignore_as_negative)
+        kw = dict(
+            focal_weight=loss_cfg.focal_weight,
+            dice_weight=loss_cfg.dice_weight,
+            alpha=loss_cfg.focal_alpha,
+            gamma=loss_cfg.focal_gamma,
+            ignore_as_negative=loss_cfg.ignore_as_negative,
+        )
         total = focal_dice(upsample(logits, size), labels, **kw)[0]
         for layer in layer_logits if loss_cfg.layer_weight > 0 else ():
             total = total + loss_cfg.layer_weight * focal_dice(upsample(layer, size), labels, **kw)[0]

@@ -90,14 +90,19 @@ def test_a_full_disk_is_one_line_naming_the_resume_step(damaged, monkeypatch):
     ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
 
     def full(*_, **__):
-        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed to '
-                         "write 5910 bytes to file 19: No space left on device [os_error_code=28]")
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed to '
+            "write 5910 bytes to file 19: No space left on device [os_error_code=28]"
+        )
 
     monkeypatch.setattr(ckpt.manager, "save", full)
     monkeypatch.setattr(ckpt.manager, "wait_until_finished", full)
-    with pytest.raises(ValueError, match=r"^Could not write a checkpoint in .*/checkpoints: no "
-                                         r"space left on device\. Free some space .* resumes "
-                                         r"from step 3, the last complete checkpoint\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Could not write a checkpoint in .*/checkpoints: no "
+        r"space left on device\. Free some space .* resumes "
+        r"from step 3, the last complete checkpoint\.$",
+    ):
         ckpt.save(4, state, {"step": 4}, config)
     ckpt.close()  # the failure was reported: not raised again on the way out
     monkeypatch.undo()
@@ -112,11 +117,18 @@ def test_stderr_keeps_all_but_closed_loop_tracebacks(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     orbax_errors.quiet_after_failure()
-    noise = ['Traceback (most recent call last):\n', '  File "base_events.py", line 806, in '
-             'call_soon_threadsafe\n', "    self._check_closed()\n",
-             "RuntimeError", ": Event loop is closed\n"]
-    pieces = [noise, list(noise), ["Traceback (most recent call last):\n  File \"a.py\"\n",
-                                   "ValueError: real\n"]]
+    noise = [
+        "Traceback (most recent call last):\n",
+        '  File "base_events.py", line 806, in call_soon_threadsafe\n',
+        "    self._check_closed()\n",
+        "RuntimeError",
+        ": Event loop is closed\n",
+    ]
+    pieces = [
+        noise,
+        list(noise),
+        ['Traceback (most recent call last):\n  File "a.py"\n', "ValueError: real\n"],
+    ]
 
     def write(parts):
         for part in parts:
@@ -130,5 +142,7 @@ def test_stderr_keeps_all_but_closed_loop_tracebacks(monkeypatch):
     for t in threads:
         t.join()
     sys.stderr.write("error: one line\n")
-    assert stream.getvalue() == ('train:  50%|#####\rTraceback (most recent call last):\n'
-                                 '  File "a.py"\nValueError: real\nerror: one line\n')
+    assert stream.getvalue() == (
+        "train:  50%|#####\rTraceback (most recent call last):\n"
+        '  File "a.py"\nValueError: real\nerror: one line\n'
+    )

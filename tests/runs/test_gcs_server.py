@@ -17,9 +17,12 @@ def test_the_run_shares_one_server_and_its_variables_are_set(gcs):
 
 def test_a_subprocess_reaches_the_server_by_the_variables_alone(gcs):
     url = f"{gcs.bucket('zegot-server-tests')}/from-child.txt"
-    code = ("import sys; from etils import epath; p = epath.Path(sys.argv[1]); p.write_text('hi'); "
-            "print(p.read_text(), end='')")
-    child = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
-                           timeout=60)  # inherits os.environ, where the fixture put the variables
+    code = (
+        "import sys; from etils import epath; p = epath.Path(sys.argv[1]); p.write_text('hi'); "
+        "print(p.read_text(), end='')"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, url], capture_output=True, text=True, timeout=60
+    )  # inherits os.environ, where the fixture put the variables
     assert child.returncode == 0, child.stderr
     assert child.stdout == "hi" and not os.path.exists("gs:")

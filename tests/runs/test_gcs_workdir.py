@@ -30,14 +30,23 @@ from zegot_jax.runs import saved
 from zegot_jax.train import loop
 
 ROOT = Path(__file__).resolve().parents[2]
-SYNTHETIC = [f"--config={ROOT}/configs/synthetic.py:smoke", "--config.train.num_steps=60",
-             "--config.train.checkpoint_every=5", "--config.eval.figure=True"]
+SYNTHETIC = [
+    f"--config={ROOT}/configs/synthetic.py:smoke",
+    "--config.train.num_steps=60",
+    "--config.train.checkpoint_every=5",
+    "--config.eval.figure=True",
+]
 
 
 def _train(workdir: str, *args: str, cwd: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *args],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[str, str]:
@@ -49,8 +58,8 @@ def _finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[str, str]:
 def _objects(prefix: str) -> list[str]:
     """Every object under gs:// `prefix`, relative to it."""
     fs = storage._gcsfs()
-    root = prefix[len("gs://"):].rstrip("/")
-    return sorted(p[len(root) + 1:] for p in fs.find(root))
+    root = prefix[len("gs://") :].rstrip("/")
+    return sorted(p[len(root) + 1 :] for p in fs.find(root))
 
 
 def _steps(workdir: str) -> list[int]:
@@ -102,25 +111,49 @@ def test_a_bucket_run_trains_resumes_is_refused_evaluated_and_segmented(gcs, tmp
 
 def _evaluated_and_segmented(bucket: str, workdir: str, tmp_path: Path) -> None:
     evaluated = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), f"--config={ROOT}/configs/synthetic.py:smoke",
-         f"--checkpoint={workdir}", f"--out={bucket}/eval"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            f"--config={ROOT}/configs/synthetic.py:smoke",
+            f"--checkpoint={workdir}",
+            f"--out={bucket}/eval",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"results.md", "results.json"} <= set(_objects(f"{bucket}/eval"))
     PIL.Image.fromarray(random_image(48, 64)).save(tmp_path / "photo.png")
     classes = "tomato,grape,grass,sky"
     segmented = subprocess.run(
-        [str(Path(sys.executable).parent / "zegot-jax"), "segment", str(tmp_path / "photo.png"),
-         "--run", workdir, "--classes", classes, "--out", f"{bucket}/segmented"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            str(Path(sys.executable).parent / "zegot-jax"),
+            "segment",
+            str(tmp_path / "photo.png"),
+            "--run",
+            workdir,
+            "--classes",
+            classes,
+            "--out",
+            f"{bucket}/segmented",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert segmented.returncode == 0, segmented.stderr[-3000:]
     assert set(_objects(f"{bucket}/segmented")) == {
-        "photo.json", "photo_labels.png", "photo_overlay.png", "photo_prompts.png"}
-    result = inference.Segmenter.from_run(workdir).segment(tmp_path / "photo.png",
-                                                            classes.split(","))
+        "photo.json",
+        "photo_labels.png",
+        "photo_overlay.png",
+        "photo_prompts.png",
+    }
+    result = inference.Segmenter.from_run(workdir).segment(tmp_path / "photo.png", classes.split(","))
     (tmp_path / "labels.png").write_bytes(storage.read_bytes(f"{bucket}/segmented/photo_labels.png"))
-    np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "labels.png")),
-                                  result.label_map)
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "labels.png")), result.label_map)
 
 
 @pytest.mark.slow
@@ -133,22 +166,40 @@ def test_data_weights_and_init_from_in_a_bucket(gcs, tmp_path, tiny_clip):
     bucket = gcs.bucket("zegot-data")
     fakes.fake_voc(tmp_path / "raw", voc.voc_palette())
     prepared = subprocess.run(
-        [sys.executable, "-m", "zegot_jax.data.prepare", "--dataset=voc",
-         f"--manual_dir={tmp_path / 'raw'}", f"--data_dir={bucket}/tfds", "--allow_partial"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "zegot_jax.data.prepare",
+            "--dataset=voc",
+            f"--manual_dir={tmp_path / 'raw'}",
+            f"--data_dir={bucket}/tfds",
+            "--allow_partial",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert any(o.endswith("dataset_info.json") for o in _objects(f"{bucket}/tfds"))
     clip_lib.save_safetensors(tiny_clip, tmp_path / "tiny.safetensors")
-    storage.write_bytes(f"{bucket}/clip/tiny.safetensors",
-                        (tmp_path / "tiny.safetensors").read_bytes())
+    storage.write_bytes(f"{bucket}/clip/tiny.safetensors", (tmp_path / "tiny.safetensors").read_bytes())
     config = smoke_config()
     source = f"{bucket}/runs/inductive"
     parts = save_run(source, config, tiny_clip, shift=0.25)
     workdir = f"{bucket}/runs/from_bucket"
-    _finish(_train(workdir, f"--config={ROOT}/configs/voc.py:smoke", "--config.data.source=tfds",
-                   f"--config.data.data_dir={bucket}/tfds", "--config.data.eval_max_images=1",
-                   f"--config.clip.weights={bucket}/clip/tiny.safetensors",
-                   f"--config.train.init_from={source}", cwd=tmp_path))
+    _finish(
+        _train(
+            workdir,
+            f"--config={ROOT}/configs/voc.py:smoke",
+            "--config.data.source=tfds",
+            f"--config.data.data_dir={bucket}/tfds",
+            "--config.data.eval_max_images=1",
+            f"--config.clip.weights={bucket}/clip/tiny.safetensors",
+            f"--config.train.init_from={source}",
+            cwd=tmp_path,
+        )
+    )
     saved_config = ckpt_lib.saved_config(workdir)
     assert saved_config.clip.weights == f"{bucket}/clip/tiny.safetensors"
     start = ckpt_lib.Checkpointer(workdir, async_save=False, create=False)
@@ -182,8 +233,11 @@ def _train_state(config, clip):
 
 def test_other_schemes_and_missing_buckets_are_one_line_at_launch(gcs, tmp_path):
     config = smoke_config()
-    with pytest.raises(ValueError, match=r"^s3://b/run: s3:// storage is not supported; use a "
-                                         r"local path or gs://BUCKET/PATH\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^s3://b/run: s3:// storage is not supported; use a "
+        r"local path or gs://BUCKET/PATH\.$",
+    ):
         loop.train(config, "s3://b/run")
     with pytest.raises(FileNotFoundError, match=r"bucket no-such-bucket does not exist"):
         loop.train(config, "gs://no-such-bucket/run")
@@ -194,7 +248,10 @@ def test_other_schemes_and_missing_buckets_are_one_line_at_launch(gcs, tmp_path)
 
 def test_gs_without_the_gcs_packages_names_the_install_line(monkeypatch):
     monkeypatch.setattr(storage, "_find", lambda module: None)
-    with pytest.raises(ImportError, match=r"needs gcsfs and google-cloud-storage: pip install "
-                                          r"'zegot-jax\[gcs\]'$"):
+    with pytest.raises(
+        ImportError,
+        match=r"needs gcsfs and google-cloud-storage: pip install "
+        r"'zegot-jax\[gcs\]'$",
+    ):
         storage.check_writable("gs://b/run", "--workdir")
     assert os.environ.get("STORAGE_EMULATOR_HOST")  # the server is there: only the packages miss

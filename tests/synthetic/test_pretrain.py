@@ -18,15 +18,15 @@ from zegot_jax.synthetic.source import SyntheticSource
 
 
 def _config(steps=30, batch_size=32):
-    c = P.default_pretrain_config('smoke')
+    c = P.default_pretrain_config("smoke")
     c.steps, c.batch_size = steps, batch_size
     return c
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One smoke pretraining through `pretrained_clip`, recording each call of `pretrain`."""
-    cache = tmp_path_factory.mktemp('cache')
+    cache = tmp_path_factory.mktemp("cache")
     calls = []
     original = P.pretrain
 
@@ -37,22 +37,22 @@ def trained(tmp_path_factory):
         return clip, history
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(P, 'pretrain', recording)
+        mp.setattr(P, "pretrain", recording)
         clip = P.pretrained_clip(_config(), cache_dir=cache, progress=False)
     return clip, calls, cache
 
 
 def test_config_sizes_and_hash(monkeypatch, tmp_path):
-    default, smoke = P.default_pretrain_config(), P.default_pretrain_config('smoke')
+    default, smoke = P.default_pretrain_config(), P.default_pretrain_config("smoke")
     assert (default.image_size, smoke.image_size) == (64, 32)
     assert P.clip_spec(default).grid_size == 8
     assert P.config_hash(default) == P.config_hash(P.default_pretrain_config())
     assert P.config_hash(default) != P.config_hash(smoke)
-    monkeypatch.setenv('ZEGOT_CACHE', str(tmp_path))
+    monkeypatch.setenv("ZEGOT_CACHE", str(tmp_path))
     assert P.cache_path(smoke).parent == tmp_path
-    assert P.cache_path(smoke, cache_dir='/x').parent.as_posix() == '/x'
-    with pytest.raises(ValueError, match='smoke'):
-        P.default_pretrain_config('large')
+    assert P.cache_path(smoke, cache_dir="/x").parent.as_posix() == "/x"
+    with pytest.raises(ValueError, match="smoke"):
+        P.default_pretrain_config("large")
 
 
 def test_contrastive_loss():
@@ -79,13 +79,13 @@ def test_make_batch_is_deterministic():
     a, b = P.make_batch(c, 3), P.make_batch(c, 3)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    assert a['images'].shape == (4, 32, 32, 3) and a['tokens'].shape == (4, 32)
-    np.testing.assert_array_equal(a['images'][1], world.render(0, 'pretrain', 13, 32)['image'])
+    assert a["images"].shape == (4, 32, 32, 3) and a["tokens"].shape == (4, 32)
+    np.testing.assert_array_equal(a["images"][1], world.render(0, "pretrain", 13, 32)["image"])
 
 
 def test_loss_decreases(trained):
     _, calls, _ = trained
-    loss = np.asarray(calls[1]['loss'])
+    loss = np.asarray(calls[1]["loss"])
     assert len(loss) == 30 and np.isfinite(loss).all()
     assert loss[-5:].mean() < loss[:5].mean() - 0.5
 
@@ -97,35 +97,39 @@ def test_cache_is_written_loadable_and_reused(trained, monkeypatch):
     assert calls[0] == 30
 
     def fail(*a, **kw):
-        raise AssertionError('pretrain ran although the cache holds the weights')
+        raise AssertionError("pretrain ran although the cache holds the weights")
 
-    monkeypatch.setattr(P, 'pretrain', fail)
+    monkeypatch.setattr(P, "pretrain", fail)
     again = P.pretrained_clip(_config(), cache_dir=cache, dtype=jnp.bfloat16)
     assert again.spec == clip.spec == P.clip_spec(_config())
     assert again.dtype == jnp.bfloat16  # compute dtype as asked; parameters stay float32
-    for a, b in zip(jax.tree.leaves(nnx.state(clip, nnx.Param)),
-                    jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(clip, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_pretraining_is_reproducible(trained):
     cached, calls, _ = trained
     again, history = P.pretrain(_config(), progress=False)  # same config: compiled step reused
-    assert history['loss'] == calls[1]['loss']
-    for x, y in zip(jax.tree.leaves(nnx.state(cached, nnx.Param)),
-                    jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True):
+    assert history["loss"] == calls[1]["loss"]
+    for x, y in zip(
+        jax.tree.leaves(nnx.state(cached, nnx.Param)),
+        jax.tree.leaves(nnx.state(again, nnx.Param)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_zero_shot_measures(trained):
     clip, _, _ = trained
-    source = SyntheticSource('test', 32, 32)
+    source = SyntheticSource("test", 32, 32)
     z = zero_shot_dense_miou(clip, source, num_images=32, batch_size=16)
-    assert 0 <= z['chance_miou'] < z['ceiling_miou'] <= 1
-    assert set(z['per_class_iou']) == set(world.CLASS_NAMES)
-    assert 0 <= z['miou'] <= 1 and 0 <= z['miou_unseen'] <= 1
+    assert 0 <= z["chance_miou"] < z["ceiling_miou"] <= 1
+    assert set(z["per_class_iou"]) == set(world.CLASS_NAMES)
+    assert 0 <= z["miou"] <= 1 and 0 <= z["miou_unseen"] <= 1
     r = retrieval_top1(clip, source, num_images=32)
-    assert r['chance'] == 1 / 32 and r['content_top1'] >= r['top1']
+    assert r["chance"] == 1 / 32 and r["content_top1"] >= r["top1"]
 
 
 def test_chance_and_ceiling_closed_forms():

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python(*args, env=None):
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -42,16 +43,39 @@ def test_evaluate_a_run_in_domain_and_cross_dataset(tmp_path):
     # processes (one image each): the same counts.
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     eight = tmp_path / "eight"
-    _python("evaluate.py", "--config=configs/voc.py:smoke", f"--checkpoint={run}", f"--out={eight}",
-            "--config.eval.batch_size=3", env={**os.environ, "XLA_FLAGS": flags})
+    _python(
+        "evaluate.py",
+        "--config=configs/voc.py:smoke",
+        f"--checkpoint={run}",
+        f"--out={eight}",
+        "--config.eval.batch_size=3",
+        env={**os.environ, "XLA_FLAGS": flags},
+    )
     sharded = json.loads((eight / "results.json").read_text())
     assert sharded["per_class_iou"] == trained["per_class_iou"] and sharded["num_images"] == 2
     port, two = _free_port(), tmp_path / "two"
-    procs = [subprocess.Popen(
-        [sys.executable, "evaluate.py", "--config=configs/voc.py:smoke", f"--checkpoint={run}",
-         f"--out={two}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid),
-             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"}) for pid in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "evaluate.py",
+                "--config=configs/voc.py:smoke",
+                f"--checkpoint={run}",
+                f"--out={two}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(pid),
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            },
+        )
+        for pid in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
@@ -66,8 +90,17 @@ def test_evaluate_a_run_in_domain_and_cross_dataset(tmp_path):
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "evaluate.py", "--config=configs/voc.py:smoke",
-                             f"--checkpoint={tmp_path / 'nothing'}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "--config=configs/voc.py:smoke",
+            f"--checkpoint={tmp_path / 'nothing'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "No checkpoint" in result.stderr

@@ -92,8 +92,11 @@ def test_resume_may_change_the_listed_fields(saved):
 def test_resume_refuses_fewer_steps_than_saved(saved):
     config = smoke_config()
     config.train.num_steps = 2  # the run is saved at step 3
-    with pytest.raises(ValueError, match=r"already trained to step 3.*train.num_steps=2.*"
-                                         r"evaluate.py --checkpoint=") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"already trained to step 3.*train.num_steps=2.*"
+        r"evaluate.py --checkpoint=",
+    ) as info:
         launch.check_resume(config, saved)
     assert "\n" not in str(info.value)
     config.train.num_steps = 3  # the same step: nothing to train, evaluates
@@ -103,15 +106,18 @@ def test_resume_refuses_fewer_steps_than_saved(saved):
 def test_a_busy_workdir_names_the_other_process(tmp_path):
     (tmp_path / "run").mkdir()
     lock = tmp_path / "run" / workdir_lock.LOCK_NAME
-    holder = (f"import fcntl, json, os, socket, time\nfd = os.open({str(lock)!r}, os.O_RDWR | "
-              "os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, json.dumps({'pid': "
-              "os.getpid(), 'host': socket.gethostname(), 'started': 'then'}).encode())\n"
-              "print(flush=True)\ntime.sleep(60)")
+    holder = (
+        f"import fcntl, json, os, socket, time\nfd = os.open({str(lock)!r}, os.O_RDWR | "
+        "os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, json.dumps({'pid': "
+        "os.getpid(), 'host': socket.gethostname(), 'started': 'then'}).encode())\n"
+        "print(flush=True)\ntime.sleep(60)"
+    )
     other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
     try:
         other.stdout.readline()  # it holds the lock
-        with pytest.raises(ValueError, match=f"in use by another training \\(pid {other.pid} on"
-                                             f".*kill {other.pid}"):
+        with pytest.raises(
+            ValueError, match=f"in use by another training \\(pid {other.pid} on.*kill {other.pid}"
+        ):
             loop.train(smoke_config(), str(tmp_path / "run"))
     finally:
         other.kill()
@@ -122,8 +128,7 @@ def test_a_busy_workdir_names_the_other_process(tmp_path):
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / workdir_lock.LOCK_NAME).write_text(
-        f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}')
+    (tmp_path / workdir_lock.LOCK_NAME).write_text(f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}')
     with workdir_lock.hold(str(tmp_path)):
         assert f'"pid": {os.getpid()}' in (tmp_path / workdir_lock.LOCK_NAME).read_text()
         assert "taking over the lock" in capsys.readouterr().err
@@ -141,8 +146,7 @@ def test_a_lock_from_another_host_is_refused(tmp_path):
 def _stale_lock(directory):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (directory / workdir_lock.LOCK_NAME).write_text(
-        f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}')
+    (directory / workdir_lock.LOCK_NAME).write_text(f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}"}}')
 
 
 def _race(workdir: str, starts: int) -> list:
@@ -191,7 +195,8 @@ def test_an_empty_or_unwritable_lock_never_blocks(tmp_path, monkeypatch, capsys)
 def test_a_live_pid_that_does_not_hold_the_lock_does_not_block(tmp_path):
     # A lock file naming a live process (a pid reused after a reboot) that holds no OS lock.
     (tmp_path / workdir_lock.LOCK_NAME).write_text(
-        f'{{"pid": 1, "host": "{os.uname().nodename}", "started": "last year"}}')
+        f'{{"pid": 1, "host": "{os.uname().nodename}", "started": "last year"}}'
+    )
     held = workdir_lock.acquire(str(tmp_path))
     assert f'"pid": {os.getpid()}' in (tmp_path / workdir_lock.LOCK_NAME).read_text()
     workdir_lock.release(held)
@@ -201,8 +206,11 @@ def test_init_from_another_model_size_says_the_shapes_differ(saved, tmp_path):
     config = smoke_config()
     config.model.num_prompts = 3  # the saved run has 2
     config.train.init_from = saved
-    with pytest.raises(ValueError, match=r"holds parameters of other shapes than this model's "
-                                         r"\(saved \(2, .*needed \(3, .*model.num_prompts") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"holds parameters of other shapes than this model's "
+        r"\(saved \(2, .*needed \(3, .*model.num_prompts",
+    ) as info:
         loop.train(config, str(tmp_path / "run"))
     assert "Delete" not in str(info.value) and "corrupt" not in str(info.value)
     assert not (tmp_path / "run").exists()  # no empty checkpoints/ (nor workdir) left behind
@@ -243,7 +251,8 @@ def test_more_steps_on_resume_note_the_new_learning_rate(saved, capsys):
 def test_metrics_after_the_restored_step_are_dropped(tmp_path):
     rows = [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4, 5)]
     (tmp_path / "metrics.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')  # cut by a kill
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo'
+    )  # cut by a kill
     writer = MetricWriter(str(tmp_path), restored_step=3)
     writer.write(4, {"loss": 40.0})
     writer.close()

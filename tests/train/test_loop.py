@@ -35,16 +35,20 @@ def _cmd(workdir, *extra):
 
 def _env(devices: int = 1, **extra):
     """The test environment with `devices` simulated CPU devices (other XLA flags kept)."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     if devices > 1:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
     return {**os.environ, "XLA_FLAGS": " ".join(flags), **extra}
 
 
 def _run(workdir, *extra, env=None, timeout=300):
-    result = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout, env=env or _env())
+    result = subprocess.run(
+        _cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or _env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -90,8 +94,9 @@ LONG = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5"]
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     reference = _train_losses(tmp_path / "ref", *LONG)
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(work, *LONG), cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        _cmd(work, *LONG), cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     _wait_for_checkpoint(proc, work, at_least=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -100,16 +105,21 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     _run(work, *LONG)
     resumed = _losses(work)
     assert sorted(resumed) == sorted(reference) == list(range(1, 61))
-    np.testing.assert_allclose([resumed[s] for s in range(1, 61)],
-                               [reference[s] for s in range(1, 61)], rtol=1e-5)
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 61)], [reference[s] for s in range(1, 61)], rtol=1e-5
+    )
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_with_the_preempted_status(tmp_path):
-    proc = subprocess.Popen(_cmd(tmp_path, "--config.train.num_steps=100000",
-                                 "--config.train.checkpoint_every=5"),
-                            cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=5"),
+        cwd=ROOT,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_checkpoint(proc, tmp_path, at_least=5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -122,9 +132,14 @@ def test_sigterm_saves_and_exits_with_the_preempted_status(tmp_path):
 
 @pytest.mark.slow
 def test_nan_stops_with_the_step_named(tmp_path):
-    result = subprocess.run(_cmd(tmp_path, "--config.optim.learning_rate=1e30",
-                                 "--config.train.num_steps=6"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+    result = subprocess.run(
+        _cmd(tmp_path, "--config.optim.learning_rate=1e30", "--config.train.num_steps=6"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert result.returncode != 0
     # A huge learning rate overflows the parameters in the first update.
     assert "diverged at step 1" in result.stderr
@@ -138,19 +153,26 @@ def test_a_nan_gradient_of_a_finite_loss_names_epsilon():
     config = smoke_config()
     config.model.ot.epsilon = 1e-4
     metrics = {"loss": 1.2, "grad_norm": np.nan, "param_norm": np.nan, "ot_marginal_error": 0.0}
-    with pytest.raises(FloatingPointError, match=r"diverged at step 1: grad_norm, param_norm .*"
-                                                 r"model.ot.epsilon=0.0001.*raise model.ot.epsilon"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diverged at step 1: grad_norm, param_norm .*"
+        r"model.ot.epsilon=0.0001.*raise model.ot.epsilon",
+    ):
         loop._check_finite(metrics, 1, None, config.model.ot)
     with pytest.raises(FloatingPointError, match="Lower optim.learning_rate or check the data"):
-        loop._check_finite({"loss": 1.2, "grad_norm": 3.0, "param_norm": np.inf}, 1, None,
-                           config.model.ot)  # a huge learning rate, not the OT
+        loop._check_finite(
+            {"loss": 1.2, "grad_norm": 3.0, "param_norm": np.inf}, 1, None, config.model.ot
+        )  # a huge learning rate, not the OT
 
 
 # One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses. Long enough for a
 # SIGTERM sent after step 1 to be agreed mid-run in the two-process test (JAX's notifier polls
 # once a second; a step took 0.03-0.1 s here).
-SPLIT = ["--config.train.global_batch_size=8", "--config.train.num_steps=80",
-         "--config.train.checkpoint_every=40"]
+SPLIT = [
+    "--config.train.global_batch_size=8",
+    "--config.train.num_steps=80",
+    "--config.train.checkpoint_every=40",
+]
 STEPS = list(range(1, 81))
 
 
@@ -197,12 +219,13 @@ def _pair(workdir, *extra, tag: str = "", logs=None) -> list[subprocess.Popen]:
     logs = workdir if logs is None else logs
     port, procs = _free_port(), []
     for pid in range(2):
-        env = _env(JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
-                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
-        with open(f"{logs}{tag}.out{pid}", "w") as out, \
-                open(f"{logs}{tag}.err{pid}", "w") as err:
-            procs.append(subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=env, stdout=out,
-                                          stderr=err, text=True))
+        env = _env(
+            JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid), JAX_COORDINATOR_ADDRESS=f"localhost:{port}"
+        )
+        with open(f"{logs}{tag}.out{pid}", "w") as out, open(f"{logs}{tag}.err{pid}", "w") as err:
+            procs.append(
+                subprocess.Popen(_cmd(workdir, *extra), cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+            )
     return procs
 
 
@@ -211,8 +234,13 @@ def _finish(procs, workdir, timeout=300, tag: str = "") -> list[tuple[int, str, 
     done = []
     for pid, p in enumerate(procs):
         p.wait(timeout=timeout)
-        done.append((p.returncode, Path(f"{workdir}{tag}.out{pid}").read_text(),
-                     Path(f"{workdir}{tag}.err{pid}").read_text()))
+        done.append(
+            (
+                p.returncode,
+                Path(f"{workdir}{tag}.out{pid}").read_text(),
+                Path(f"{workdir}{tag}.err{pid}").read_text(),
+            )
+        )
     return done
 
 
@@ -220,8 +248,11 @@ def _wait_for_row(procs, workdir, step, timeout=240):
     """Waits until process 0 logged `step` (compiled and training)."""
     start, path = time.time(), Path(workdir) / "metrics.jsonl"
     while time.time() - start < timeout:
-        if path.exists() and any(json.loads(line).get("step", 0) >= step
-                                 for line in path.read_text().splitlines()[-3:] if line.strip()):
+        if path.exists() and any(
+            json.loads(line).get("step", 0) >= step
+            for line in path.read_text().splitlines()[-3:]
+            if line.strip()
+        ):
             return
         if any(p.poll() is not None for p in procs):
             pytest.fail(f"training exited early: {_finish(procs, workdir)}")
@@ -249,8 +280,7 @@ def two_process_losses(gcs):
 
     It lives in a bucket of the test run's GCS server: two processes on one gs:// workdir.
     """
-    return _once_per_test_run("two_processes",
-                              lambda work: _train_pair(work, gcs.bucket("zegot-pairs")))
+    return _once_per_test_run("two_processes", lambda work: _train_pair(work, gcs.bucket("zegot-pairs")))
 
 
 @pytest.mark.slow
@@ -261,8 +291,7 @@ def test_two_processes_match_one_process(one_device_losses, two_process_losses):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(
-        tmp_path, two_process_losses):
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(tmp_path, two_process_losses):
     work = tmp_path / "run"
     procs = _pair(work, *SPLIT)
     _wait_for_row(procs, work, 1)
@@ -279,8 +308,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_then_resumes(
         assert status == 0, err[-3000:]
     resumed = _losses(work)
     assert sorted(resumed) == STEPS
-    np.testing.assert_allclose([resumed[s] for s in STEPS],
-                               [two_process_losses[s] for s in STEPS], rtol=1e-5)
+    np.testing.assert_allclose([resumed[s] for s in STEPS], [two_process_losses[s] for s in STEPS], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -291,7 +319,7 @@ def test_a_lost_process_ends_the_other_with_one_line(tmp_path):
     _wait_for_row(procs, work, 2)
     procs[1].kill()
     procs[1].wait()
-    (status, _, err), = _finish(procs[:1], work, timeout=120)
+    ((status, _, err),) = _finish(procs[:1], work, timeout=120)
     assert status == LOST_PEER_EXIT_STATUS, err[-3000:]
     lines = [line for line in err.splitlines() if "lost a peer process" in line]
     assert len(lines) == 1 and lines[0].startswith("error: process 0 of 2 lost a peer"), err[-3000:]

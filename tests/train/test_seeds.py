@@ -32,7 +32,8 @@ def _alone(config, seed, clip):
     state = step_lib.init_state(parts.params, tx, seed)
     step = jax.jit(step_lib.make_train_step(parts.graphdef, tx, schedule, config))
     text = functional.merge(parts.graphdef, parts.params, parts.frozen).text_inputs(
-        data.train_classes, config.clip.text_context_length)
+        data.train_classes, config.clip.text_context_length
+    )
     batches = data.train_iterator(config.train.global_batch_size, seed=seed)
     losses = []
     for _ in range(STEPS):
@@ -51,16 +52,35 @@ def test_a_vmapped_seed_is_that_seed_run_alone():
     assert not np.allclose(runs.losses[:, 0], runs.losses[:, 1])  # the seeds differ
     losses, parts, params = _alone(config, 1, clip)
     np.testing.assert_allclose(runs.losses[:, 1], losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 train_seeds.unstack(runs.params, 1), params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        train_seeds.unstack(runs.params, 1),
+        params,
+    )
 
     data = DataSetup.from_config(config)
     penalty = data.seen_penalty(config)
-    together = eval_seeds.evaluate_seeds(config, runs.graphdef, runs.params, runs.frozen,
-                                         data.eval_iterator(), data.class_names, data.unseen,
-                                         seen_penalty=penalty, num_seeds=2)
-    alone = evaluator.evaluate(config, parts.graphdef, params, parts.frozen, data.eval_iterator(),
-                               data.class_names, data.unseen, seen_penalty=penalty)
+    together = eval_seeds.evaluate_seeds(
+        config,
+        runs.graphdef,
+        runs.params,
+        runs.frozen,
+        data.eval_iterator(),
+        data.class_names,
+        data.unseen,
+        seen_penalty=penalty,
+        num_seeds=2,
+    )
+    alone = evaluator.evaluate(
+        config,
+        parts.graphdef,
+        params,
+        parts.frozen,
+        data.eval_iterator(),
+        data.class_names,
+        data.unseen,
+        seen_penalty=penalty,
+    )
     for key in ("miou_seen", "miou_unseen", "hiou", "pixel_acc"):
         assert abs(together[1][key] - alone[key]) <= 0.005, key
     assert together[1]["num_images"] == alone["num_images"] == config.synthetic.eval_images

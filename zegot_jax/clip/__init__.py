@@ -15,7 +15,22 @@ from zegot_jax.clip.variants import HUB_IDS, VARIANTS, CLIPSpec, get_spec
 from zegot_jax.clip.weights import load, save_safetensors, state_dict
 
 __all__ = [
-    'CLIP', 'CLIPSpec', 'EOT', 'HUB_IDS', 'MEAN', 'SOS', 'STD', 'VARIANTS', 'VisionTransformer',
-    'decode', 'encode', 'get_spec', 'load', 'normalize', 'resize_pos_embed', 'save_safetensors',
-    'state_dict', 'tokenize',
+    "CLIP",
+    "CLIPSpec",
+    "EOT",
+    "HUB_IDS",
+    "MEAN",
+    "SOS",
+    "STD",
+    "VARIANTS",
+    "VisionTransformer",
+    "decode",
+    "encode",
+    "get_spec",
+    "load",
+    "normalize",
+    "resize_pos_embed",
+    "save_safetensors",
+    "state_dict",
+    "tokenize",
 ]

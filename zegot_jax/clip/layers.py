@@ -25,7 +25,7 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-ACTIVATION_FNS = {'quick_gelu': quick_gelu, 'gelu': exact_gelu}
+ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
 
 
 def layer_norm(width: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -51,8 +51,9 @@ class KeyValues(NamedTuple):
 CPU_PER_HEAD_TOKENS = 256
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
-           prefix: KeyValues | None = None) -> jax.Array:
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, prefix: KeyValues | None = None
+) -> jax.Array:
     """Softmax attention of T queries over T keys, and over a prefix of P earlier tokens if given.
 
     Args:
@@ -67,8 +68,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
         `[..., heads, T, head_dim]`.
     """
     t = q.shape[-2]
-    if prefix is None and not causal and t >= CPU_PER_HEAD_TOKENS \
-            and jax.default_backend() == "cpu":
+    if prefix is None and not causal and t >= CPU_PER_HEAD_TOKENS and jax.default_backend() == "cpu":
         flat = [x.reshape(-1, *x.shape[-2:]) for x in (q, k, v)]
         out = jax.lax.map(lambda qkv: _softmax_attention(*qkv, None), flat)
         return out.reshape(q.shape[:-1] + v.shape[-1:])
@@ -85,8 +85,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     return weights[..., :p] @ prefix.values + weights[..., p:] @ v
 
 
-def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                       visible: jax.Array | None) -> jax.Array:
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array | None) -> jax.Array:
     """`softmax(q k^T) v` over `[..., T, head_dim]`, masked where `visible` is False."""
     logits = (q @ k.swapaxes(-1, -2)).astype(jnp.float32)
     if visible is not None:
@@ -112,7 +111,7 @@ class MultiheadAttention(nnx.Module):
         qkv = self.in_proj(x).reshape(*lead, t, 3, self.heads, head_dim)
         nd = len(lead)
         qkv = qkv.transpose(nd + 1, *range(nd), nd + 2, nd, nd + 3)  # [3, ..., heads, T, H]
-        return qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]
+        return qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
 
     def merge_heads(self, out: jax.Array) -> jax.Array:
         """`[..., heads, T, H]` -> output projection `[..., T, W]`."""
@@ -149,8 +148,8 @@ class MultiheadAttention(nnx.Module):
         reading of the last block. Args: `x` `[..., W]`; returns `[..., W]`.
         """
         w = x.shape[-1]
-        kernel = self.in_proj.kernel[...][:, 2 * w:]
-        bias = self.in_proj.bias[...][2 * w:]
+        kernel = self.in_proj.kernel[...][:, 2 * w :]
+        bias = self.in_proj.bias[...][2 * w :]
         dtype = self.in_proj.dtype or x.dtype
         v = x.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
         return self.out_proj(v)
@@ -159,8 +158,7 @@ class MultiheadAttention(nnx.Module):
 class MLP(nnx.Module):
     """Two-layer feed-forward block, hidden width `hidden` (4W in OpenAI's models)."""
 
-    def __init__(self, width: int, activation: str, *, hidden: int, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, width: int, activation: str, *, hidden: int, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.c_fc = nnx.Linear(width, hidden, **kw)
         self.c_proj = nnx.Linear(hidden, width, **kw)
@@ -174,8 +172,7 @@ class MLP(nnx.Module):
 class ResidualAttentionBlock(nnx.Module):
     """Pre-norm block: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`."""
 
-    def __init__(self, width: int, heads: int, activation: str, *, mlp_width: int, dtype,
-                 param_dtype, rngs):
+    def __init__(self, width: int, heads: int, activation: str, *, mlp_width: int, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.ln_1 = layer_norm(width, **kw)
         self.attn = MultiheadAttention(width, heads, **kw)
@@ -216,13 +213,32 @@ class ResidualAttentionBlock(nnx.Module):
 class Transformer(nnx.Module):
     """A stack of residual attention blocks (`resblocks`)."""
 
-    def __init__(self, width: int, layers: int, heads: int, activation: str, *,
-                 mlp_width: int | None = None, dtype, param_dtype, rngs: nnx.Rngs):
-        self.resblocks = nnx.List([
-            ResidualAttentionBlock(width, heads, activation, mlp_width=mlp_width or 4 * width,
-                                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            for _ in range(layers)
-        ])
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        activation: str,
+        *,
+        mlp_width: int | None = None,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.resblocks = nnx.List(
+            [
+                ResidualAttentionBlock(
+                    width,
+                    heads,
+                    activation,
+                    mlp_width=mlp_width or 4 * width,
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                )
+                for _ in range(layers)
+            ]
+        )
 
     def __call__(self, x: jax.Array, *, causal: bool = False, remat: bool = False) -> jax.Array:
         """`[B, T, W] -> [B, T, W]`.
@@ -235,8 +251,7 @@ class Transformer(nnx.Module):
             x = run(block, x)
         return x
 
-    def with_shared_prefix(self, prefix: jax.Array, x: jax.Array, *,
-                           remat: bool = False) -> jax.Array:
+    def with_shared_prefix(self, prefix: jax.Array, x: jax.Array, *, remat: bool = False) -> jax.Array:
         """Causal sequences `prefix[g] ++ x[g, b]`, each prefix's states computed once.
 
         With a causal mask the states of the P prefix positions depend on the prefix only, so they

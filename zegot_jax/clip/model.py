@@ -17,9 +17,9 @@ from zegot_jax.clip.layers import Transformer, layer_norm
 from zegot_jax.clip.positions import resize_pos_embed
 from zegot_jax.clip.variants import CLIPSpec
 
-__all__ = ['CLIP', 'VisionTransformer', 'resize_pos_embed']
+__all__ = ["CLIP", "VisionTransformer", "resize_pos_embed"]
 
-DENSE_MODES = (None, 'standard', 'value')
+DENSE_MODES = (None, "standard", "value")
 
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> jax.Array:
@@ -28,28 +28,28 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> jax.Ar
 
 def check_images(images, patch_size: int) -> None:
     """Raises a clear error unless `images` is float `[B, H, W, 3]` with H, W multiples of patch."""
-    shape, dtype = getattr(images, 'shape', None), getattr(images, 'dtype', None)
+    shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
     if shape is None or dtype is None:
-        raise TypeError(f'images must be an array [B, H, W, 3], got {type(images).__name__}.')
+        raise TypeError(f"images must be an array [B, H, W, 3], got {type(images).__name__}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f'images have dtype {dtype}; expected float [B, H, W, 3] normalised with CLIP '
-            'mean/std. '
-            'Convert uint8 images with zegot_jax.clip.normalize(images).'
+            f"images have dtype {dtype}; expected float [B, H, W, 3] normalised with CLIP "
+            "mean/std. "
+            "Convert uint8 images with zegot_jax.clip.normalize(images)."
         )
     if len(shape) != 4:
-        raise ValueError(f'images must be 4-D [B, H, W, 3]; got shape {tuple(shape)}.')
+        raise ValueError(f"images must be 4-D [B, H, W, 3]; got shape {tuple(shape)}.")
     if shape[-1] != 3:
         if shape[1] == 3:
             raise ValueError(
-                f'images of shape {tuple(shape)} look channels-first (NCHW); CLIP here takes NHWC '
-                '[B, H, W, 3]: use images.transpose(0, 2, 3, 1).'
+                f"images of shape {tuple(shape)} look channels-first (NCHW); CLIP here takes NHWC "
+                "[B, H, W, 3]: use images.transpose(0, 2, 3, 1)."
             )
-        raise ValueError(f'images must have 3 channels (RGB) last; got shape {tuple(shape)}.')
+        raise ValueError(f"images must have 3 channels (RGB) last; got shape {tuple(shape)}.")
     if shape[1] % patch_size or shape[2] % patch_size:
         raise ValueError(
-            f'image height and width {tuple(shape[1:3])} must be multiples of the patch size '
-            f'{patch_size}; resize or pad the images.'
+            f"image height and width {tuple(shape[1:3])} must be multiples of the patch size "
+            f"{patch_size}; resize or pad the images."
         )
 
 
@@ -58,43 +58,46 @@ def check_tokens(tokens, vocab_size: int, context_length: int) -> None:
 
     The range check runs only on concrete arrays (skipped under `jax.jit` tracing).
     """
-    shape, dtype = getattr(tokens, 'shape', None), getattr(tokens, 'dtype', None)
+    shape, dtype = getattr(tokens, "shape", None), getattr(tokens, "dtype", None)
     if shape is None or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f'tokens must be an integer array [B, L] (from zegot_jax.clip.tokenize); '
-                        f'got {getattr(tokens, "dtype", type(tokens).__name__)}.')
-    if len(shape) != 2:
-        raise ValueError(f'tokens must be 2-D [B, L]; got shape {tuple(shape)}.')
-    if shape[1] > context_length:
-        raise ValueError(
-            f'token sequences have length {shape[1]} > context_length {context_length}.'
+        raise TypeError(
+            f"tokens must be an integer array [B, L] (from zegot_jax.clip.tokenize); "
+            f"got {getattr(tokens, 'dtype', type(tokens).__name__)}."
         )
+    if len(shape) != 2:
+        raise ValueError(f"tokens must be 2-D [B, L]; got shape {tuple(shape)}.")
+    if shape[1] > context_length:
+        raise ValueError(f"token sequences have length {shape[1]} > context_length {context_length}.")
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:
         values = np.asarray(tokens)
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f'token ids must lie in [0, {vocab_size}); got min {low}, max {high}.'
-            )
+            raise ValueError(f"token ids must lie in [0, {vocab_size}); got min {low}, max {high}.")
 
 
 class VisionTransformer(nnx.Module):
     """CLIP's image tower: patch conv, class token, positions, ln_pre, blocks, ln_post, proj."""
 
-    def __init__(self, spec: CLIPSpec, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, spec: CLIPSpec, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         width, patch = spec.vision_width, spec.patch_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_size = patch
         self.dtype = dtype
-        self.conv1 = nnx.Conv(3, width, (patch, patch), (patch, patch), padding='VALID',
-                              use_bias=False, **kw)
-        scale = width ** -0.5
+        self.conv1 = nnx.Conv(3, width, (patch, patch), (patch, patch), padding="VALID", use_bias=False, **kw)
+        scale = width**-0.5
         self.class_embedding = nnx.Param(_normal(rngs, (width,), scale, param_dtype))
         self.positional_embedding = nnx.Param(
-            _normal(rngs, (spec.grid_size ** 2 + 1, width), scale, param_dtype))
+            _normal(rngs, (spec.grid_size**2 + 1, width), scale, param_dtype)
+        )
         self.ln_pre = layer_norm(width, **kw)
-        self.transformer = Transformer(width, spec.vision_layers, spec.vision_heads,
-                                       spec.activation, mlp_width=spec.mlp_width('vision'), **kw)
+        self.transformer = Transformer(
+            width,
+            spec.vision_layers,
+            spec.vision_heads,
+            spec.activation,
+            mlp_width=spec.mlp_width("vision"),
+            **kw,
+        )
         self.ln_post = layer_norm(width, **kw)
         self.proj = nnx.Param(_normal(rngs, (width, spec.embed_dim), scale, param_dtype))
 
@@ -122,12 +125,13 @@ class VisionTransformer(nnx.Module):
         """
         check_images(images, self.patch_size)
         if dense not in DENSE_MODES:
-            raise ValueError(f'dense must be one of {DENSE_MODES}; got {dense!r}.')
+            raise ValueError(f"dense must be one of {DENSE_MODES}; got {dense!r}.")
         blocks = self.transformer.resblocks
         bad = [i for i in layers if not 0 <= i < len(blocks)]
         if bad:
-            raise ValueError(f'layers {bad} out of range: the image tower has blocks '
-                             f'0..{len(blocks) - 1} (0-indexed).')
+            raise ValueError(
+                f"layers {bad} out of range: the image tower has blocks 0..{len(blocks) - 1} (0-indexed)."
+            )
         x = self.conv1(images.astype(self.dtype))
         b, h, w, width = x.shape
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (b, 1, width))
@@ -140,19 +144,18 @@ class VisionTransformer(nnx.Module):
             last_input = x
             x = block(x)
             if i in layers:
-                intermediates[f'layer_{i}'] = x
+                intermediates[f"layer_{i}"] = x
         pooled = self.project(x[:, 0])
         if dense is not None:
-            patches = x[:, 1:] if dense == 'standard' else blocks[-1].value_path(last_input[:, 1:])
-            intermediates['dense'] = self.project(patches).reshape(b, h, w, -1)
+            patches = x[:, 1:] if dense == "standard" else blocks[-1].value_path(last_input[:, 1:])
+            intermediates["dense"] = self.project(patches).reshape(b, h, w, -1)
         return pooled, intermediates
 
 
 class CLIP(nnx.Module):
     """OpenAI CLIP: `visual` (image tower) and the text tower parts at the top level."""
 
-    def __init__(self, spec: CLIPSpec, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+    def __init__(self, spec: CLIPSpec, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         """Builds a randomly initialised model (load weights with `zegot_jax.clip.load`).
 
         Args:
@@ -166,15 +169,15 @@ class CLIP(nnx.Module):
         self.dtype = dtype
         self.visual = VisionTransformer(spec, **kw)
         width = spec.text_width
-        self.token_embedding = nnx.Embed(spec.vocab_size, width, embedding_init=
-                                         nnx.initializers.normal(0.02), **kw)
-        self.positional_embedding = nnx.Param(
-            _normal(rngs, (spec.context_length, width), 0.01, param_dtype))
-        self.transformer = Transformer(width, spec.text_layers, spec.text_heads, spec.activation,
-                                       mlp_width=spec.mlp_width('text'), **kw)
+        self.token_embedding = nnx.Embed(
+            spec.vocab_size, width, embedding_init=nnx.initializers.normal(0.02), **kw
+        )
+        self.positional_embedding = nnx.Param(_normal(rngs, (spec.context_length, width), 0.01, param_dtype))
+        self.transformer = Transformer(
+            width, spec.text_layers, spec.text_heads, spec.activation, mlp_width=spec.mlp_width("text"), **kw
+        )
         self.ln_final = layer_norm(width, **kw)
-        self.text_projection = nnx.Param(
-            _normal(rngs, (width, spec.embed_dim), width ** -0.5, param_dtype))
+        self.text_projection = nnx.Param(_normal(rngs, (width, spec.embed_dim), width**-0.5, param_dtype))
         self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), param_dtype))
 
     def encode_image(self, images: jax.Array) -> jax.Array:
@@ -186,8 +189,7 @@ class CLIP(nnx.Module):
         check_tokens(tokens, self.spec.vocab_size, self.spec.context_length)
         return self.token_embedding(tokens)
 
-    def encode_embedded_text(self, x: jax.Array, eot_index: jax.Array, *,
-                             remat: bool = False) -> jax.Array:
+    def encode_embedded_text(self, x: jax.Array, eot_index: jax.Array, *, remat: bool = False) -> jax.Array:
         """Runs the text transformer on embedded tokens (e.g. with learned context vectors).
 
         Args:
@@ -203,8 +205,9 @@ class CLIP(nnx.Module):
         x = self.transformer(x, causal=True, remat=remat)
         return self._text_output(x[jnp.arange(x.shape[0]), eot_index])
 
-    def encode_shared_prefix(self, prefix: jax.Array, suffix: jax.Array, eot_index: jax.Array,
-                             *, remat: bool = False) -> jax.Array:
+    def encode_shared_prefix(
+        self, prefix: jax.Array, suffix: jax.Array, eot_index: jax.Array, *, remat: bool = False
+    ) -> jax.Array:
         """Text features of every sequence `prefix[n] ++ suffix[k]`, each prefix encoded once.
 
         What `encode_embedded_text` gives for the N * K concatenated sequences (each prefix's
@@ -228,21 +231,22 @@ class CLIP(nnx.Module):
         prefix = prefix.astype(self.dtype) + self._text_positions(0, p)
         suffix = suffix.astype(self.dtype) + self._text_positions(p, s)
         x = self.transformer.with_shared_prefix(
-            prefix, jnp.broadcast_to(suffix, (n, k, s, width)), remat=remat)  # [N, K, S, W]
+            prefix, jnp.broadcast_to(suffix, (n, k, s, width)), remat=remat
+        )  # [N, K, S, W]
         return self._text_output(x[:, jnp.arange(k), eot_index - p])
 
     def _check_embedded(self, x: jax.Array, ndim: int, length: int) -> None:
         """Raises unless `x` is `[..., W_text]` with `ndim` dims and `length` fits the context."""
         if x.ndim != ndim or x.shape[-1] != self.spec.text_width:
-            raise ValueError(f'embedded text must be {ndim}-D [..., {self.spec.text_width}]; '
-                             f'got {tuple(x.shape)}.')
+            raise ValueError(
+                f"embedded text must be {ndim}-D [..., {self.spec.text_width}]; got {tuple(x.shape)}."
+            )
         if length > self.spec.context_length:
-            raise ValueError(f'sequence length {length} > context_length '
-                             f'{self.spec.context_length}.')
+            raise ValueError(f"sequence length {length} > context_length {self.spec.context_length}.")
 
     def _text_positions(self, start: int, length: int) -> jax.Array:
         """Rows `start .. start+length-1` of the text position table `[length, W_text]`."""
-        return self.positional_embedding[...][start:start + length].astype(self.dtype)
+        return self.positional_embedding[...][start : start + length].astype(self.dtype)
 
     def _text_output(self, x: jax.Array) -> jax.Array:
         """ln_final then text_projection of EOT states: `[..., W_text] -> [..., D]`."""

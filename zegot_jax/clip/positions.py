@@ -46,14 +46,13 @@ def resize_pos_embed(table: jax.Array, grid: Sequence[int]) -> jax.Array:
     h, w = int(grid[0]), int(grid[1])
     g = int(round((table.shape[0] - 1) ** 0.5))
     if g * g != table.shape[0] - 1:
-        raise ValueError(
-            f'Position table has {table.shape[0]} rows; expected 1 + g*g for a square grid.'
-        )
+        raise ValueError(f"Position table has {table.shape[0]} rows; expected 1 + g*g for a square grid.")
     if (h, w) == (g, g):
         return table
     patch = table[1:].reshape(g, g, table.shape[-1])
     rows, cols = _bilinear_matrix(g, h), _bilinear_matrix(g, w)
-    out = jnp.einsum('hi,wj,ijc->hwc', rows, cols, patch.astype(jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST)
+    out = jnp.einsum(
+        "hi,wj,ijc->hwc", rows, cols, patch.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    )
     out = out.reshape(h * w, -1).astype(table.dtype)
     return jnp.concatenate([table[:1], out], axis=0)

@@ -24,11 +24,12 @@ def normalize(images: np.ndarray | jax.Array) -> jax.Array:
             `(x - MEAN) / STD`; this function refuses them so they are not divided by 255 twice).
         ValueError: if the last axis is not 3.
     """
-    dtype = getattr(images, 'dtype', None)
+    dtype = getattr(images, "dtype", None)
     if dtype != np.uint8:
-        raise TypeError(f'normalize expects uint8 images [..., H, W, 3]; got dtype {dtype}.')
+        raise TypeError(f"normalize expects uint8 images [..., H, W, 3]; got dtype {dtype}.")
     if images.shape[-1] != 3:
-        raise ValueError(f'normalize expects RGB channels last [..., H, W, 3]; got shape '
-                         f'{tuple(images.shape)}.')
+        raise ValueError(
+            f"normalize expects RGB channels last [..., H, W, 3]; got shape {tuple(images.shape)}."
+        )
     x = jnp.asarray(images, jnp.float32) / 255.0
     return (x - jnp.asarray(MEAN, jnp.float32)) / jnp.asarray(STD, jnp.float32)

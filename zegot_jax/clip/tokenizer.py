@@ -19,17 +19,17 @@ import ftfy
 import numpy as np
 import regex
 
-VOCAB_PATH = pathlib.Path(__file__).with_name('bpe_simple_vocab_16e6.txt.gz')
+VOCAB_PATH = pathlib.Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 49408
 SOS = 49406
 EOT = 49407
-_SPECIAL = {'<|startoftext|>': SOS, '<|endoftext|>': EOT}
+_SPECIAL = {"<|startoftext|>": SOS, "<|endoftext|>": EOT}
 _NUM_MERGES = VOCAB_SIZE - 2 * 256 - len(_SPECIAL)
 _PATTERN = regex.compile(
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
     regex.IGNORECASE,
 )
-_WHITESPACE = regex.compile(r'\s+')
+_WHITESPACE = regex.compile(r"\s+")
 
 
 def byte_alphabet() -> dict[int, str]:
@@ -38,8 +38,11 @@ def byte_alphabet() -> dict[int, str]:
     Printable Latin-1 bytes map to themselves; the other 68 take the code points 256, 257, ... in
     byte order. The dict's insertion order is the order of the first 256 vocabulary entries.
     """
-    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1),
-                 *range(ord('®'), ord('ÿ') + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {b: chr(b) for b in printable}
     others = [b for b in range(256) if b not in table]
     table.update({b: chr(256 + n) for n, b in enumerate(others)})
@@ -49,23 +52,25 @@ def byte_alphabet() -> dict[int, str]:
 def clean(text: str) -> str:
     """OpenAI's text clean-up: ftfy, HTML unescape twice, collapse whitespace, lower-case."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return _WHITESPACE.sub(' ', text).strip().lower()
+    return _WHITESPACE.sub(" ", text).strip().lower()
 
 
 class BPETokenizer:
     """CLIP's byte-level BPE with an LRU cache of merged words."""
 
     def __init__(self, vocab_path: str | pathlib.Path = VOCAB_PATH, cache_size: int = 1 << 16):
-        with gzip.open(vocab_path, 'rt', encoding='utf-8') as f:
-            lines = f.read().split('\n')
-        merges = [tuple(line.split()) for line in lines[1:1 + _NUM_MERGES]]
+        with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : 1 + _NUM_MERGES]]
         self.byte_encoder = byte_alphabet()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         base = list(self.byte_encoder.values())
-        vocab = base + [c + '</w>' for c in base] + [''.join(m) for m in merges] + list(_SPECIAL)
+        vocab = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + list(_SPECIAL)
         if len(vocab) != VOCAB_SIZE or len(set(vocab)) != VOCAB_SIZE:
-            raise ValueError(f'BPE vocabulary {vocab_path} gives {len(vocab)} entries '
-                             f'({len(set(vocab))} distinct); CLIP needs {VOCAB_SIZE}.')
+            raise ValueError(
+                f"BPE vocabulary {vocab_path} gives {len(vocab)} entries "
+                f"({len(set(vocab))} distinct); CLIP needs {VOCAB_SIZE}."
+            )
         self.encoder = {token: i for i, token in enumerate(vocab)}
         self.decoder = dict(enumerate(vocab))
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
@@ -73,7 +78,7 @@ class BPETokenizer:
 
     def _merge(self, word: str) -> tuple[str, ...]:
         """Greedily applies the lowest-ranked merge until none applies; `'</w>'` ends the word."""
-        parts = [*word[:-1], word[-1] + '</w>']
+        parts = [*word[:-1], word[-1] + "</w>"]
         ranks, unranked = self.ranks, len(self.ranks)
         while len(parts) > 1:
             best = min(itertools.pairwise(parts), key=lambda pair: ranks.get(pair, unranked))
@@ -97,16 +102,16 @@ class BPETokenizer:
             if piece in _SPECIAL:
                 ids.append(_SPECIAL[piece])
                 continue
-            word = ''.join(self.byte_encoder[b] for b in piece.encode('utf-8'))
+            word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[part] for part in self._bpe(word))
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Approximate inverse of `encode` (cleaning is lossy); padding zeros should be removed."""
-        text = ''.join(self.decoder[int(i)] for i in ids)
-        text = text.replace('</w>', self.byte_encoder[ord(' ')])
+        text = "".join(self.decoder[int(i)] for i in ids)
+        text = text.replace("</w>", self.byte_encoder[ord(" ")])
         data = bytearray(self.byte_decoder[c] for c in text)
-        return data.decode('utf-8', errors='replace').strip()
+        return data.decode("utf-8", errors="replace").strip()
 
 
 @functools.cache
@@ -141,12 +146,12 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> np.ndarray
     if isinstance(texts, str):
         texts = [texts]
     if context_length < 2:
-        raise ValueError(f'context_length must be >= 2 (SOS and EOT); got {context_length}.')
+        raise ValueError(f"context_length must be >= 2 (SOS and EOT); got {context_length}.")
     result = np.zeros((len(texts), context_length), np.int32)
     for row, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f'texts must be strings; item {row} is {type(text).__name__}.')
+            raise TypeError(f"texts must be strings; item {row} is {type(text).__name__}.")
         ids = [SOS, *encode(text), EOT][:context_length]
         ids[-1] = EOT
-        result[row, :len(ids)] = ids
+        result[row, : len(ids)] = ids
     return result

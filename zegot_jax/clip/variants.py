@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-ACTIVATIONS = ('quick_gelu', 'gelu')
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,26 +41,25 @@ class CLIPSpec:
     text_heads: int
     context_length: int = 77
     vocab_size: int = 49408
-    activation: str = 'quick_gelu'
+    activation: str = "quick_gelu"
     vision_mlp_width: int = 0
     text_mlp_width: int = 0
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f'activation must be one of {ACTIVATIONS}, got {self.activation!r}.')
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
         if self.image_size % self.patch_size:
             raise ValueError(
-                f'image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.'
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}."
             )
-        for tower in ('vision', 'text'):
-            width, heads = getattr(self, f'{tower}_width'), getattr(self, f'{tower}_heads')
+        for tower in ("vision", "text"):
+            width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
             if heads < 1 or width % heads:
-                raise ValueError(
-                    f'{tower}_width {width} is not divisible by {tower}_heads {heads}.')
+                raise ValueError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}.")
 
     def mlp_width(self, tower: str) -> int:
         """The MLP hidden width of 'vision' or 'text'."""
-        return getattr(self, f'{tower}_mlp_width') or 4 * getattr(self, f'{tower}_width')
+        return getattr(self, f"{tower}_mlp_width") or 4 * getattr(self, f"{tower}_width")
 
     @property
     def grid_size(self) -> int:
@@ -69,16 +68,25 @@ class CLIPSpec:
 
 
 VARIANTS: dict[str, CLIPSpec] = {
-    'ViT-B/32': CLIPSpec(512, 224, 32, 768, 12, 12, 512, 12, 8),
-    'ViT-B/16': CLIPSpec(512, 224, 16, 768, 12, 12, 512, 12, 8),
-    'ViT-L/14': CLIPSpec(768, 224, 14, 1024, 24, 16, 768, 12, 12),
-    'ViT-L/14@336': CLIPSpec(768, 336, 14, 1024, 24, 16, 768, 12, 12),
+    "ViT-B/32": CLIPSpec(512, 224, 32, 768, 12, 12, 512, 12, 8),
+    "ViT-B/16": CLIPSpec(512, 224, 16, 768, 12, 12, 512, 12, 8),
+    "ViT-L/14": CLIPSpec(768, 224, 14, 1024, 24, 16, 768, 12, 12),
+    "ViT-L/14@336": CLIPSpec(768, 336, 14, 1024, 24, 16, 768, 12, 12),
     # For tests: real vocabulary (so `tokenize` output fits), everything else small and uneven.
-    'tiny': CLIPSpec(
-        embed_dim=24, image_size=40, patch_size=8, vision_width=48, vision_layers=3,
-        vision_heads=3, text_width=32, text_layers=2, text_heads=2, context_length=16,
+    "tiny": CLIPSpec(
+        embed_dim=24,
+        image_size=40,
+        patch_size=8,
+        vision_width=48,
+        vision_layers=3,
+        vision_heads=3,
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+        context_length=16,
     ),
 }
+
 
 def known_heads(tower: str, width: int) -> int | None:
     """The heads of a `tower` ('vision' or 'text') of this `width` in `VARIANTS`, else None.
@@ -87,17 +95,17 @@ def known_heads(tower: str, width: int) -> int | None:
     ViT-H/14 has 16 heads of 80 at width 1280), so only widths of a known variant are trusted.
     """
     for spec in VARIANTS.values():
-        if getattr(spec, f'{tower}_width') == width:
-            return getattr(spec, f'{tower}_heads')
+        if getattr(spec, f"{tower}_width") == width:
+            return getattr(spec, f"{tower}_heads")
     return None
 
 
 # Hugging Face hub ids of OpenAI's released weights, so `load('ViT-B/16')` works like OpenAI's.
 HUB_IDS: dict[str, str] = {
-    'ViT-B/32': 'openai/clip-vit-base-patch32',
-    'ViT-B/16': 'openai/clip-vit-base-patch16',
-    'ViT-L/14': 'openai/clip-vit-large-patch14',
-    'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
+    "ViT-B/32": "openai/clip-vit-base-patch32",
+    "ViT-B/16": "openai/clip-vit-base-patch16",
+    "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L/14@336": "openai/clip-vit-large-patch14-336",
 }
 
 
@@ -111,5 +119,5 @@ def get_spec(name: str) -> CLIPSpec:
         ValueError: for an unknown name (the message lists the known ones).
     """
     if name not in VARIANTS:
-        raise ValueError(f'Unknown CLIP variant {name!r}; known variants: {sorted(VARIANTS)}.')
+        raise ValueError(f"Unknown CLIP variant {name!r}; known variants: {sorted(VARIANTS)}.")
     return VARIANTS[name]

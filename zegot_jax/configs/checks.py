@@ -47,8 +47,7 @@ def integer(lo: int) -> Callable[[Any], bool]:
     return lambda v: _is_int(v) and v >= lo
 
 
-def real(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False
-         ) -> Callable[[Any], bool]:
+def real(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False) -> Callable[[Any], bool]:
     """A finite number in `[lo, hi]` (`(lo, hi]` when `above`)."""
     return lambda v: _is_real(v) and (v > lo if above else v >= lo) and v <= hi
 
@@ -75,32 +74,45 @@ def non_empty_text(v: Any) -> bool:
 
 def size(v: Any) -> bool:
     """A positive int, or a pair (h, w) of them."""
-    return integer(1)(v) or (isinstance(v, Sequence) and len(v) == 2
-                             and all(integer(1)(x) for x in v))
+    return integer(1)(v) or (isinstance(v, Sequence) and len(v) == 2 and all(integer(1)(x) for x in v))
 
 
 def pair_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     """A pair (a sequence of 2, not a str) whose items both pass `check`."""
-    return lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(
-        check(x) for x in v)
+    return lambda v: (
+        isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(check(x) for x in v)
+    )
 
 
 def int_tuple(v: Any) -> bool:
     """A non-empty tuple of distinct ints >= 0."""
-    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-            and all(integer(0)(x) for x in v) and len(set(v)) == len(v))
+    return (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and len(v) > 0
+        and all(integer(0)(x) for x in v)
+        and len(set(v)) == len(v)
+    )
 
 
 def templates(v: Any) -> bool:
     """A non-empty tuple of texts, each with exactly one `{}` (where the class name goes)."""
-    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-            and all(isinstance(t, str) and t.count("{}") == 1 for t in v))
+    return (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and len(v) > 0
+        and all(isinstance(t, str) and t.count("{}") == 1 for t in v)
+    )
 
 
 def text_tuple(v: Any) -> bool:
     """A non-empty tuple of non-empty texts."""
-    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-            and all(non_empty_text(t) for t in v))
+    return (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and len(v) > 0
+        and all(non_empty_text(t) for t in v)
+    )
 
 
 def registered(v: Any) -> bool:
@@ -110,8 +122,10 @@ def registered(v: Any) -> bool:
 
 def registered_must(v: Any) -> str:
     """The `must` text for a transport `v`: the registered ones, and how to register `v`."""
-    return (f"a registered transport ({', '.join(ot.registered_transports())}); register one "
-            f"with zegot_jax.ot.register_transport({v!r}, fn) first")
+    return (
+        f"a registered transport ({', '.join(ot.registered_transports())}); register one "
+        f"with zegot_jax.ot.register_transport({v!r}, fn) first"
+    )
 
 
 def section(v: Any) -> bool:
@@ -121,14 +135,21 @@ def section(v: Any) -> bool:
 
 def names(v: Any) -> bool:
     """A tuple (possibly empty) of distinct non-empty texts."""
-    return (isinstance(v, Sequence) and not isinstance(v, str)
-            and all(non_empty_text(n) for n in v) and len(set(v)) == len(v))
+    return (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and all(non_empty_text(n) for n in v)
+        and len(set(v)) == len(v)
+    )
 
 
 def step_range(v: Any) -> bool:
     """() or (first, last) with 1 <= first <= last."""
-    return (isinstance(v, Sequence) and not isinstance(v, str)
-            and (len(v) == 0 or (len(v) == 2 and all(integer(1)(x) for x in v) and v[0] <= v[1])))
+    return (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and (len(v) == 0 or (len(v) == 2 and all(integer(1)(x) for x in v) and v[0] <= v[1]))
+    )
 
 
 def _choice(field: str, choices: Sequence[str]) -> Rule:
@@ -145,8 +166,7 @@ RULES: tuple[Rule, ...] = (
     Rule("clip.weights", non_empty_text, "a path, hub id, 'random:<variant>' or 'synthetic'"),
     _choice("clip.dtype", tuple(DTYPES)),
     Rule("clip.text_context_length", integer(2), "an integer >= 2"),
-    Rule("clip.activation", one_of("", *ACTIVATIONS),
-         "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
+    Rule("clip.activation", one_of("", *ACTIVATIONS), "'' (as the checkpoint says), 'quick_gelu' or 'gelu'"),
     Rule("clip.vision_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
     Rule("clip.text_heads", integer(0), "an integer >= 0 (0: as the checkpoint says)"),
     _choice("model.prompts", PROMPTS),
@@ -190,8 +210,11 @@ RULES: tuple[Rule, ...] = (
     Rule("loss.num_points", integer(0), "an integer >= 0 (0: every label pixel)"),
     Rule("loss.point_oversample", real(1), "a finite number >= 1"),
     Rule("loss.point_importance", real(0, 1), "a number in [0, 1]"),
-    Rule("optim.learning_rate", real(0, above=True),
-         "a finite number > 0 (a negative rate trains by gradient ascent)"),
+    Rule(
+        "optim.learning_rate",
+        real(0, above=True),
+        "a finite number > 0 (a negative rate trains by gradient ascent)",
+    ),
     Rule("optim.weight_decay", real(0), "a finite number >= 0"),
     Rule("optim.warmup_steps", integer(0), "an integer >= 0"),
     Rule("optim.poly_power", real(0), "a finite number >= 0"),
@@ -201,8 +224,11 @@ RULES: tuple[Rule, ...] = (
     Rule("train.num_steps", integer(0), "an integer >= 0 (0: evaluate the model as built)"),
     Rule("train.log_every", integer(1), POSITIVE),
     Rule("train.checkpoint_every", integer(1), POSITIVE),
-    Rule("train.keep_checkpoints", integer(1),
-         "an integer >= 1 (0 would delete every checkpoint, the trained model with them)"),
+    Rule(
+        "train.keep_checkpoints",
+        integer(1),
+        "an integer >= 1 (0 would delete every checkpoint, the trained model with them)",
+    ),
     Rule("train.eval_every", integer(0), "an integer >= 0 (0: evaluate once, at the end)"),
     Rule("train.init_from", text, "a path (or '' for none)"),
     Rule("train.profile_steps", step_range, "() (off) or (first, last) with 1 <= first <= last"),
@@ -241,9 +267,11 @@ def _crop_fits(c) -> str | None:
     crop, base, ratio = get(c, "data.crop_size"), get(c, "data.base_size"), get(c, "data.ratio_range")
     largest = min(base) * max(ratio)
     if max((crop,) if _is_int(crop) else crop) > largest:
-        return (f"data.crop_size={crop!r} is larger than any training image gets (short side at "
-                f"most min(data.base_size) x max(data.ratio_range) = {largest:g}): every crop "
-                "would be mostly padding; lower it or raise data.base_size.")
+        return (
+            f"data.crop_size={crop!r} is larger than any training image gets (short side at "
+            f"most min(data.base_size) x max(data.ratio_range) = {largest:g}): every crop "
+            "would be mostly padding; lower it or raise data.base_size."
+        )
     return None
 
 
@@ -252,8 +280,10 @@ def _synthetic_crop(c) -> str | None:
         return None
     crop, image = get(c, "data.crop_size"), get(c, "synthetic.image_size")
     if max((crop,) if _is_int(crop) else crop) > image:
-        return (f"data.crop_size={crop!r} is larger than the synthetic images "
-                f"(synthetic.image_size={image}); use at most {image}.")
+        return (
+            f"data.crop_size={crop!r} is larger than the synthetic images "
+            f"(synthetic.image_size={image}); use at most {image}."
+        )
     return None
 
 
@@ -262,15 +292,19 @@ def _synthetic_batch(c) -> str | None:
         return None
     batch, images = get(c, "train.global_batch_size"), get(c, "synthetic.train_images")
     if images < batch:
-        return (f"synthetic.train_images={images} is smaller than train.global_batch_size={batch}; "
-                "no full batch can be drawn.")
+        return (
+            f"synthetic.train_images={images} is smaller than train.global_batch_size={batch}; "
+            "no full batch can be drawn."
+        )
     return None
 
 
 def _stride(c) -> str | None:
     if get(c, "eval.mode") == "slide" and get(c, "eval.stride") > get(c, "eval.crop"):
-        return (f"eval.stride={get(c, 'eval.stride')} is larger than eval.crop="
-                f"{get(c, 'eval.crop')}: the sliding windows would leave pixels unscored.")
+        return (
+            f"eval.stride={get(c, 'eval.stride')} is larger than eval.crop="
+            f"{get(c, 'eval.crop')}: the sliding windows would leave pixels unscored."
+        )
     return None
 
 
@@ -299,18 +333,21 @@ def patch_problems(c, patch: int) -> list[str]:
     The towers need whole patches: the training crop, the sliding-window crop, the whole-image short
     side.
     """
-    fields = ("data.crop_size", "eval.crop" if get(c, "eval.mode") == "slide" else
-              "data.eval_short_side")
+    fields = ("data.crop_size", "eval.crop" if get(c, "eval.mode") == "slide" else "data.eval_short_side")
     out = []
     for field in fields:
         value = get(c, field)
         sides = value if isinstance(value, tuple) else (value,)
         if any(side % patch for side in sides):
-            near = sorted({max(patch, side // patch * patch) for side in sides}
-                          | {-(-side // patch) * patch for side in sides})
-            out.append(f"{field}={value!r} is not a multiple of the CLIP patch size {patch} "
-                       f"(clip.weights={get(c, 'clip.weights')!r}); use e.g. "
-                       f"{' or '.join(map(str, near))}.")
+            near = sorted(
+                {max(patch, side // patch * patch) for side in sides}
+                | {-(-side // patch) * patch for side in sides}
+            )
+            out.append(
+                f"{field}={value!r} is not a multiple of the CLIP patch size {patch} "
+                f"(clip.weights={get(c, 'clip.weights')!r}); use e.g. "
+                f"{' or '.join(map(str, near))}."
+            )
     return out
 
 
@@ -322,8 +359,10 @@ def _patch_fits(c) -> str | None:
 def _min_rate(c) -> str | None:
     lo, hi = get(c, "optim.min_learning_rate"), get(c, "optim.learning_rate")
     if lo > hi:
-        return (f"optim.min_learning_rate={lo:g} is above optim.learning_rate={hi:g}: the poly "
-                "schedule would rise instead of decay.")
+        return (
+            f"optim.min_learning_rate={lo:g} is above optim.learning_rate={hi:g}: the poly "
+            "schedule would rise instead of decay."
+        )
     return None
 
 
@@ -332,15 +371,19 @@ def _prompt_length(c) -> str | None:
         return None
     ctx, length = get(c, "model.context_tokens"), get(c, "clip.text_context_length")
     if ctx + 4 > length:  # SOS, the contexts, at least one name token, '.', EOT
-        return (f"model.context_tokens={ctx} leaves no room for a class name in "
-                f"clip.text_context_length={length}; use at most {length - 4} context tokens.")
+        return (
+            f"model.context_tokens={ctx} leaves no room for a class name in "
+            f"clip.text_context_length={length}; use at most {length - 4} context tokens."
+        )
     return None
 
 
 def _ot_solver(c) -> str | None:
     if get(c, "model.ot.solver") == "newton" and get(c, "model.ot.tau") < 1.0:
-        return (f"model.ot.solver='newton' solves balanced problems only, but model.ot.tau="
-                f"{get(c, 'model.ot.tau')}; use solver='sinkhorn' or tau=1.")
+        return (
+            f"model.ot.solver='newton' solves balanced problems only, but model.ot.tau="
+            f"{get(c, 'model.ot.tau')}; use solver='sinkhorn' or tau=1."
+        )
     if problem := threshold_problem(get(c, "model.ot.threshold"), get(c, "model.ot.backward")):
         return f"model.ot.{problem}"
     return None
@@ -368,16 +411,14 @@ class Relation(NamedTuple):
 RELATIONS: tuple[Relation, ...] = (
     Relation(("data.crop_size", "data.base_size", "data.ratio_range"), _crop_fits),
     Relation(("data.source", "data.crop_size", "synthetic.image_size"), _synthetic_crop),
-    Relation(("data.source", "train.global_batch_size", "synthetic.train_images"),
-             _synthetic_batch),
+    Relation(("data.source", "train.global_batch_size", "synthetic.train_images"), _synthetic_batch),
     Relation(("eval.mode", "eval.stride", "eval.crop"), _stride),
-    Relation(("clip.weights", "data.crop_size", "eval.mode", "eval.crop", "data.eval_short_side"),
-             _patch_fits),
+    Relation(
+        ("clip.weights", "data.crop_size", "eval.mode", "eval.crop", "data.eval_short_side"), _patch_fits
+    ),
     Relation(("optim.min_learning_rate", "optim.learning_rate"), _min_rate),
-    Relation(("model.prompts", "model.context_tokens", "clip.text_context_length"),
-             _prompt_length),
-    Relation(("model.ot.solver", "model.ot.tau", "model.ot.threshold", "model.ot.backward"),
-             _ot_solver),
+    Relation(("model.prompts", "model.context_tokens", "clip.text_context_length"), _prompt_length),
+    Relation(("model.ot.solver", "model.ot.tau", "model.ot.threshold", "model.ot.backward"), _ot_solver),
     Relation(("model.ot.solver", "model.ot.options"), _ot_options),
 )
 
@@ -385,8 +426,12 @@ RELATIONS: tuple[Relation, ...] = (
 EVALUATION_SECTIONS = ("seed", "clip", "model", "data", "eval", "synthetic")  # what evaluate.py reads
 
 
-def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-             sections: Sequence[str] | None = None) -> list[str]:
+def problems(
+    config: ml_collections.ConfigDict,
+    *,
+    num_devices: int | None = None,
+    sections: Sequence[str] | None = None,
+) -> list[str]:
     """One message per invalid value or inconsistent group of values (empty when all is well).
 
     Args:
@@ -394,6 +439,7 @@ def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         num_devices: devices of the training mesh; `train.global_batch_size` must divide over them.
         sections: check only fields in these top-level sections (default: all).
     """
+
     def wanted(field: str) -> bool:
         return sections is None or field.split(".")[0] in sections
 
@@ -411,15 +457,23 @@ def problems(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if (message := relation.check(config)) is not None:
             found.append(message)
     batch = get(config, "train.global_batch_size")
-    if num_devices and wanted("train") and batch is not ABSENT \
-            and "train.global_batch_size" not in bad \
-            and (problem := sharding.batch_problem(batch, num_devices)):
+    if (
+        num_devices
+        and wanted("train")
+        and batch is not ABSENT
+        and "train.global_batch_size" not in bad
+        and (problem := sharding.batch_problem(batch, num_devices))
+    ):
         found.append(problem)
     return found
 
 
-def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-          sections: Sequence[str] | None = None) -> None:
+def check(
+    config: ml_collections.ConfigDict,
+    *,
+    num_devices: int | None = None,
+    sections: Sequence[str] | None = None,
+) -> None:
     """Raises ValueError naming every problem of `problems` (one per line)."""
     found = problems(config, num_devices=num_devices, sections=sections)
     if len(found) == 1:
@@ -432,12 +486,31 @@ def check(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
 # (not what) the text tower computes, how processes start and which steps are traced. Anything
 # else alters the model, the data or the optimisation, and is refused.
 RESUMABLE = (
-    "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.eval_every", "train.init_from", "train.profile_steps", "train.profile_process",
-    "distributed.initialize", "distributed.heartbeat_timeout_s", "data.num_workers", "data.data_dir",
-    "data.eval_short_side", "data.eval_max_images", "eval.mode", "eval.crop", "eval.stride",
-    "eval.seen_penalty", "eval.batch_size", "eval.training_free_baseline", "eval.figure",
-    "model.ensemble_weight", "model.prefix_shared", "model.text_remat", "loss.per_image",
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.eval_every",
+    "train.init_from",
+    "train.profile_steps",
+    "train.profile_process",
+    "distributed.initialize",
+    "distributed.heartbeat_timeout_s",
+    "data.num_workers",
+    "data.data_dir",
+    "data.eval_short_side",
+    "data.eval_max_images",
+    "eval.mode",
+    "eval.crop",
+    "eval.stride",
+    "eval.seen_penalty",
+    "eval.batch_size",
+    "eval.training_free_baseline",
+    "eval.figure",
+    "model.ensemble_weight",
+    "model.prefix_shared",
+    "model.text_remat",
+    "loss.per_image",
     "synthetic.eval_images",
 )
 
@@ -449,5 +522,8 @@ def resume_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple
     """
     old = flatten(saved)
     new = flatten(json.loads(config.to_json_best_effort()))
-    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
-            if old[k] != new[k] and k not in RESUMABLE]
+    return [
+        (k, old[k], new[k])
+        for k in sorted(old.keys() & new.keys())
+        if old[k] != new[k] and k not in RESUMABLE
+    ]

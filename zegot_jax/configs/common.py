@@ -169,16 +169,19 @@ def parse_arg(arg: str | None) -> set[str]:
     words = {w.strip() for w in (arg or "").split(",") if w.strip()}
     unknown = {w for w in words - set(VARIANT_ARGS) if not w.startswith("solver=")}
     if unknown:
-        raise ValueError(f"Unknown config variant(s) {sorted(unknown)}; choose from "
-                         f"{', '.join(VARIANT_ARGS)} or solver=<name> (comma-separated, e.g. "
-                         "':transductive,smoke').")
+        raise ValueError(
+            f"Unknown config variant(s) {sorted(unknown)}; choose from "
+            f"{', '.join(VARIANT_ARGS)} or solver=<name> (comma-separated, e.g. "
+            "':transductive,smoke')."
+        )
     if len(words & {"inductive", "transductive", "supervised"}) > 1:
         raise ValueError("Pick one of inductive, transductive, supervised.")
     return words
 
 
-def apply_variants(c: ml_collections.ConfigDict, words: set[str], *,
-                   transductive_steps: int) -> ml_collections.ConfigDict:
+def apply_variants(
+    c: ml_collections.ConfigDict, words: set[str], *, transductive_steps: int
+) -> ml_collections.ConfigDict:
     """Applies the label mode and the ':smoke' size to a dataset config."""
     if "transductive" in words:
         c.data.label_mode = "transductive"

@@ -1,9 +1,9 @@
 """Dotted keys over configs: the one walker that reads, sets, flattens and merges fields.
 
-    get(config, "model.ot.epsilon")              # the value, or ABSENT
-    override(config, {"model.ot.epsilon": 0.1})  # a copy; a mistyped key fails here, not later
-    flatten({"a": {"b": 1}})                     # {"a.b": 1}
-    update_from_saved(config, saved_dict)        # a saved run's fields over the current config
+get(config, "model.ot.epsilon")              # the value, or ABSENT
+override(config, {"model.ot.epsilon": 0.1})  # a copy; a mistyped key fails here, not later
+flatten({"a": {"b": 1}})                     # {"a.b": 1}
+update_from_saved(config, saved_dict)        # a saved run's fields over the current config
 """
 
 from collections.abc import Collection, Mapping
@@ -29,8 +29,7 @@ def get(config: Any, key: str) -> Any:
     return value
 
 
-def flatten(tree: Mapping[str, Any], *, leaves: Collection[str] = (), _prefix: str = ""
-            ) -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], *, leaves: Collection[str] = (), _prefix: str = "") -> dict[str, Any]:
     """`{'a': {'b': 1}}` -> `{'a.b': 1}`; the dotted keys in `leaves` are kept whole."""
     out = {}
     for key, value in tree.items():
@@ -53,8 +52,9 @@ def _section_of(config: ml_collections.ConfigDict, key: str) -> tuple[Any, str]:
     return section, field
 
 
-def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None
-             ) -> ml_collections.ConfigDict:
+def override(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None
+) -> ml_collections.ConfigDict:
     """A copy of `config` with dotted-key overrides, e.g. `{'model.ot.epsilon': 0.1}`.
 
     Raises:

@@ -76,23 +76,23 @@ ADE150: tuple[str, ...] = (
 )  # fmt: skip
 
 UNSEEN: dict[str, tuple[int, ...]] = {
-    'voc': (15, 16, 17, 18, 19),
-    'context': (0, 6, 7, 14, 19, 24, 31, 33, 48, 54),
-    'coco_stuff': (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160),
-    'ade20k': (),
+    "voc": (15, 16, 17, 18, 19),
+    "context": (0, 6, 7, 14, 19, 24, 31, 33, 48, 54),
+    "coco_stuff": (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160),
+    "ade20k": (),
 }
 
 DATASETS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    'voc': (VOC20, UNSEEN['voc']),
-    'context': (CONTEXT59, UNSEEN['context']),
-    'coco_stuff': (COCO_STUFF171, UNSEEN['coco_stuff']),
-    'ade20k': (ADE150, UNSEEN['ade20k']),
+    "voc": (VOC20, UNSEEN["voc"]),
+    "context": (CONTEXT59, UNSEEN["context"]),
+    "coco_stuff": (COCO_STUFF171, UNSEEN["coco_stuff"]),
+    "ade20k": (ADE150, UNSEEN["ade20k"]),
 }
 
 
 def seen_indices(dataset: str) -> tuple[int, ...]:
     """Returns the seen-class indices of `dataset` in ascending order (the inductive label order)."""
     if dataset not in DATASETS:
-        raise ValueError(f'Unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}.')
+        raise ValueError(f"Unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}.")
     names, unseen = DATASETS[dataset]
     return tuple(i for i in range(len(names)) if i not in set(unseen))

@@ -47,33 +47,33 @@ class IndexedSource:
         # grain stores and compares this in checkpoints: keep it short and stable.
         source = self._source
         if isinstance(source, list | tuple):
-            return f'IndexedSource({type(source).__name__}, len={len(source)})'
+            return f"IndexedSource({type(source).__name__}, len={len(source)})"
         text = repr(source)
-        if len(text) > 500 or ' at 0x' in text:
-            text = f'{type(source).__module__}.{type(source).__qualname__}, len={len(source)}'
-        return f'IndexedSource({text})'
+        if len(text) > 500 or " at 0x" in text:
+            text = f"{type(source).__module__}.{type(source).__qualname__}, len={len(source)}"
+        return f"IndexedSource({text})"
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = dict(self._source[int(index)])
-        record['_index'] = int(index)
+        record["_index"] = int(index)
         return record
 
 
 def _describe(record: dict[str, Any]) -> str:
-    name = record.get('file_name', b'')
+    name = record.get("file_name", b"")
     name = name.decode() if isinstance(name, bytes) else str(name)
-    return f'record {record.get("_index", "?")}' + (f' ({name})' if name else '')
+    return f"record {record.get('_index', '?')}" + (f" ({name})" if name else "")
 
 
 def _decode(record: dict[str, Any], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     where = _describe(record)
-    image = T.decode_image(record['image'], where)
-    label = T.decode_label(record['label'], where)
+    image = T.decode_image(record["image"], where)
+    label = T.decode_label(record["label"], where)
     if image.shape[:2] != label.shape:
-        raise ValueError(f'{where}: image {image.shape[:2]} and label {label.shape} differ.')
+        raise ValueError(f"{where}: image {image.shape[:2]} and label {label.shape} differ.")
     T.check_label(label, num_classes, where)
     return image, label
 
@@ -81,9 +81,19 @@ def _decode(record: dict[str, Any], num_classes: int) -> tuple[np.ndarray, np.nd
 class TrainTransform(grain.RandomMapTransform):
     """Decode, rescale, crop (cat-max-ratio), flip, distort, remap labels, normalise, pad."""
 
-    def __init__(self, *, crop_size: tuple[int, int], num_classes: int, lut: np.ndarray,
-                 base_scale: tuple[int, int], ratio_range: tuple[float, float],
-                 cat_max_ratio: float, flip_prob: float, photometric: bool, normalize: bool):
+    def __init__(
+        self,
+        *,
+        crop_size: tuple[int, int],
+        num_classes: int,
+        lut: np.ndarray,
+        base_scale: tuple[int, int],
+        ratio_range: tuple[float, float],
+        cat_max_ratio: float,
+        flip_prob: float,
+        photometric: bool,
+        normalize: bool,
+    ):
         self.crop_size, self.num_classes, self.lut = crop_size, num_classes, lut
         self.base_scale, self.ratio_range, self.cat_max_ratio = base_scale, ratio_range, cat_max_ratio
         self.flip_prob, self.photometric, self.normalize = flip_prob, photometric, normalize
@@ -96,7 +106,7 @@ class TrainTransform(grain.RandomMapTransform):
         box = T.random_crop_box(label, self.crop_size, rng, self.cat_max_ratio)
         image = T.resize_crop(image, size, box)
         y0, x0, ch, cw = box
-        label = cv2.LUT(np.ascontiguousarray(label[y0:y0 + ch, x0:x0 + cw]), self.lut)
+        label = cv2.LUT(np.ascontiguousarray(label[y0 : y0 + ch, x0 : x0 + cw]), self.lut)
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
@@ -105,7 +115,7 @@ class TrainTransform(grain.RandomMapTransform):
             image = T.normalize(image)
         image = T.pad_to(image, self.crop_size, T.pad_value(self.normalize))
         label = T.pad_to(label, self.crop_size, T.IGNORE)
-        return {'image': image, 'label': label.astype(np.int32)}
+        return {"image": image, "label": label.astype(np.int32)}
 
 
 class EvalTransform(grain.MapTransform):
@@ -116,31 +126,45 @@ class EvalTransform(grain.MapTransform):
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         """One record as `{'image', 'label', 'valid'}`; a padding marker gives `valid=False`."""
-        if element.get('_padding'):
+        if element.get("_padding"):
             image = np.zeros((1, 1, 3), np.float32 if self.normalize else np.uint8)
-            return {'image': image, 'label': np.full((1, 1), T.IGNORE, np.int32), 'valid': False}
+            return {"image": image, "label": np.full((1, 1), T.IGNORE, np.int32), "valid": False}
         image, label = _decode(element, self.num_classes or T.IGNORE)
         image = T.resize(image, T.rescale_size(*label.shape, self.scale), nearest=False)
         if self.normalize:
             image = T.normalize(image)
-        return {'image': image, 'label': label.astype(np.int32), 'valid': True}
+        return {"image": image, "label": label.astype(np.int32), "valid": True}
 
 
 def _crop_tuple(crop_size: int | Sequence[int]) -> tuple[int, int]:
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
     if len(crop) != 2 or min(crop) <= 0:
-        raise ValueError(f'crop_size must be a positive int or (h, w); got {crop_size!r}.')
+        raise ValueError(f"crop_size must be a positive int or (h, w); got {crop_size!r}.")
     return int(crop[0]), int(crop[1])
 
 
-def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[int], seed: int,
-                   num_classes: int, label_mode: str = 'inductive', unseen: Sequence[int] = (),
-                   base_size: tuple[int, int] = (2048, 512),
-                   ratio_range: tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
-                   flip_prob: float = 0.5, photometric: bool = True, normalize: bool = True,
-                   num_workers: int = 0, process_index: int | None = None,
-                   process_count: int | None = None, num_epochs: int | None = None,
-                   read_threads: int = 16, read_ahead: int = 500) -> grain.DatasetIterator:
+def train_iterator(
+    source: Any,
+    *,
+    batch_size: int,
+    crop_size: int | Sequence[int],
+    seed: int,
+    num_classes: int,
+    label_mode: str = "inductive",
+    unseen: Sequence[int] = (),
+    base_size: tuple[int, int] = (2048, 512),
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    flip_prob: float = 0.5,
+    photometric: bool = True,
+    normalize: bool = True,
+    num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_epochs: int | None = None,
+    read_threads: int = 16,
+    read_ahead: int = 500,
+) -> grain.DatasetIterator:
     """Returns a shuffled training iterator over this process's slice of every global batch.
 
     The global stream is the same whatever the number of processes: one permutation of the source
@@ -181,22 +205,32 @@ def train_iterator(source: Any, *, batch_size: int, crop_size: int | Sequence[in
     crop = _crop_tuple(crop_size)
     lut = T.label_lut(label_mode, num_classes, unseen)
     if batch_size <= 0:
-        raise ValueError(f'batch_size must be positive; got {batch_size}.')
+        raise ValueError(f"batch_size must be positive; got {batch_size}.")
     if len(source) == 0:
-        raise ValueError('The training source is empty.')
+        raise ValueError("The training source is empty.")
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     transform = TrainTransform(
-        crop_size=crop, num_classes=num_classes, lut=lut, base_scale=tuple(base_size),
-        ratio_range=tuple(ratio_range), cat_max_ratio=cat_max_ratio, flip_prob=flip_prob,
-        photometric=photometric, normalize=normalize)
-    dataset = (grain.MapDataset.source(IndexedSource(source))
-               .shuffle(seed=seed)
-               .repeat(num_epochs)
-               .random_map(transform, seed=seed)
-               .batch(batch_size, drop_remainder=True))[index::count]
-    iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                         prefetch_buffer_size=read_ahead))
+        crop_size=crop,
+        num_classes=num_classes,
+        lut=lut,
+        base_scale=tuple(base_size),
+        ratio_range=tuple(ratio_range),
+        cat_max_ratio=cat_max_ratio,
+        flip_prob=flip_prob,
+        photometric=photometric,
+        normalize=normalize,
+    )
+    dataset = (
+        grain.MapDataset.source(IndexedSource(source))
+        .shuffle(seed=seed)
+        .repeat(num_epochs)
+        .random_map(transform, seed=seed)
+        .batch(batch_size, drop_remainder=True)
+    )[index::count]
+    iterable = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_ahead)
+    )
     if num_workers > 0:
         _ensure_absl_flags()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -214,35 +248,43 @@ class _EvalShard:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._start + index >= self._end:
-            return {'_padding': True}
+            return {"_padding": True}
         return self._source[self._start + index]
 
 
-def collate_eval(examples: Sequence[dict[str, Any]], pad_shape: tuple[int, int] | None = None
-                 ) -> dict[str, np.ndarray]:
+def collate_eval(
+    examples: Sequence[dict[str, Any]], pad_shape: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
     """Stacks eval examples, padding images (with 0) and labels (with 255) to common shapes."""
-    image_hw = np.array([e['image'].shape[:2] for e in examples], np.int32)
-    label_hw = np.array([e['label'].shape for e in examples], np.int32)
+    image_hw = np.array([e["image"].shape[:2] for e in examples], np.int32)
+    label_hw = np.array([e["label"].shape for e in examples], np.int32)
     image_shape = tuple(pad_shape) if pad_shape else tuple(image_hw.max(0))
     if (image_hw > np.array(image_shape)).any():
-        raise ValueError(f'Resized images {image_hw.tolist()} exceed pad_shape {image_shape}.')
-    fill = T.pad_value(examples[0]['image'].dtype == np.float32)
+        raise ValueError(f"Resized images {image_hw.tolist()} exceed pad_shape {image_shape}.")
+    fill = T.pad_value(examples[0]["image"].dtype == np.float32)
     return {
-        'image': np.stack([T.pad_to(e['image'], image_shape, fill) for e in examples]),
-        'label': np.stack([T.pad_to(e['label'], tuple(label_hw.max(0)), T.IGNORE)
-                           for e in examples]),
-        'image_size': image_hw,
-        'label_size': label_hw,
-        'valid': np.array([e['valid'] for e in examples]),
+        "image": np.stack([T.pad_to(e["image"], image_shape, fill) for e in examples]),
+        "label": np.stack([T.pad_to(e["label"], tuple(label_hw.max(0)), T.IGNORE) for e in examples]),
+        "image_size": image_hw,
+        "label_size": label_hw,
+        "valid": np.array([e["valid"] for e in examples]),
     }
 
 
-def eval_iterator(source: Any, *, short_side: int = 512, long_side: int | None = None,
-                  batch_size: int | None = None, num_classes: int | None = None,
-                  max_images: int | None = None, normalize: bool = True,
-                  pad_shape: tuple[int, int] | None = None, num_workers: int = 0,
-                  shard_index: int | None = None, shard_count: int | None = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+    source: Any,
+    *,
+    short_side: int = 512,
+    long_side: int | None = None,
+    batch_size: int | None = None,
+    num_classes: int | None = None,
+    max_images: int | None = None,
+    normalize: bool = True,
+    pad_shape: tuple[int, int] | None = None,
+    num_workers: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """One ordered pass over this process's contiguous slice of `source`, for scoring.
 
     Images are resized keeping their aspect to short side `short_side` (long side at most
@@ -276,12 +318,10 @@ def eval_iterator(source: Any, *, short_side: int = 512, long_side: int | None =
         length = -(-length // batch_size) * batch_size
     shard = _EvalShard(IndexedSource(source), start, end, length)
     long_side = long_side or 4 * short_side
-    transform = EvalTransform(num_classes=num_classes, scale=(long_side, short_side),
-                              normalize=normalize)
+    transform = EvalTransform(num_classes=num_classes, scale=(long_side, short_side), normalize=normalize)
     dataset = grain.MapDataset.source(shard).map(transform)
     if batch_size:
-        dataset = dataset.batch(batch_size,
-                                batch_fn=functools.partial(collate_eval, pad_shape=pad_shape))
+        dataset = dataset.batch(batch_size, batch_fn=functools.partial(collate_eval, pad_shape=pad_shape))
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
     if num_workers > 0:
         _ensure_absl_flags()
@@ -294,12 +334,12 @@ def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def global_batch(batch: Any, mesh: Mesh, axis: str = 'data') -> Any:
+def global_batch(batch: Any, mesh: Mesh, axis: str = "data") -> Any:
     """`to_global_batch` with `NamedSharding(mesh, P(axis))`."""
     return to_global_batch(batch, NamedSharding(mesh, PartitionSpec(axis)))
 
 
-SPLIT_ALIASES = {'eval': 'validation', 'val': 'validation', 'test': 'validation'}
+SPLIT_ALIASES = {"eval": "validation", "val": "validation", "test": "validation"}
 
 
 def check_prepared(dataset: str, data_dir: str | None = None) -> None:
@@ -312,18 +352,19 @@ def check_prepared(dataset: str, data_dir: str | None = None) -> None:
     from zegot_jax.data.builders import BUILDERS  # noqa: PLC0415 (registers the builders)
 
     if dataset not in BUILDERS:
-        raise ValueError(f'Unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}.')
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}.")
     root = storage.normalise(data_dir or tfds.core.constants.DATA_DIR)
     storage.require_gcs(root)
     builder = BUILDERS[dataset]
     folder = storage.path(root) / builder.name / str(builder.VERSION)
     with storage.gcs_errors(root):
-        prepared = storage.exists(folder / 'dataset_info.json')
+        prepared = storage.exists(folder / "dataset_info.json")
     if not prepared:
         raise FileNotFoundError(
-            f'Dataset {dataset!r} is not prepared in {root} (no {folder}). Build it once with: '
-            f'python -m zegot_jax.data.prepare --dataset={dataset} --manual_dir=<downloaded files> '
-            f'--data_dir={root} (or point --config.data.data_dir at where it was built).')
+            f"Dataset {dataset!r} is not prepared in {root} (no {folder}). Build it once with: "
+            f"python -m zegot_jax.data.prepare --dataset={dataset} --manual_dir=<downloaded files> "
+            f"--data_dir={root} (or point --config.data.data_dir at where it was built)."
+        )
 
 
 def tfds_source(dataset: str, split: str, data_dir: str | None = None) -> Any:
@@ -340,5 +381,9 @@ def tfds_source(dataset: str, split: str, data_dir: str | None = None) -> Any:
 
     check_prepared(dataset, data_dir)
     skip = tfds.decode.SkipDecoding()
-    return tfds.data_source(BUILDERS[dataset].name, split=SPLIT_ALIASES.get(split, split),
-                            data_dir=data_dir, decoders={'image': skip, 'label': skip})
+    return tfds.data_source(
+        BUILDERS[dataset].name,
+        split=SPLIT_ALIASES.get(split, split),
+        data_dir=data_dir,
+        decoders={"image": skip, "label": skip},
+    )

@@ -24,11 +24,11 @@ import PIL.ImageDraw
 
 def counts_from_string(text: str) -> list[int]:
     """Parses compressed RLE counts into run lengths (vectorised with numpy)."""
-    chars = np.frombuffer(text.encode('ascii'), np.uint8).astype(np.int64) - 48
+    chars = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
     if chars.size == 0:
         return []
     if chars[-1] & 0x20:
-        raise ValueError(f'Truncated compressed RLE string {text[:40]!r}...')
+        raise ValueError(f"Truncated compressed RLE string {text[:40]!r}...")
     ends = np.flatnonzero((chars & 0x20) == 0)  # the last character of each value
     starts = np.concatenate([[0], ends[:-1] + 1])
     position = np.arange(chars.size) - np.repeat(starts, ends - starts + 1)
@@ -54,22 +54,23 @@ def counts_to_string(counts: Sequence[int]) -> str:
             if more:
                 chunk |= 0x20
             chars.append(chr(chunk + 48))
-    return ''.join(chars)
+    return "".join(chars)
 
 
 def encode(mask: np.ndarray) -> dict[str, Any]:
     """Encodes a binary mask `[H, W]` as compressed RLE `{'size': [H, W], 'counts': str}`."""
-    flat = np.asarray(mask, dtype=bool).ravel(order='F')
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
     changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
     bounds = np.concatenate([[0], changes, [flat.size]])
     runs = np.diff(bounds).tolist()
     if flat.size and flat[0]:
         runs = [0, *runs]
-    return {'size': [int(mask.shape[0]), int(mask.shape[1])], 'counts': counts_to_string(runs)}
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts_to_string(runs)}
 
 
-def decode(segmentation: Mapping[str, Any] | Sequence[Sequence[float]], height: int,
-           width: int) -> np.ndarray:
+def decode(
+    segmentation: Mapping[str, Any] | Sequence[Sequence[float]], height: int, width: int
+) -> np.ndarray:
     """Decodes one annotation's segmentation to a boolean mask `[height, width]`.
 
     Args:
@@ -84,19 +85,18 @@ def decode(segmentation: Mapping[str, Any] | Sequence[Sequence[float]], height: 
         ValueError: if the RLE size disagrees with the image or the runs do not cover it exactly.
     """
     if isinstance(segmentation, Mapping):
-        size = [int(s) for s in segmentation['size']]
+        size = [int(s) for s in segmentation["size"]]
         if size != [height, width]:
-            raise ValueError(f'RLE size {size} does not match the image size {[height, width]}.')
-        counts = segmentation['counts']
+            raise ValueError(f"RLE size {size} does not match the image size {[height, width]}.")
+        counts = segmentation["counts"]
         runs = counts_from_string(counts) if isinstance(counts, str) else [int(c) for c in counts]
         if sum(runs) != height * width or min(runs, default=0) < 0:
-            raise ValueError(
-                f'RLE runs sum to {sum(runs)} but the image has {height * width} pixels.')
+            raise ValueError(f"RLE runs sum to {sum(runs)} but the image has {height * width} pixels.")
         values = np.zeros(len(runs), dtype=bool)
         values[1::2] = True
         flat = np.repeat(values, runs)
         return flat.reshape((width, height)).T
-    canvas = PIL.Image.new('L', (width, height), 0)
+    canvas = PIL.Image.new("L", (width, height), 0)
     draw = PIL.ImageDraw.Draw(canvas)
     for polygon in segmentation:
         points = [float(v) for v in polygon]

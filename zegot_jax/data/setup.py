@@ -58,8 +58,10 @@ class DataSetup:
             unseen = config.synthetic.unseen if "synthetic" in config else world.DEFAULT_UNSEEN
             return cls(config, tuple(world.CLASS_NAMES), world.class_ids(unseen))
         if data.name not in names_lib.DATASETS:
-            raise ValueError(f"data.name={data.name!r} is not a known dataset; known: "
-                             f"{sorted(names_lib.DATASETS)} and 'synthetic'.")
+            raise ValueError(
+                f"data.name={data.name!r} is not a known dataset; known: "
+                f"{sorted(names_lib.DATASETS)} and 'synthetic'."
+            )
         names, unseen = names_lib.DATASETS[data.name]
         return cls(config, tuple(names), tuple(unseen))
 
@@ -112,15 +114,27 @@ class DataSetup:
         """This process's shard of the training stream (has `get_state`/`set_state`)."""
         data = self.config.data
         return pipeline.train_iterator(
-            self.source("train"), batch_size=local_batch_size, crop_size=data.crop_size,
-            base_size=tuple(data.base_size), ratio_range=tuple(data.ratio_range),
-            cat_max_ratio=data.cat_max_ratio, seed=seed, label_mode=data.label_mode,
-            unseen=self.unseen, num_classes=len(self.class_names), num_workers=data.num_workers,
-            read_threads=data.read_threads, read_ahead=data.read_ahead)
+            self.source("train"),
+            batch_size=local_batch_size,
+            crop_size=data.crop_size,
+            base_size=tuple(data.base_size),
+            ratio_range=tuple(data.ratio_range),
+            cat_max_ratio=data.cat_max_ratio,
+            seed=seed,
+            label_mode=data.label_mode,
+            unseen=self.unseen,
+            num_classes=len(self.class_names),
+            num_workers=data.num_workers,
+            read_threads=data.read_threads,
+            read_ahead=data.read_ahead,
+        )
 
     def eval_iterator(self) -> Iterator[dict[str, np.ndarray]]:
         """Evaluation examples, one image at a time, with the full-resolution label."""
         data = self.config.data
-        return pipeline.eval_iterator(self.source("eval"), short_side=data.eval_short_side,
-                                      num_classes=len(self.class_names),
-                                      max_images=data.eval_max_images or None)
+        return pipeline.eval_iterator(
+            self.source("eval"),
+            short_side=data.eval_short_side,
+            num_classes=len(self.class_names),
+            max_images=data.eval_max_images or None,
+        )

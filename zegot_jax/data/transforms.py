@@ -19,50 +19,51 @@ IGNORE = 255
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32) * 255.0
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32) * 255.0
 _INV_STD = (1.0 / CLIP_STD).astype(np.float32)
-LABEL_MODES = ('inductive', 'transductive', 'supervised')
+LABEL_MODES = ("inductive", "transductive", "supervised")
 
 cv2.setNumThreads(1)  # parallelism comes from grain workers, not from OpenCV threads
 
 
-def decode_image(value: bytes | np.ndarray, source: object = '') -> np.ndarray:
+def decode_image(value: bytes | np.ndarray, source: object = "") -> np.ndarray:
     """Returns uint8 RGB `[H, W, 3]` from encoded bytes (JPEG/PNG) or an array."""
     if isinstance(value, bytes | bytearray | memoryview):
         image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f'Cannot decode image {source}.')
+            raise ValueError(f"Cannot decode image {source}.")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image = np.asarray(value)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f'Image {source} must be uint8 [H, W, 3]; got {image.dtype} '
-                         f'{image.shape}.')
+        raise ValueError(f"Image {source} must be uint8 [H, W, 3]; got {image.dtype} {image.shape}.")
     return image
 
 
-def decode_label(value: bytes | np.ndarray, source: object = '') -> np.ndarray:
+def decode_label(value: bytes | np.ndarray, source: object = "") -> np.ndarray:
     """Returns uint8 ids `[H, W]` from PNG bytes (grey or palette) or an array."""
     if isinstance(value, bytes | bytearray | memoryview):
         try:
             label = np.asarray(PIL.Image.open(io.BytesIO(value)))
         except (OSError, ValueError) as e:
-            raise ValueError(f'Cannot decode label {source}: {e}.') from e
+            raise ValueError(f"Cannot decode label {source}: {e}.") from e
     else:
         label = np.asarray(value)
     if label.ndim == 3 and label.shape[-1] == 1:
         label = label[..., 0]
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError(f'Label {source} must be uint8 [H, W]; got {label.dtype} {label.shape}.')
+        raise ValueError(f"Label {source} must be uint8 [H, W]; got {label.dtype} {label.shape}.")
     return label
 
 
-def check_label(label: np.ndarray, num_classes: int, source: object = '') -> None:
+def check_label(label: np.ndarray, num_classes: int, source: object = "") -> None:
     """Raises ValueError if `label` holds ids other than 0..num_classes-1 and 255."""
     bad_table = np.zeros(256, np.uint8)
     bad_table[num_classes:IGNORE] = 1
     if not cv2.countNonZero(cv2.LUT(np.ascontiguousarray(label), bad_table)):
         return
     bad = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[num_classes:IGNORE])
-    raise ValueError(f'Label {source} has ids {(bad + num_classes).tolist()[:10]} outside '
-                     f'0..{num_classes - 1} and {IGNORE}.')
+    raise ValueError(
+        f"Label {source} has ids {(bad + num_classes).tolist()[:10]} outside "
+        f"0..{num_classes - 1} and {IGNORE}."
+    )
 
 
 def label_lut(mode: str, num_classes: int, unseen: Sequence[int]) -> np.ndarray:
@@ -72,14 +73,14 @@ def label_lut(mode: str, num_classes: int, unseen: Sequence[int]) -> np.ndarray:
     'transductive' and 'supervised': identity on 0..K-1 (full-space ids), 255 stays 255.
     """
     if mode not in LABEL_MODES:
-        raise ValueError(f'label_mode {mode!r} is not one of {LABEL_MODES}.')
+        raise ValueError(f"label_mode {mode!r} is not one of {LABEL_MODES}.")
     unseen_set = {int(u) for u in unseen}
     if any(not 0 <= u < num_classes for u in unseen_set):
-        raise ValueError(f'unseen {sorted(unseen_set)} must lie in 0..{num_classes - 1}.')
-    if mode == 'transductive' and not unseen_set:
+        raise ValueError(f"unseen {sorted(unseen_set)} must lie in 0..{num_classes - 1}.")
+    if mode == "transductive" and not unseen_set:
         raise ValueError("label_mode='transductive' needs the unseen class indices.")
     lut = np.full(256, IGNORE, np.uint8)
-    if mode == 'inductive':
+    if mode == "inductive":
         seen = [k for k in range(num_classes) if k not in unseen_set]
         lut[seen] = np.arange(len(seen))
     else:
@@ -93,9 +94,13 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def random_rescale_size(height: int, width: int, rng: np.random.Generator,
-                        base_scale: tuple[int, int], ratio_range: tuple[float, float]
-                        ) -> tuple[int, int]:
+def random_rescale_size(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    base_scale: tuple[int, int],
+    ratio_range: tuple[float, float],
+) -> tuple[int, int]:
     """Samples a ratio in `ratio_range` of `base_scale` and returns the aspect-kept size."""
     ratio = rng.uniform(*ratio_range)
     scale = (int(base_scale[0] * ratio), int(base_scale[1] * ratio))
@@ -110,8 +115,7 @@ def resize(array: np.ndarray, size: tuple[int, int], *, nearest: bool) -> np.nda
     return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
 
 
-def resize_crop(image: np.ndarray, size: tuple[int, int],
-                box: tuple[int, int, int, int]) -> np.ndarray:
+def resize_crop(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
     """`resize(image, size)[y0:y0 + h, x0:x0 + w]` (bilinear) without resizing the rest.
 
     One affine warp with cv2.resize's pixel-centre mapping, src = (dst + 0.5) * in/out - 0.5.
@@ -119,12 +123,18 @@ def resize_crop(image: np.ndarray, size: tuple[int, int],
     y0, x0, h, w = box
     sy, sx = image.shape[0] / size[0], image.shape[1] / size[1]
     matrix = np.array([[sx, 0.0, (x0 + 0.5) * sx - 0.5], [0.0, sy, (y0 + 0.5) * sy - 0.5]])
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        image, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
-def random_crop_box(label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator,
-                    cat_max_ratio: float = 0.75, retries: int = 10) -> tuple[int, int, int, int]:
+def random_crop_box(
+    label: np.ndarray,
+    crop: tuple[int, int],
+    rng: np.random.Generator,
+    cat_max_ratio: float = 0.75,
+    retries: int = 10,
+) -> tuple[int, int, int, int]:
     """Picks a crop (y0, x0, h, w); retries while one class covers >= cat_max_ratio of it.
 
     As in mmseg: up to `retries` further boxes are drawn until the crop holds at least two
@@ -140,7 +150,7 @@ def random_crop_box(label: np.ndarray, crop: tuple[int, int], rng: np.random.Gen
     y0, x0 = draw()
     if cat_max_ratio < 1.0:
         for _ in range(retries):
-            counts = np.bincount(label[y0:y0 + ch, x0:x0 + cw].ravel(), minlength=256)[:IGNORE]
+            counts = np.bincount(label[y0 : y0 + ch, x0 : x0 + cw].ravel(), minlength=256)[:IGNORE]
             counts = counts[counts > 0]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
                 break
@@ -148,11 +158,15 @@ def random_crop_box(label: np.ndarray, crop: tuple[int, int], rng: np.random.Gen
     return y0, x0, ch, cw
 
 
-def photometric_distortion(image: np.ndarray, rng: np.random.Generator, *,
-                           brightness_delta: float = 32.0,
-                           contrast_range: tuple[float, float] = (0.5, 1.5),
-                           saturation_range: tuple[float, float] = (0.5, 1.5),
-                           hue_delta: int = 18) -> np.ndarray:
+def photometric_distortion(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
     """mmseg's PhotoMetricDistortion on uint8 RGB `[H, W, 3]`, each step with prob 0.5.
 
     Brightness (+U(-32, 32)), then contrast (xU(0.5, 1.5)) either first or last, saturation

@@ -24,8 +24,9 @@ from zegot_jax.models.functional import merge, split_model, upsample
 from zegot_jax.models.zegot import ZegOT, training_free_config
 
 
-def ensemble_log_scores(logits: jax.Array, free_logits: jax.Array, weight: float,
-                        num_valid: jax.Array | None = None) -> jax.Array:
+def ensemble_log_scores(
+    logits: jax.Array, free_logits: jax.Array, weight: float, num_valid: jax.Array | None = None
+) -> jax.Array:
     """`log(sigmoid(logits)^(1-w) * softmax_K(free_logits)^w)`, classes on axis 1.
 
     The geometric ensemble of the trained model's class scores with CLIP's training-free class
@@ -65,12 +66,14 @@ def make_logits_fn(graphdef: Any, config: ml_collections.ConfigDict):
                 return upsample(out.logits, crops.shape[1:3])
             out = model.segment(crops, text_features, reference)
             size = crops.shape[1:3]
-            return ensemble_log_scores(upsample(out.logits, size),
-                                       upsample(out.free_logits, size), weight, num_valid)
+            return ensemble_log_scores(
+                upsample(out.logits, size), upsample(out.free_logits, size), weight, num_valid
+            )
 
         if ev.mode == "slide":
-            return sliding.sliding_window(crop_logits, image, crop=ev.crop, stride=ev.stride,
-                                          num_classes=num_classes)
+            return sliding.sliding_window(
+                crop_logits, image, crop=ev.crop, stride=ev.stride, num_classes=num_classes
+            )
         if ev.mode == "whole":
             return crop_logits(image)
         raise ValueError(f"eval.mode={ev.mode!r}: use 'slide' or 'whole'.")
@@ -88,17 +91,22 @@ def make_predictor(graphdef: Any, config: ml_collections.ConfigDict):
     logits_fn = make_logits_fn(graphdef, config)
 
     @partial(jax.jit, static_argnames=("label_size",))
-    def predict(params, frozen, text_features, image, label_size, reference=None,
-                num_valid=None):
+    def predict(params, frozen, text_features, image, label_size, reference=None, num_valid=None):
         logits = logits_fn(params, frozen, text_features, image, reference, num_valid)
         return score_activation(config, reference)(upsample(logits, label_size))[0]
 
     return predict
 
 
-def streamed_scores(logits: jax.Array, penalty: jax.Array, num_valid: jax.Array,
-                    size: tuple[int, int], *, keep_scores: bool, activation=jax.nn.sigmoid
-                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+def streamed_scores(
+    logits: jax.Array,
+    penalty: jax.Array,
+    num_valid: jax.Array,
+    size: tuple[int, int],
+    *,
+    keep_scores: bool,
+    activation=jax.nn.sigmoid,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """Full-resolution decisions one class at a time: memory `O(H*W)`, not `O(K*H*W)`.
 
     Args:
@@ -117,32 +125,41 @@ def streamed_scores(logits: jax.Array, penalty: jax.Array, num_valid: jax.Array,
 
     def body(c, carry):
         best, label, mean, top, scores = carry
-        score = activation(upsample(jax.lax.dynamic_slice_in_dim(logits, c, 1, axis=1),
-                                    size))[0, 0]
+        score = activation(upsample(jax.lax.dynamic_slice_in_dim(logits, c, 1, axis=1), size))[0, 0]
         calibrated = jnp.where(c < num_valid, score - penalty[c], -jnp.inf)
         wins = calibrated > best
-        carry = (jnp.where(wins, calibrated, best), jnp.where(wins, c, label),
-                 mean.at[c].set(score.mean()), top.at[c].set(score.max()),
-                 scores if scores is None else scores.at[c].set(score))
+        carry = (
+            jnp.where(wins, calibrated, best),
+            jnp.where(wins, c, label),
+            mean.at[c].set(score.mean()),
+            top.at[c].set(score.max()),
+            scores if scores is None else scores.at[c].set(score),
+        )
         return carry
 
-    init = (jnp.full(size, -jnp.inf, logits.dtype), jnp.zeros(size, jnp.int32),
-            jnp.zeros(k, logits.dtype), jnp.zeros(k, logits.dtype),
-            jnp.zeros((k, *size), logits.dtype) if keep_scores else None)
+    init = (
+        jnp.full(size, -jnp.inf, logits.dtype),
+        jnp.zeros(size, jnp.int32),
+        jnp.zeros(k, logits.dtype),
+        jnp.zeros(k, logits.dtype),
+        jnp.zeros((k, *size), logits.dtype) if keep_scores else None,
+    )
     _, label, mean, top, scores = jax.lax.fori_loop(0, k, body, init)
     return label, mean, top, scores
 
 
-def text_features_of(graphdef: Any, params: Any, frozen: Any, class_names: Sequence[str],
-                     context_length: int) -> jax.Array:
+def text_features_of(
+    graphdef: Any, params: Any, frozen: Any, class_names: Sequence[str], context_length: int
+) -> jax.Array:
     """Text features `[K, N, D]` of a vocabulary, computed once (cached by the caller)."""
     model = merge(graphdef, params, frozen)
     inputs = model.text_inputs(class_names, context_length)
     return jax.jit(lambda p, f, x: merge(graphdef, p, f).text_features(x))(params, frozen, inputs)
 
 
-def reference_features_of(graphdef: Any, params: Any, frozen: Any, config: ml_collections.ConfigDict,
-                          class_names: Sequence[str]) -> jax.Array | None:
+def reference_features_of(
+    graphdef: Any, params: Any, frozen: Any, config: ml_collections.ConfigDict, class_names: Sequence[str]
+) -> jax.Array | None:
     """Template features `[K, T, D]` for the ensemble, or None when `ensemble_weight` is 0."""
     if not config.model.ensemble_weight > 0:
         return None
@@ -171,8 +188,9 @@ def make_batch_scorer(graphdef: Any, config: ml_collections.ConfigDict, penalty:
     return confusion
 
 
-def equal_shape_batches(examples: Iterable[dict[str, np.ndarray]], batch_size: int
-                        ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def equal_shape_batches(
+    examples: Iterable[dict[str, np.ndarray]], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Groups consecutive valid examples of equal image and label shapes into padded batches.
 
     Yields `(images [batch_size, H', W', 3], labels [batch_size, H, W], count)`: the first `count`
@@ -186,8 +204,11 @@ def equal_shape_batches(examples: Iterable[dict[str, np.ndarray]], batch_size: i
     def flush():
         count = len(images)
         pad = batch_size - count
-        batch = (np.stack(images + [np.zeros_like(images[0])] * pad),
-                 np.stack(labels + [np.full_like(labels[0], 255)] * pad), count)
+        batch = (
+            np.stack(images + [np.zeros_like(images[0])] * pad),
+            np.stack(labels + [np.full_like(labels[0], 255)] * pad),
+            count,
+        )
         images.clear()
         labels.clear()
         return batch
@@ -206,9 +227,17 @@ def equal_shape_batches(examples: Iterable[dict[str, np.ndarray]], batch_size: i
         yield flush()
 
 
-def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, frozen: Any,
-             examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
-             unseen: Sequence[int], *, seen_penalty: float) -> dict[str, Any]:
+def evaluate(
+    config: ml_collections.ConfigDict,
+    graphdef: Any,
+    params: Any,
+    frozen: Any,
+    examples: Iterable[dict[str, np.ndarray]],
+    class_names: Sequence[str],
+    unseen: Sequence[int],
+    *,
+    seen_penalty: float,
+) -> dict[str, Any]:
     """Scores `examples` (`{'image': [H',W',3] normalised, 'label': [H,W]}`) over all classes.
 
     Equally sized consecutive images are scored in batches of `eval.batch_size` rounded up to a
@@ -224,8 +253,7 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: Any, params: Any, froz
     batch_size = -(-max(int(config.eval.batch_size), 1) // devices) * devices
     text = text_features_of(graphdef, params, frozen, class_names, config.clip.text_context_length)
     reference = reference_features_of(graphdef, params, frozen, config, class_names)
-    params, frozen, text, reference = sharding.to_local_replicas(
-        (params, frozen, text, reference), mesh)
+    params, frozen, text, reference = sharding.to_local_replicas((params, frozen, text, reference), mesh)
     k = len(class_names)
     unseen_set = set(unseen)
     penalty = jnp.asarray([0.0 if i in unseen_set else seen_penalty for i in range(k)])
@@ -263,17 +291,29 @@ def training_free_parts(config: ml_collections.ConfigDict, clip: Any) -> tuple[A
     return tuple(split_model(ZegOT(clip, model_cfg, rngs=nnx.Rngs(0))))
 
 
-def evaluate_training_free(config: ml_collections.ConfigDict, clip: Any,
-                           examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
-                           unseen: Sequence[int]) -> dict[str, Any]:
+def evaluate_training_free(
+    config: ml_collections.ConfigDict,
+    clip: Any,
+    examples: Iterable[dict[str, np.ndarray]],
+    class_names: Sequence[str],
+    unseen: Sequence[int],
+) -> dict[str, Any]:
     """`evaluate` of the training-free baseline (`models.zegot.TRAINING_FREE`, no seen penalty).
 
     The same CLIP, layers, dense mode, images and protocol as the trained model, so the two
     rows differ only by what training changed.
     """
     graphdef, params, frozen = training_free_parts(config, clip)
-    return evaluate(training_free_experiment(config), graphdef, params, frozen, examples,
-                    class_names, unseen, seen_penalty=0.0)
+    return evaluate(
+        training_free_experiment(config),
+        graphdef,
+        params,
+        frozen,
+        examples,
+        class_names,
+        unseen,
+        seen_penalty=0.0,
+    )
 
 
 TRAINING_FREE_PREFIX = "training_free_"
@@ -287,8 +327,16 @@ def with_training_free(summary: dict[str, Any], free: dict[str, Any]) -> dict[st
 
 def flat_row(summary: dict[str, Any]) -> dict[str, Any]:
     """The evaluation row of `metrics.jsonl`."""
-    keys = ("miou_seen", "miou_unseen", "hiou", "pixel_acc", "miou", "num_images",
-            "seen_penalty", *(TRAINING_FREE_PREFIX + k for k in (*HEADLINE, "miou")))
+    keys = (
+        "miou_seen",
+        "miou_unseen",
+        "hiou",
+        "pixel_acc",
+        "miou",
+        "num_images",
+        "seen_penalty",
+        *(TRAINING_FREE_PREFIX + k for k in (*HEADLINE, "miou")),
+    )
     row = {k: summary[k] for k in keys if k in summary}
     row["per_class_iou"] = summary["per_class_iou"]
     return row
@@ -296,9 +344,12 @@ def flat_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def headline(summary: dict[str, Any]) -> str:
     """One line per model: trained (with its seen penalty) and, if scored, training-free."""
+
     def line(name, prefix, penalty):
-        scores = "  ".join(f"{label} {100 * summary[prefix + key]:.1f}" for label, key in
-                           zip(("mIoU(S)", "mIoU(U)", "hIoU"), HEADLINE, strict=True))
+        scores = "  ".join(
+            f"{label} {100 * summary[prefix + key]:.1f}"
+            for label, key in zip(("mIoU(S)", "mIoU(U)", "hIoU"), HEADLINE, strict=True)
+        )
         return f"{name:<14} {scores}  (seen penalty {penalty:g})"
 
     lines = [line("trained", "", summary.get("seen_penalty", 0.0))]
@@ -309,12 +360,16 @@ def headline(summary: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], config: ml_collections.ConfigDict) -> str:
     """A results page: dataset, image count, headline numbers and the per-class table."""
-    head = (f"# Results: {config.data.name} ({config.data.label_mode}), "
-            f"{summary.get('num_images', '?')} images\n\n")
+    head = (
+        f"# Results: {config.data.name} ({config.data.label_mode}), "
+        f"{summary.get('num_images', '?')} images\n\n"
+    )
     if TRAINING_FREE_PREFIX + "hiou" in summary:
-        head += ("Trained against the training-free template baseline (hand-crafted templates, no "
-                 "DLFA, no OT, no training) on the same images with the same CLIP:\n\n```\n"
-                 f"{headline(summary)}\n```\n\n")
+        head += (
+            "Trained against the training-free template baseline (hand-crafted templates, no "
+            "DLFA, no OT, no training) on the same images with the same CLIP:\n\n```\n"
+            f"{headline(summary)}\n```\n\n"
+        )
     return head + metrics.markdown_table(summary) + "\n"
 
 

@@ -22,9 +22,17 @@ from zegot_jax.evaluation import sliding
 FIGURE_BYTES = 2000 * 2000 * 40
 
 
-def estimate_bytes(config: ml_collections.ConfigDict, num_layers: int, patch: int,
-                   scored: tuple[int, int], out: tuple[int, int], num_classes: int, *,
-                   full_scores: bool, figures: bool = False) -> int:
+def estimate_bytes(
+    config: ml_collections.ConfigDict,
+    num_layers: int,
+    patch: int,
+    scored: tuple[int, int],
+    out: tuple[int, int],
+    num_classes: int,
+    *,
+    full_scores: bool,
+    figures: bool = False,
+) -> int:
     """A rough peak of one `segment` call, in bytes.
 
     It counts the per-prompt similarity, cost and plan tensors of every window
@@ -34,13 +42,13 @@ def estimate_bytes(config: ml_collections.ConfigDict, num_layers: int, patch: in
     """
     ev = config.eval
     if ev.mode == "slide":
-        windows = (len(sliding.window_starts(scored[0], ev.crop, ev.stride))
-                   * len(sliding.window_starts(scored[1], ev.crop, ev.stride)))
+        windows = len(sliding.window_starts(scored[0], ev.crop, ev.stride)) * len(
+            sliding.window_starts(scored[1], ev.crop, ev.stride)
+        )
         tokens = (ev.crop // patch) ** 2
     else:
         windows, tokens = 1, (scored[0] // patch) * (scored[1] // patch)
-    prompts = config.model.num_prompts if config.model.prompts == "learned" else len(
-        config.model.templates)
+    prompts = config.model.num_prompts if config.model.prompts == "learned" else len(config.model.templates)
     ot = 4 * num_layers * windows * num_classes * tokens * prompts
     maps = num_classes * scored[0] * scored[1] + (num_classes if full_scores else 4) * math.prod(out)
     return 4 * (ot + 2 * maps) + 5 * math.prod(out) + (FIGURE_BYTES if figures else 0)
@@ -64,8 +72,10 @@ def _meminfo(proc: Path) -> int | None:
 
 
 def _cgroup(root: Path) -> int | None:
-    for limit, usage in (("memory.max", "memory.current"),  # v2
-                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):  # v1
+    for limit, usage in (
+        ("memory.max", "memory.current"),  # v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):  # v1
         cap, used = _read_int(root / limit), _read_int(root / usage)
         if cap is not None and used is not None and cap < 2**60:  # v1 writes ~2^63 for none
             return cap - used
@@ -87,14 +97,12 @@ def _device() -> int | None:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
-def available_bytes(*, proc: Path = Path("/proc"),
-                    cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+def available_bytes(*, proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """The tightest free memory of the device, MemAvailable, the cgroup and the rlimit.
 
     None if none can be read.
     """
-    found = [v for v in (_device(), _meminfo(proc), _cgroup(cgroup), _rlimit(proc))
-             if v is not None]
+    found = [v for v in (_device(), _meminfo(proc), _cgroup(cgroup), _rlimit(proc)) if v is not None]
     return max(min(found), 0) if found else None
 
 
@@ -102,6 +110,8 @@ def check_memory(needed: int, what: str) -> None:
     """Raises ValueError, with the estimate, when `needed` bytes exceed what is available."""
     available = available_bytes()
     if available is not None and needed > available:
-        raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} "
-                         "GiB are free: lower eval.crop or data.eval_short_side, use fewer classes, "
-                         "or skip the full score maps (full_scores=False).")
+        raise ValueError(
+            f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} "
+            "GiB are free: lower eval.crop or data.eval_short_side, use fewer classes, "
+            "or skip the full score maps (full_scores=False)."
+        )

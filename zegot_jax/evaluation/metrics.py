@@ -19,8 +19,9 @@ import numpy as np
 from zegot_jax import tables
 
 
-def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int,
-                     ignore_index: int = 255) -> jax.Array:
+def confusion_matrix(
+    pred: jax.Array, label: jax.Array, num_classes: int, ignore_index: int = 255
+) -> jax.Array:
     """Counts (label, prediction) pairs on device; jit-able, sums across batches.
 
     Args:
@@ -102,10 +103,14 @@ def markdown_table(summary: dict[str, Any]) -> str:
     """Markdown: the headline row (percent) then one row per class with its split."""
     headline = tables.markdown(
         ("mIoU(S)", "mIoU(U)", "hIoU", "mIoU", "pixel acc"),
-        [[_percent(summary[key]) for key in ("miou_seen", "miou_unseen", "hiou", "miou",
-                                            "pixel_acc")]])
+        [[_percent(summary[key]) for key in ("miou_seen", "miou_unseen", "hiou", "miou", "pixel_acc")]],
+    )
     unseen = set(summary.get("unseen_classes", ()))
-    per_class = tables.markdown(("class", "split", "IoU"), [
-        (name, "unseen" if name in unseen else "seen", _percent(value))
-        for name, value in summary["per_class_iou"].items()])
+    per_class = tables.markdown(
+        ("class", "split", "IoU"),
+        [
+            (name, "unseen" if name in unseen else "seen", _percent(value))
+            for name, value in summary["per_class_iou"].items()
+        ],
+    )
     return headline + "\n\n" + per_class

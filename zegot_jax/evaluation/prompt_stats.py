@@ -40,9 +40,16 @@ def plan_entropy(plan: jax.Array) -> jax.Array:
     return h.mean(axis=(-1, -2)) / jnp.log(n)
 
 
-def prompt_statistics(graphdef: Any, params: Any, frozen: Any, text_features: jax.Array,
-                      examples: Iterable[dict[str, np.ndarray]], *, patch: int,
-                      max_images: int = 64) -> dict[str, float]:
+def prompt_statistics(
+    graphdef: Any,
+    params: Any,
+    frozen: Any,
+    text_features: jax.Array,
+    examples: Iterable[dict[str, np.ndarray]],
+    *,
+    patch: int,
+    max_images: int = 64,
+) -> dict[str, float]:
     """Mean prompt diversity and plan entropy over the GT classes of up to `max_images` images.
 
     Images are cropped to a multiple of the patch size and segmented whole.
@@ -63,8 +70,9 @@ def prompt_statistics(graphdef: Any, params: Any, frozen: Any, text_features: ja
     return {"prompt_diversity": float(np.mean(diversity)), "plan_entropy": float(np.mean(entropy))}
 
 
-def labelled_crops(examples: Iterable[dict[str, np.ndarray]], patch: int, num_classes: int,
-                   max_images: int) -> Iterator[tuple[jax.Array, list[int]]]:
+def labelled_crops(
+    examples: Iterable[dict[str, np.ndarray]], patch: int, num_classes: int, max_images: int
+) -> Iterator[tuple[jax.Array, list[int]]]:
     """Yields `(image [1, h, w, 3] cropped to whole patches, the classes < num_classes it has)`.
 
     One for each valid example among the first `max_images` that has a labelled class.

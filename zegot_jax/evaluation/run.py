@@ -12,8 +12,9 @@ from zegot_jax.evaluation import evaluator
 from zegot_jax.runs import saved
 
 
-def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str, *,
-                        out: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    eval_config: ml_collections.ConfigDict, checkpoint: str, *, out: str | None = None
+) -> dict[str, Any]:
     """Evaluates `checkpoint` on `eval_config`'s dataset; writes results.{md,json} into `out`."""
     distributed.start()
     checkpoint = storage.normalise(checkpoint)
@@ -24,9 +25,16 @@ def evaluate_checkpoint(eval_config: ml_collections.ConfigDict, checkpoint: str,
     DataSetup.from_config(config).check_available(("eval",))
     parts, params = saved.trained_params(config, checkpoint)
     data = DataSetup.from_config(config)
-    summary = evaluator.evaluate(config, parts.graphdef, params, jax.device_put(parts.frozen),
-                                 data.eval_iterator(), data.class_names, data.unseen,
-                                 seen_penalty=data.seen_penalty(config))
+    summary = evaluator.evaluate(
+        config,
+        parts.graphdef,
+        params,
+        jax.device_put(parts.frozen),
+        data.eval_iterator(),
+        data.class_names,
+        data.unseen,
+        seen_penalty=data.seen_penalty(config),
+    )
     if jax.process_index() == 0:  # every process holds the same summary
         print(evaluator.write_results(out or checkpoint, summary, config))
     return summary

@@ -36,25 +36,39 @@ def _chunks(examples: Iterable[dict[str, np.ndarray]], size: int):
 
 def _stack(images, labels):
     if len({im.shape for im in images}) > 1 or len({lb.shape for lb in labels}) > 1:
-        raise ValueError("evaluate_seeds needs equal-size evaluation images (the synthetic world's "
-                         "are); score other datasets one seed at a time with evaluator.evaluate.")
+        raise ValueError(
+            "evaluate_seeds needs equal-size evaluation images (the synthetic world's "
+            "are); score other datasets one seed at a time with evaluator.evaluate."
+        )
     return np.stack(images), np.stack(labels)
 
 
-def text_features_seeds(graphdef: Any, params: Any, frozen: Any, class_names: Sequence[str],
-                        context_length: int, num_seeds: int) -> jax.Array:
+def text_features_seeds(
+    graphdef: Any, params: Any, frozen: Any, class_names: Sequence[str], context_length: int, num_seeds: int
+) -> jax.Array:
     """Text features `[S, K, N, D]` of a vocabulary, one set per seed's parameters `[S, ...]`."""
     first = jax.tree.map(lambda leaf: leaf[0], params)
     text_inputs = merge(graphdef, first, frozen).text_inputs(class_names, context_length)
-    features = jax.vmap(lambda p, f, x: merge(graphdef, p, f).text_features(x),
-                        in_axes=(0, None, None), axis_size=num_seeds)
+    features = jax.vmap(
+        lambda p, f, x: merge(graphdef, p, f).text_features(x), in_axes=(0, None, None), axis_size=num_seeds
+    )
     return jax.jit(features)(params, frozen, text_inputs)
 
 
-def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any, frozen: Any,
-                   examples: Iterable[dict[str, np.ndarray]], class_names: Sequence[str],
-                   unseen: Sequence[int], *, seen_penalty: float, num_seeds: int,
-                   chunk: int = 50, text: jax.Array | None = None) -> list[dict[str, Any]]:
+def evaluate_seeds(
+    config: ml_collections.ConfigDict,
+    graphdef: Any,
+    params: Any,
+    frozen: Any,
+    examples: Iterable[dict[str, np.ndarray]],
+    class_names: Sequence[str],
+    unseen: Sequence[int],
+    *,
+    seen_penalty: float,
+    num_seeds: int,
+    chunk: int = 50,
+    text: jax.Array | None = None,
+) -> list[dict[str, Any]]:
     """Scores `examples` with each of S seeds' parameters (leaves `[S, ...]`).
 
     Args:
@@ -77,8 +91,9 @@ def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any
         One `metrics.summarize` summary per seed, plus `num_images` and `seen_penalty`.
     """
     if text is None:
-        text = text_features_seeds(graphdef, params, frozen, class_names,
-                                   config.clip.text_context_length, num_seeds)
+        text = text_features_seeds(
+            graphdef, params, frozen, class_names, config.clip.text_context_length, num_seeds
+        )
     first = jax.tree.map(lambda leaf: leaf[0], params)
     reference = evaluator.reference_features_of(graphdef, first, frozen, config, class_names)
     logits_fn = evaluator.make_logits_fn(graphdef, config)
@@ -95,8 +110,7 @@ def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any
     def one_seed(p, f, t, images, labels):  # -> [K, K]
         return jax.vmap(one_image, in_axes=(None, None, None, 0, 0))(p, f, t, images, labels).sum(0)
 
-    confusion = jax.jit(jax.vmap(one_seed, in_axes=(0, None, 0, None, None),
-                                 axis_size=num_seeds))
+    confusion = jax.jit(jax.vmap(one_seed, in_axes=(0, None, 0, None, None), axis_size=num_seeds))
     conf, count = np.zeros((num_seeds, k, k), np.int64), 0
     for images, labels in _chunks(examples, chunk):
         conf += np.asarray(confusion(params, frozen, text, images, labels), np.int64)
@@ -108,9 +122,17 @@ def evaluate_seeds(config: ml_collections.ConfigDict, graphdef: Any, params: Any
     return summaries
 
 
-def prompt_statistics_seeds(graphdef: Any, params: Any, frozen: Any, text_features: jax.Array,
-                            examples: Iterable[dict[str, np.ndarray]], *, patch: int,
-                            num_seeds: int, max_images: int = 64) -> list[dict[str, float]]:
+def prompt_statistics_seeds(
+    graphdef: Any,
+    params: Any,
+    frozen: Any,
+    text_features: jax.Array,
+    examples: Iterable[dict[str, np.ndarray]],
+    *,
+    patch: int,
+    num_seeds: int,
+    max_images: int = 64,
+) -> list[dict[str, float]]:
     """`prompt_stats.prompt_statistics` of each seed (params `[S, ...]`, text `[S, K, N, D]`)."""
 
     def stats(p, f, t, image):
@@ -126,5 +148,6 @@ def prompt_statistics_seeds(graphdef: Any, params: Any, frozen: Any, text_featur
     if not diversity:
         raise ValueError("No evaluation image had a labelled class: nothing to measure.")
     diversity, entropy = np.mean(diversity, axis=0), np.mean(entropy, axis=0)
-    return [{"prompt_diversity": float(diversity[s]), "plan_entropy": float(entropy[s])}
-            for s in range(num_seeds)]
+    return [
+        {"prompt_diversity": float(diversity[s]), "plan_entropy": float(entropy[s])} for s in range(num_seeds)
+    ]

@@ -72,8 +72,7 @@ class SegmentationResult(NamedTuple):
     ot_marginal_error: float | None = None
 
 
-def processed_size(height: int, width: int, *, short_side: int, patch: int,
-                   whole: bool) -> tuple[int, int]:
+def processed_size(height: int, width: int, *, short_side: int, patch: int, whole: bool) -> tuple[int, int]:
     """The size an image is scored at, as in evaluation.
 
     Aspect kept, short side `short_side` (long side at most 4 x `short_side`).
@@ -91,8 +90,16 @@ def processed_size(height: int, width: int, *, short_side: int, patch: int,
 class Segmenter:
     """A trained ZegOT model ready for open-vocabulary inference (text features cached)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, params: Any, graphdef: Any,
-                 frozen: Any, *, vocab_bucket: int = 8, text_cache_size: int = 32):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        params: Any,
+        graphdef: Any,
+        frozen: Any,
+        *,
+        vocab_bucket: int = 8,
+        text_cache_size: int = 32,
+    ):
         """Wraps the pieces of a split model.
 
         Args:
@@ -114,31 +121,39 @@ class Segmenter:
         self.vocab_bucket = vocab_bucket
         self.model: ZegOT = functional.merge(graphdef, self.params, self.frozen)
         self.patch = self.model.clip.spec.patch_size
-        self._text_cache: collections.OrderedDict[tuple[str, ...], jax.Array] = \
-            collections.OrderedDict()
+        self._text_cache: collections.OrderedDict[tuple[str, ...], jax.Array] = collections.OrderedDict()
         self._text_cache_size = text_cache_size
         self._text_fn = jax.jit(lambda p, f, x: functional.merge(graphdef, p, f).text_features(x))
         logits_fn = evaluator.make_logits_fn(graphdef, config)
 
-        def predict(params, frozen, text, reference, penalty, num_valid, image, out_size,
-                    keep_scores):
+        def predict(params, frozen, text, reference, penalty, num_valid, image, out_size, keep_scores):
             # [1, Kp, h, w] at the scored size (ensemble log-scores when ensembling)
             logits = logits_fn(params, frozen, text, image, reference, num_valid)
             return evaluator.streamed_scores(
-                logits, penalty, num_valid, out_size, keep_scores=keep_scores,
-                activation=evaluator.score_activation(config, reference))
+                logits,
+                penalty,
+                num_valid,
+                out_size,
+                keep_scores=keep_scores,
+                activation=evaluator.score_activation(config, reference),
+            )
 
         def details(params, frozen, text, image):
             out = functional.merge(graphdef, params, frozen).segment(image, text)
-            return (out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0],
-                    out.ot_marginal_error)
+            return (out.layer_logits[:, 0], out.similarity[:, 0], out.plan[:, 0], out.ot_marginal_error)
 
         self._predict = jax.jit(predict, static_argnames=("out_size", "keep_scores"))
         self._details = jax.jit(details)
 
     @classmethod
-    def from_run(cls, workdir: str | os.PathLike, *, clip_weights: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, **kwargs) -> "Segmenter":
+    def from_run(
+        cls,
+        workdir: str | os.PathLike,
+        *,
+        clip_weights: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        **kwargs,
+    ) -> "Segmenter":
         """Loads a training workdir.
 
         Args:
@@ -159,13 +174,13 @@ class Segmenter:
         if clip_weights is not None:
             config.clip.weights = str(clip_weights)
         try:
-            parts, params = saved.trained_params(config, str(workdir),
-                                                 offline=clip_weights is None)
+            parts, params = saved.trained_params(config, str(workdir), offline=clip_weights is None)
         except FileNotFoundError as e:
             if clip_weights is not None or "offline loading" not in str(e):
                 raise
-            raise FileNotFoundError(f"{e} (`segment --clip-weights`, or "
-                                    "Segmenter.from_run(clip_weights=...))") from e
+            raise FileNotFoundError(
+                f"{e} (`segment --clip-weights`, or Segmenter.from_run(clip_weights=...))"
+            ) from e
         return cls(config, params, parts.graphdef, parts.frozen, **kwargs)
 
     @classmethod
@@ -223,9 +238,15 @@ class Segmenter:
         """Compiled variants held by the jitted functions (grows with new shapes only)."""
         return sum(f._cache_size() for f in (self._text_fn, self._predict, self._details))
 
-    def segment(self, image: ImageLike, class_names: Sequence[str] | None = None, *,
-                details: bool = False, calibrate: bool = True,
-                full_scores: bool = True) -> SegmentationResult:
+    def segment(
+        self,
+        image: ImageLike,
+        class_names: Sequence[str] | None = None,
+        *,
+        details: bool = False,
+        calibrate: bool = True,
+        full_scores: bool = True,
+    ) -> SegmentationResult:
         """Segments one image over a vocabulary.
 
         Args:
@@ -245,42 +266,73 @@ class Segmenter:
             A `SegmentationResult` at the image's resolution.
         """
         names = prompts_lib.check_vocabulary(
-            self.run_class_names if class_names is None else class_names,
-            self.config.model.max_classes)
+            self.run_class_names if class_names is None else class_names, self.config.model.max_classes
+        )
         pixels = load_image(image)
         text, reference = self._vocabulary(names)
         k = len(names)
         penalty = np.zeros(text.shape[0], np.float32)
         if calibrate and self.config.eval.seen_penalty:
             seen = {n.strip().lower() for n in self.seen_class_names}
-            penalty[:k] = [self.config.eval.seen_penalty * (n.strip().lower() in seen)
-                           for n in names]
+            penalty[:k] = [self.config.eval.seen_penalty * (n.strip().lower() in seen) for n in names]
         height, width = pixels.shape[:2]
         short = self.config.data.eval_short_side
-        size = processed_size(height, width, short_side=short, patch=self.patch,
-                              whole=self.config.eval.mode == "whole")
-        memory.check_memory(memory.estimate_bytes(
-            self.config, len(self.model.layers), self.patch, size, (height, width), text.shape[0],
-            full_scores=full_scores, figures=details), f"Segmenting a {width}x{height} image")
-        batch = jnp.asarray(transforms.normalize(  # after the check: this is the first copy
-            transforms.resize(pixels, size, nearest=False)))[None]
+        size = processed_size(
+            height, width, short_side=short, patch=self.patch, whole=self.config.eval.mode == "whole"
+        )
+        memory.check_memory(
+            memory.estimate_bytes(
+                self.config,
+                len(self.model.layers),
+                self.patch,
+                size,
+                (height, width),
+                text.shape[0],
+                full_scores=full_scores,
+                figures=details,
+            ),
+            f"Segmenting a {width}x{height} image",
+        )
+        batch = jnp.asarray(
+            transforms.normalize(  # after the check: this is the first copy
+                transforms.resize(pixels, size, nearest=False)
+            )
+        )[None]
         label_map, mean, top, scores = self._predict(
-            self.params, self.frozen, text, reference, jnp.asarray(penalty),
-            jnp.asarray(k, jnp.int32), batch,
-            out_size=(height, width), keep_scores=full_scores)
+            self.params,
+            self.frozen,
+            text,
+            reference,
+            jnp.asarray(penalty),
+            jnp.asarray(k, jnp.int32),
+            batch,
+            out_size=(height, width),
+            keep_scores=full_scores,
+        )
         extra = {}
         if details:
             whole = processed_size(height, width, short_side=short, patch=self.patch, whole=True)
             if whole != size:
-                batch = jnp.asarray(transforms.normalize(
-                    transforms.resize(pixels, whole, nearest=False)))[None]
+                batch = jnp.asarray(transforms.normalize(transforms.resize(pixels, whole, nearest=False)))[
+                    None
+                ]
             layer_logits, similarity, plan, marginal = jax.device_get(
-                self._details(self.params, self.frozen, text, batch))
-            extra = {"layer_logits": layer_logits[:, :k], "similarity": similarity[:, :k],
-                     "plan": plan[:, :k],
-                     "ot_marginal_error": None if marginal is None else float(marginal)}
+                self._details(self.params, self.frozen, text, batch)
+            )
+            extra = {
+                "layer_logits": layer_logits[:, :k],
+                "similarity": similarity[:, :k],
+                "plan": plan[:, :k],
+                "ot_marginal_error": None if marginal is None else float(marginal),
+            }
             ot.warn_if_unconverged(extra["ot_marginal_error"], "segment")
         return SegmentationResult(
-            class_names=names, image=pixels, label_map=np.asarray(label_map),
-            scores=None if scores is None else np.asarray(scores)[:k], layers=self.model.layers,
-            score_mean=np.asarray(mean)[:k], score_max=np.asarray(top)[:k], **extra)
+            class_names=names,
+            image=pixels,
+            label_map=np.asarray(label_map),
+            scores=None if scores is None else np.asarray(scores)[:k],
+            layers=self.model.layers,
+            score_mean=np.asarray(mean)[:k],
+            score_max=np.asarray(top)[:k],
+            **extra,
+        )

@@ -29,15 +29,16 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, size - crop) for i in range(count)]
 
 
-def window_counts(shape: tuple[int, int], crop: int | tuple[int, int],
-                  stride: int | tuple[int, int]) -> np.ndarray:
+def window_counts(
+    shape: tuple[int, int], crop: int | tuple[int, int], stride: int | tuple[int, int]
+) -> np.ndarray:
     """How many windows cover each pixel of an `[H, W]` image, `[H, W]` int (all >= 1)."""
     (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
     h, w = shape
     counts = np.zeros((max(h, ch), max(w, cw)), np.int64)
     for y in window_starts(h, ch, sh):
         for x in window_starts(w, cw, sw):
-            counts[y:y + ch, x:x + cw] += 1
+            counts[y : y + ch, x : x + cw] += 1
     return counts[:h, :w]
 
 
@@ -64,8 +65,9 @@ def sliding_window(
     """
     (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
     if sh > ch or sw > cw:
-        raise ValueError(f"sliding_window: stride {(sh, sw)} larger than crop {(ch, cw)} would "
-                         "leave pixels uncovered.")
+        raise ValueError(
+            f"sliding_window: stride {(sh, sw)} larger than crop {(ch, cw)} would leave pixels uncovered."
+        )
     if images.ndim != 4:
         raise ValueError(f"sliding_window: images must be [B, H, W, C], got {images.shape}.")
     b, h, w, _ = images.shape
@@ -73,14 +75,16 @@ def sliding_window(
     if (hp, wp) != (h, w):
         images = jnp.pad(images, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     starts = [(y, x) for y in window_starts(h, ch, sh) for x in window_starts(w, cw, sw)]
-    crops = jnp.concatenate([images[:, y:y + ch, x:x + cw] for y, x in starts])
+    crops = jnp.concatenate([images[:, y : y + ch, x : x + cw] for y, x in starts])
     scores = fn(crops)
     expected = (len(starts) * b, num_classes, ch, cw)
     if scores.shape != expected:
-        raise ValueError(f"sliding_window: fn returned {scores.shape} for crops {crops.shape}; "
-                         f"expected {expected} ([b, K, crop_h, crop_w]).")
+        raise ValueError(
+            f"sliding_window: fn returned {scores.shape} for crops {crops.shape}; "
+            f"expected {expected} ([b, K, crop_h, crop_w])."
+        )
     total = jnp.zeros((b, num_classes, hp, wp), scores.dtype)
     for i, (y, x) in enumerate(starts):
-        total = total.at[:, :, y:y + ch, x:x + cw].add(scores[i * b:(i + 1) * b])
+        total = total.at[:, :, y : y + ch, x : x + cw].add(scores[i * b : (i + 1) * b])
     counts = window_counts((h, w), (ch, cw), (sh, sw))
     return total[:, :, :h, :w] / jnp.asarray(counts, scores.dtype)

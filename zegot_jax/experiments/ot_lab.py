@@ -25,16 +25,14 @@ TOUR: dict[str, dict[str, Any]] = {
     "no OT (uniform plan)": {"model.ot.enabled": False},
     "epsilon 0.5 (flatter plans)": {"model.ot.epsilon": 0.5},
     # num_iterations counts Sinkhorn iterations; Newton (the default) runs newton_steps.
-    "Sinkhorn, 5 iterations (unconverged)": {"model.ot.solver": "sinkhorn",
-                                             "model.ot.num_iterations": 5},
+    "Sinkhorn, 5 iterations (unconverged)": {"model.ot.solver": "sinkhorn", "model.ot.num_iterations": 5},
     # Unbalanced marginals need Sinkhorn: the Newton solver is balanced only.
     "unbalanced tau 0.5 (Sinkhorn)": {"model.ot.solver": "sinkhorn", "model.ot.tau": 0.5},
     "stop-gradient plan": {"model.ot.plan_gradient": False},
 }
 
 
-def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *,
-                layer: int = -1) -> Figure:
+def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *, layer: int = -1) -> Figure:
     """Each transport's plan for one class, side by side: a row per transport, a column per prompt.
 
     Args:
@@ -51,13 +49,16 @@ def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *,
     first = next(iter(results.values()))
     num_prompts, (h, w) = first.plan.shape[-1], first.plan.shape[2:4]
     cell = 1.6
-    fig = viz.new_figure(cell * num_prompts + 1.6, (cell * h / w + 0.2) * len(results) + 0.5,
-                         layout="constrained")
+    fig = viz.new_figure(
+        cell * num_prompts + 1.6, (cell * h / w + 0.2) * len(results) + 0.5, layout="constrained"
+    )
     axes = np.asarray(fig.subplots(len(results), num_prompts, squeeze=False))
     for r, (name, result) in enumerate(results.items()):
         if result.plan is None or result.plan.shape[-1] != num_prompts:
-            raise ValueError(f"plan_figure: {name!r} has no plan with {num_prompts} prompts "
-                             "(segment(..., details=True) of the same model size).")
+            raise ValueError(
+                f"plan_figure: {name!r} has no plan with {num_prompts} prompts "
+                "(segment(..., details=True) of the same model size)."
+            )
         shares = result.plan[layer, result.class_names.index(class_name)]  # [h, w, N]
         for n in range(num_prompts):
             image = axes[r, n].imshow(shares[..., n], vmin=0.0, vmax=1.0, cmap="viridis")
@@ -67,6 +68,7 @@ def plan_figure(results: Mapping[str, SegmentationResult], class_name: str, *,
                 axes[r, n].set_title(f"prompt {n}", fontsize="small")
         axes[r, 0].set_ylabel(name, fontsize="small")
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
-    fig.suptitle(f"'{class_name}': each pixel's share of each prompt (layer "
-                 f"{first.layers[layer]})", fontsize="medium")
+    fig.suptitle(
+        f"'{class_name}': each pixel's share of each prompt (layer {first.layers[layer]})", fontsize="medium"
+    )
     return fig

@@ -66,27 +66,40 @@ def run_dir(name: str, seed: int) -> str:
     return "_".join(w for w in keep.split("_") if w)[:60] + f"_seed{seed}"
 
 
-def score_seeds(config: ml_collections.ConfigDict, runs: Any, *, statistics: bool = True
-                ) -> list[dict[str, Any]]:
+def score_seeds(
+    config: ml_collections.ConfigDict, runs: Any, *, statistics: bool = True
+) -> list[dict[str, Any]]:
     """One row per seed of `runs` (`train_seeds`' result): scores, prompt statistics, loss."""
     from zegot_jax.data.setup import DataSetup  # noqa: PLC0415
     from zegot_jax.evaluation import seed_scores as eval_seeds  # noqa: PLC0415 (pulls in the pipeline)
     from zegot_jax.models.functional import merge  # noqa: PLC0415
 
     data, count = DataSetup.from_config(config), len(runs.seeds)
-    text = eval_seeds.text_features_seeds(runs.graphdef, runs.params, runs.frozen,
-                                          data.class_names, config.clip.text_context_length, count)
+    text = eval_seeds.text_features_seeds(
+        runs.graphdef, runs.params, runs.frozen, data.class_names, config.clip.text_context_length, count
+    )
     summaries = eval_seeds.evaluate_seeds(
-        config, runs.graphdef, runs.params, runs.frozen, data.eval_iterator(), data.class_names,
-        data.unseen, seen_penalty=data.seen_penalty(config), num_seeds=count, text=text)
-    rows = [{"seed": s, **{k: summary[k] for k in COLUMNS}, "per_class_iou":
-             summary["per_class_iou"]} for s, summary in zip(runs.seeds, summaries, strict=True)]
+        config,
+        runs.graphdef,
+        runs.params,
+        runs.frozen,
+        data.eval_iterator(),
+        data.class_names,
+        data.unseen,
+        seen_penalty=data.seen_penalty(config),
+        num_seeds=count,
+        text=text,
+    )
+    rows = [
+        {"seed": s, **{k: summary[k] for k in COLUMNS}, "per_class_iou": summary["per_class_iou"]}
+        for s, summary in zip(runs.seeds, summaries, strict=True)
+    ]
     if statistics:
         first = jax.tree.map(lambda leaf: leaf[0], runs.params)
         patch = merge(runs.graphdef, first, runs.frozen).clip.spec.patch_size
-        stats = eval_seeds.prompt_statistics_seeds(runs.graphdef, runs.params, runs.frozen, text,
-                                                   data.eval_iterator(), patch=patch,
-                                                   num_seeds=count)
+        stats = eval_seeds.prompt_statistics_seeds(
+            runs.graphdef, runs.params, runs.frozen, text, data.eval_iterator(), patch=patch, num_seeds=count
+        )
         for row, extra in zip(rows, stats, strict=True):
             row.update(extra)
     for column, row in enumerate(rows):
@@ -94,12 +107,19 @@ def score_seeds(config: ml_collections.ConfigDict, runs: Any, *, statistics: boo
     return rows
 
 
-def rank_variants(base_config: ml_collections.ConfigDict,
-                  variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = range(5), *,
-                  workdir: str | None = None, deterministic: Collection[str] = (),
-                  eval_only: Mapping[str, str] | None = None, statistics: bool = True,
-                  log: Callable[[str], None] | None = print, jobs: int = 1,
-                  plugins: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+def rank_variants(
+    base_config: ml_collections.ConfigDict,
+    variants: Mapping[str, Mapping[str, Any]],
+    seeds: Sequence[int] = range(5),
+    *,
+    workdir: str | None = None,
+    deterministic: Collection[str] = (),
+    eval_only: Mapping[str, str] | None = None,
+    statistics: bool = True,
+    log: Callable[[str], None] | None = print,
+    jobs: int = 1,
+    plugins: Sequence[str] = (),
+) -> dict[str, list[dict[str, Any]]]:
     """Trains and scores S seeds of each variant; the seeds of a variant run as one program.
 
     With `jobs > 1` the variants are spread over that many worker processes, each pinned to one
@@ -147,9 +167,21 @@ def rank_variants(base_config: ml_collections.ConfigDict,
     if missing := {s for s in eval_only.values() if s not in configs}:
         raise ValueError(f"eval_only names {sorted(missing)}, which are not variants.")
     if jobs > 1:
-        return _rank_in_workers(base_config, variants, configs, seeds, jobs, plugins, dict(
-            workdir=workdir, deterministic=tuple(deterministic), eval_only=eval_only,
-            statistics=statistics, log=_print_now if log else None))
+        return _rank_in_workers(
+            base_config,
+            variants,
+            configs,
+            seeds,
+            jobs,
+            plugins,
+            dict(
+                workdir=workdir,
+                deterministic=tuple(deterministic),
+                eval_only=eval_only,
+                statistics=statistics,
+                log=_print_now if log else None,
+            ),
+        )
     enable_compilation_cache()
     trained: dict[str, Any] = {}  # variant -> its SeedRuns, reused by the eval-only variants
     results: dict[str, list[dict[str, Any]]] = {}
@@ -159,23 +191,30 @@ def rank_variants(base_config: ml_collections.ConfigDict,
         todo = [s for s in wanted if s not in rows]
         if todo:
             source = eval_only.get(name, name)
-            for row in _train_and_score(config, configs[source], source, todo, trained,
-                                        statistics):
+            for row in _train_and_score(config, configs[source], source, todo, trained, statistics):
                 rows[row["seed"]] = row
                 if workdir:
                     path = Path(workdir) / run_dir(name, row["seed"])
                     path.mkdir(parents=True, exist_ok=True)
                     (path / "row.json").write_text(json.dumps(row))
                 if log:
-                    log(json.dumps({"variant": name, **{k: v for k, v in row.items()
-                                                        if k != "per_class_iou"}}))
+                    log(
+                        json.dumps(
+                            {"variant": name, **{k: v for k, v in row.items() if k != "per_class_iou"}}
+                        )
+                    )
         results[name] = [{**rows[s], "seed": s} for s in wanted]
     return results
 
 
-def _train_and_score(config: ml_collections.ConfigDict, source_config: ml_collections.ConfigDict,
-                     source: str, seeds: list[int], trained: dict[str, Any], statistics: bool
-                     ) -> list[dict[str, Any]]:
+def _train_and_score(
+    config: ml_collections.ConfigDict,
+    source_config: ml_collections.ConfigDict,
+    source: str,
+    seeds: list[int],
+    trained: dict[str, Any],
+    statistics: bool,
+) -> list[dict[str, Any]]:
     """The rows of `seeds` of one variant.
 
     `source`'s runs (trained now unless `trained` has them) scored under `config`, with the
@@ -191,16 +230,21 @@ def _train_and_score(config: ml_collections.ConfigDict, source_config: ml_collec
     scored = score_seeds(config, runs, statistics=statistics)
     seconds, scoring = time.perf_counter() - start, time.perf_counter() - scoring
     for row in scored:
-        row.update(seconds=seconds / len(seeds), compile_s=runs.compile_s, train_s=runs.train_s,
-                   eval_s=scoring)
+        row.update(
+            seconds=seconds / len(seeds), compile_s=runs.compile_s, train_s=runs.train_s, eval_s=scoring
+        )
     return scored
 
 
-def _rank_in_workers(base_config: ml_collections.ConfigDict,
-                     variants: Mapping[str, Mapping[str, Any]],
-                     configs: Mapping[str, ml_collections.ConfigDict], seeds: tuple[int, ...],
-                     jobs: int, plugins: Sequence[str], options: dict[str, Any]
-                     ) -> dict[str, list[dict[str, Any]]]:
+def _rank_in_workers(
+    base_config: ml_collections.ConfigDict,
+    variants: Mapping[str, Mapping[str, Any]],
+    configs: Mapping[str, ml_collections.ConfigDict],
+    seeds: tuple[int, ...],
+    jobs: int,
+    plugins: Sequence[str],
+    options: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
     """`rank_variants` with each variant (and the eval-only variants that score it) in a worker."""
     from zegot_jax.ot import registry  # noqa: PLC0415
 
@@ -212,23 +256,36 @@ def _rank_in_workers(base_config: ml_collections.ConfigDict,
             raise ValueError(
                 f"Variant {name!r} uses transport {solver!r}, defined in this session only: the "
                 "worker processes of jobs > 1 cannot see it. Put it in a .py file and pass "
-                "plugins=['that_file.py'] (--plugin), or rank with jobs=1.")
+                "plugins=['that_file.py'] (--plugin), or rank with jobs=1."
+            )
     eval_only = options["eval_only"]
-    groups = [[name] + [n for n, source in eval_only.items() if source == name]
-              for name in variants if name not in eval_only]
+    groups = [
+        [name] + [n for n, source in eval_only.items() if source == name]
+        for name in variants
+        if name not in eval_only
+    ]
     cores = usable_cores()
     context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX
     queue = context.Queue()
     for index in range(min(jobs, len(groups))):
         queue.put(cores[index % len(cores)] if cores else None)
     results: dict[str, list[dict[str, Any]]] = {}
-    with futures.ProcessPoolExecutor(min(jobs, len(groups)), mp_context=context,
-                                     initializer=_start_worker,
-                                     initargs=(queue, tuple(plugins))) as pool:
-        tasks = [pool.submit(rank_variants, base_config,
-                             {name: variants[name] for name in group}, seeds,
-                             **{**options, "eval_only": {n: eval_only[n] for n in group[1:]}})
-                 for group in groups]
+    with futures.ProcessPoolExecutor(
+        min(jobs, len(groups)),
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(queue, tuple(plugins)),
+    ) as pool:
+        tasks = [
+            pool.submit(
+                rank_variants,
+                base_config,
+                {name: variants[name] for name in group},
+                seeds,
+                **{**options, "eval_only": {n: eval_only[n] for n in group[1:]}},
+            )
+            for group in groups
+        ]
         for task in tasks:
             results.update(task.result())
     return {name: results[name] for name in variants}
@@ -279,8 +336,9 @@ def _select(runs: Any, seeds: Sequence[int]) -> Any:
     index = np.asarray([runs.seeds.index(s) for s in seeds])
     if tuple(seeds) == runs.seeds:
         return runs
-    return runs._replace(seeds=tuple(seeds), params=jax.tree.map(lambda x: x[index], runs.params),
-                         losses=runs.losses[:, index])
+    return runs._replace(
+        seeds=tuple(seeds), params=jax.tree.map(lambda x: x[index], runs.params), losses=runs.losses[:, index]
+    )
 
 
 def slug(name: str) -> str:
@@ -291,10 +349,13 @@ def slug(name: str) -> str:
     return text
 
 
-def compare_variants(base_config: ml_collections.ConfigDict,
-                     variants: Mapping[str, Mapping[str, Any]], workdir_root: str, *,
-                     train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None
-                     ) -> list[dict[str, Any]]:
+def compare_variants(
+    base_config: ml_collections.ConfigDict,
+    variants: Mapping[str, Mapping[str, Any]],
+    workdir_root: str,
+    *,
+    train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+) -> list[dict[str, Any]]:
     """Trains and evaluates each variant; returns one row per variant.
 
     Args:
@@ -336,6 +397,15 @@ def compare_variants(base_config: ml_collections.ConfigDict,
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (scores in percent)."""
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    return tables.markdown(("variant", "overrides", *columns, "seconds"), [
-        (r["variant"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(base)",
-         *(f"{100 * r[c]:.1f}" if c in r else "" for c in columns), r["seconds"]) for r in rows])
+    return tables.markdown(
+        ("variant", "overrides", *columns, "seconds"),
+        [
+            (
+                r["variant"],
+                ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(base)",
+                *(f"{100 * r[c]:.1f}" if c in r else "" for c in columns),
+                r["seconds"],
+            )
+            for r in rows
+        ],
+    )

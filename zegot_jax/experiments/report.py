@@ -39,14 +39,18 @@ def scores_table(rows: dict[str, list[dict]]) -> str:
                 cells.append("n/a")
                 continue
             mean, std, half = interval(scale * values)
-            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std)
-                         else f"{mean:.{digits}f}")
+            cells.append(
+                f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std) else f"{mean:.{digits}f}"
+            )
             if key == "hiou":
-                cells.append(f"[{mean - half:.1f}, {mean + half:.1f}]" if np.isfinite(half)
-                             else "(deterministic)")
+                cells.append(
+                    f"[{mean - half:.1f}, {mean + half:.1f}]" if np.isfinite(half) else "(deterministic)"
+                )
         lines.append((name, len(results), *cells))
-    return tables.markdown(("variant", "runs", "mIoU(S)", "mIoU(U)", "hIoU", "hIoU 95% CI",
-                            "prompt diversity", "plan entropy"), lines)
+    return tables.markdown(
+        ("variant", "runs", "mIoU(S)", "mIoU(U)", "hIoU", "hIoU 95% CI", "prompt diversity", "plan entropy"),
+        lines,
+    )
 
 
 def against_first(rows: dict[str, list[dict]]) -> tuple[tuple[str, str, str], ...]:
@@ -55,9 +59,11 @@ def against_first(rows: dict[str, list[dict]]) -> tuple[tuple[str, str, str], ..
     return tuple((n, names[0], f"{n} - {names[0]}") for n in names[1:])
 
 
-def paired_table(rows: dict[str, list[dict]],
-                 pairs: Sequence[tuple[str, str, str]] | None = None,
-                 deterministic: Collection[str] = ()) -> str:
+def paired_table(
+    rows: dict[str, list[dict]],
+    pairs: Sequence[tuple[str, str, str]] | None = None,
+    deterministic: Collection[str] = (),
+) -> str:
     """Mean paired (same-seed) differences A - B with 95% t-intervals, in points.
 
     Args:
@@ -86,11 +92,13 @@ def paired_table(rows: dict[str, list[dict]],
             mean, _, half = interval(diff)
             cells.append(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
         lines.append((label, *cells, len(seeds)))
-    return tables.markdown(("difference (paired by seed)", "mIoU(S)", "mIoU(U)", "hIoU", "seeds"),
-                           lines)
+    return tables.markdown(("difference (paired by seed)", "mIoU(S)", "mIoU(U)", "hIoU", "seeds"), lines)
 
 
-def report(rows: dict[str, list[dict]], pairs: Sequence[tuple[str, str, str]] | None = None,
-           deterministic: Collection[str] = ()) -> str:
+def report(
+    rows: dict[str, list[dict]],
+    pairs: Sequence[tuple[str, str, str]] | None = None,
+    deterministic: Collection[str] = (),
+) -> str:
     """The scores table, a blank line, and the paired differences (Markdown)."""
     return scores_table(rows) + "\n\n" + paired_table(rows, pairs, deterministic)

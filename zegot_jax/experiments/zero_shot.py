@@ -41,8 +41,11 @@ def text_embeddings(clip: CLIP, texts: Sequence[str]) -> jax.Array:
 def _batches(source, num: int, batch_size: int):
     for start in range(0, num, batch_size):
         items = [source[i] for i in range(start, min(start + batch_size, num))]
-        yield (np.stack([it['image'] for it in items]), np.stack([it['label'] for it in items]),
-               [it['caption'] for it in items])
+        yield (
+            np.stack([it["image"] for it in items]),
+            np.stack([it["label"] for it in items]),
+            [it["caption"] for it in items],
+        )
 
 
 def chance_iou(label_counts: np.ndarray) -> np.ndarray:
@@ -66,11 +69,18 @@ def patch_ceiling_confusion(labels: np.ndarray, patch: int, k: int) -> np.ndarra
     return np.asarray(metrics.confusion_matrix(major, labels, k), np.int64)
 
 
-def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_size: int = 64,
-                         template: str = 'a photo of a {}.', dense: str = 'standard',
-                         layer: int | None = None,
-                         class_names: Sequence[str] = world.CLASS_NAMES,
-                         unseen: Sequence[int] = world.UNSEEN) -> dict:
+def zero_shot_dense_miou(
+    clip: CLIP,
+    source,
+    *,
+    num_images: int = 256,
+    batch_size: int = 64,
+    template: str = "a photo of a {}.",
+    dense: str = "standard",
+    layer: int | None = None,
+    class_names: Sequence[str] = world.CLASS_NAMES,
+    unseen: Sequence[int] = world.UNSEEN,
+) -> dict:
     """Dense zero-shot segmentation with one hand-crafted prompt per class, no training.
 
     Each patch embedding (`clip.visual(..., dense=dense)`) is compared by cosine with the prompt
@@ -100,14 +110,14 @@ def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_siz
     def predict(model, images, text, labels):
         if layer is None:
             _, inter = model.visual(normalize(images), dense=dense)
-            feats = inter['dense']
+            feats = inter["dense"]
         else:
             _, inter = model.visual(normalize(images), layers=(layer,))
-            tokens = model.visual.project(inter[f'layer_{layer}'][:, 1:])
+            tokens = model.visual.project(inter[f"layer_{layer}"][:, 1:])
             side = images.shape[1] // model.spec.patch_size
             feats = tokens.reshape(images.shape[0], side, -1, tokens.shape[-1])
         scores = _l2(feats) @ text.T  # [B, h, w, K]
-        scores = jax.image.resize(scores, (*images.shape[:3], k), 'bilinear', antialias=False)
+        scores = jax.image.resize(scores, (*images.shape[:3], k), "bilinear", antialias=False)
         return metrics.confusion_matrix(jnp.argmax(scores, -1), labels, k)
 
     predict = _jitted(clip, predict)
@@ -117,13 +127,15 @@ def zero_shot_dense_miou(clip: CLIP, source, *, num_images: int = 256, batch_siz
         conf += np.asarray(predict(images, text, label), np.int64)
         labels.append(label)
     ceiling = metrics.summarize(
-        patch_ceiling_confusion(np.concatenate(labels), clip.spec.patch_size, k), class_names,
-        unseen)
+        patch_ceiling_confusion(np.concatenate(labels), clip.spec.patch_size, k), class_names, unseen
+    )
     chance = chance_iou(conf.sum(1))
     summary = metrics.summarize(conf, class_names, unseen)
-    summary.update(chance_miou=float(chance.mean()),
-                   chance_miou_unseen=float(chance[list(unseen)].mean()),
-                   ceiling_miou=ceiling['miou'])
+    summary.update(
+        chance_miou=float(chance.mean()),
+        chance_miou_unseen=float(chance[list(unseen)].mean()),
+        ceiling_miou=ceiling["miou"],
+    )
     return summary
 
 
@@ -149,6 +161,9 @@ def retrieval_top1(clip: CLIP, source, *, num_images: int = 256, embed=None) -> 
     present = np.stack([np.bincount(lab.ravel(), minlength=k) > 0 for lab in labels])
     same = (present[:, None] == present[None]).all(-1)
     n = len(captions)
-    return {'top1': float((best == np.arange(n)).mean()),
-            'content_top1': float(same[np.arange(n), best].mean()),
-            'chance': 1 / n, 'content_chance': float(same.mean())}
+    return {
+        "top1": float((best == np.arange(n)).mean()),
+        "content_top1": float(same[np.arange(n), best].mean()),
+        "chance": 1 / n,
+        "content_chance": float(same.mean()),
+    }

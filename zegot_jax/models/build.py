@@ -39,9 +39,14 @@ def load_clip(config: ml_collections.ConfigDict, *, offline: bool = False) -> cl
         from zegot_jax.synthetic import pretrain  # noqa: PLC0415 (only the synthetic world needs it)
 
         return pretrain.pretrained_clip(config.synthetic.pretrain, dtype=dtype)
-    return clip_lib.load(weights, dtype=dtype, activation=config.clip.get("activation") or None,
-                         vision_heads=config.clip.get("vision_heads") or None,
-                         text_heads=config.clip.get("text_heads") or None, offline=offline)
+    return clip_lib.load(
+        weights,
+        dtype=dtype,
+        activation=config.clip.get("activation") or None,
+        vision_heads=config.clip.get("vision_heads") or None,
+        text_heads=config.clip.get("text_heads") or None,
+        offline=offline,
+    )
 
 
 def build_model(config: ml_collections.ConfigDict, clip: clip_lib.CLIP | None = None) -> ZegOT:

@@ -42,8 +42,9 @@ def sigmoid_focal(logits: jax.Array, targets: jax.Array, alpha: float, gamma: fl
     return loss
 
 
-def segmentation_loss(logits: jax.Array, labels: jax.Array, **options
-                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def segmentation_loss(
+    logits: jax.Array, labels: jax.Array, **options
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Focal + dice loss of per-class logits against an integer label map (see module docstring).
 
     Args:
@@ -62,8 +63,13 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, **options
     return combine_loss_sums(segmentation_loss_sums(logits, labels, **options), **options)
 
 
-def combine_loss_sums(sums: tuple[jax.Array, jax.Array, jax.Array], *, focal_weight: float = 100.0,
-                      dice_weight: float = 1.0, **_) -> tuple[jax.Array, dict[str, jax.Array]]:
+def combine_loss_sums(
+    sums: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    focal_weight: float = 100.0,
+    dice_weight: float = 1.0,
+    **_,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`(loss, aux)` from `segmentation_loss_sums` (summed over any split of the batch)."""
     focal_sum, dice_sum, present = sums
     num_masks = jnp.maximum(present, 1.0)
@@ -108,12 +114,16 @@ def segmentation_loss_sums(
     """
     del focal_weight, dice_weight  # weighted in `combine_loss_sums`
     if logits.ndim != 4 or labels.ndim != 3:
-        raise ValueError(f"segmentation_loss: expected logits [B,K,H,W] and labels [B,H,W], got "
-                         f"{logits.shape} and {labels.shape}.")
+        raise ValueError(
+            f"segmentation_loss: expected logits [B,K,H,W] and labels [B,H,W], got "
+            f"{logits.shape} and {labels.shape}."
+        )
     b, k, h, w = logits.shape
     if labels.shape != (b, h, w):
-        raise ValueError(f"segmentation_loss: labels {labels.shape} do not match logits "
-                         f"{logits.shape}; resize the logits to the label size first.")
+        raise ValueError(
+            f"segmentation_loss: labels {labels.shape} do not match logits "
+            f"{logits.shape}; resize the logits to the label size first."
+        )
     x = logits.reshape(b, k, h * w).astype(jnp.float32)
     y = labels.reshape(b, 1, h * w)
     t = (y == jnp.arange(k)[None, :, None]).astype(jnp.float32)  # [B, K, P]
@@ -186,8 +196,9 @@ def pixel_centres(height: int, width: int) -> jax.Array:
     return jnp.stack(jnp.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
 
-def importance_points(key: jax.Array, logits: jax.Array, num_points: int, oversample: float,
-                      importance: float) -> jax.Array:
+def importance_points(
+    key: jax.Array, logits: jax.Array, num_points: int, oversample: float, importance: float
+) -> jax.Array:
     """PointRend's training points for one image: `[num_points, 2]` in `[0, 1]`.
 
     Kirillov et al., "PointRend" (CVPR 2020), as Mask2Former trains its masks (Cheng et al.,
@@ -198,8 +209,7 @@ def importance_points(key: jax.Array, logits: jax.Array, num_points: int, oversa
     """
     num_important = int(importance * num_points)
     candidates_key, uniform_key = jax.random.split(key)
-    candidates = jax.random.uniform(candidates_key, (max(int(oversample * num_points),
-                                                         num_important), 2))
+    candidates = jax.random.uniform(candidates_key, (max(int(oversample * num_points), num_important), 2))
     values = jax.lax.stop_gradient(point_sample(logits, candidates))
     uncertainty = -jnp.min(jnp.abs(values), axis=0)
     _, chosen = jax.lax.top_k(uncertainty, num_important)
@@ -207,8 +217,9 @@ def importance_points(key: jax.Array, logits: jax.Array, num_points: int, oversa
     return jnp.concatenate([candidates[chosen], uniform])
 
 
-def point_loss_sums(logits: jax.Array, labels: jax.Array, points: jax.Array, **options
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def point_loss_sums(
+    logits: jax.Array, labels: jax.Array, points: jax.Array, **options
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`segmentation_loss_sums` of one image read at `points [P, 2]`.
 
     Logits `[K, h, w]` are read bilinearly, labels `[H, W]` at the nearest pixel, never building the
@@ -218,8 +229,7 @@ def point_loss_sums(logits: jax.Array, labels: jax.Array, points: jax.Array, **o
     rows = jnp.clip(jnp.floor(points[:, 0] * height).astype(jnp.int32), 0, height - 1)
     cols = jnp.clip(jnp.floor(points[:, 1] * width).astype(jnp.int32), 0, width - 1)
     values = point_sample(logits, points)  # [K, P]
-    return segmentation_loss_sums(values[None, :, :, None], labels[rows, cols][None, :, None],
-                                  **options)
+    return segmentation_loss_sums(values[None, :, :, None], labels[rows, cols][None, :, None], **options)
 
 
 def pseudo_label(logits: jax.Array, labels: jax.Array, unseen: Sequence[int]) -> jax.Array:
@@ -255,19 +265,23 @@ def make_upsampled_loss(loss_cfg: ml_collections.ConfigDict) -> Callable:
     the batched loss. At batch 16, K=156, 512x512 the batched form needs about 9.8 GiB of temp
     (BENCHMARKS.md, memory table).
     """
-    options = dict(focal_weight=loss_cfg.focal_weight, dice_weight=loss_cfg.dice_weight,
-                   alpha=loss_cfg.focal_alpha, gamma=loss_cfg.focal_gamma,
-                   ignore_as_negative=loss_cfg.ignore_as_negative)
+    options = dict(
+        focal_weight=loss_cfg.focal_weight,
+        dice_weight=loss_cfg.dice_weight,
+        alpha=loss_cfg.focal_alpha,
+        gamma=loss_cfg.focal_gamma,
+        ignore_as_negative=loss_cfg.ignore_as_negative,
+    )
     if loss_cfg.get("num_points", 0) > 0:
         return _point_sampled_loss(loss_cfg, options)
     if not loss_cfg.get("per_image", False):
         return lambda logits, labels, key=None: segmentation_loss(
-            upsample(logits, labels.shape[1:]), labels, **options)
+            upsample(logits, labels.shape[1:]), labels, **options
+        )
 
     @jax.checkpoint
     def sums_of_one(logits, labels):  # [K, h, w], [H, W]
-        return segmentation_loss_sums(upsample(logits[None], labels.shape), labels[None],
-                                      **options)
+        return segmentation_loss_sums(upsample(logits[None], labels.shape), labels[None], **options)
 
     def loss_of(logits, labels, key=None):
         del key  # every pixel counts
@@ -309,8 +323,9 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
         if num_points >= height * width:
             points = pixel_centres(height, width)
         else:  # outside the checkpoint: the points carry no gradient, the backward reuses them
-            points = importance_points(key, logits, num_points, loss_cfg.point_oversample,
-                                       loss_cfg.point_importance)
+            points = importance_points(
+                key, logits, num_points, loss_cfg.point_oversample, loss_cfg.point_importance
+            )
         return sums_at(logits, labels, points)
 
     def loss_of(logits, labels, key=None):
@@ -319,14 +334,14 @@ def _point_sampled_loss(loss_cfg: ml_collections.ConfigDict, options: dict) -> C
                 raise ValueError("loss.num_points > 0 samples points: pass a random key.")
             key = jax.random.key(0)  # unused: every pixel centre is a point
         keys = jax.random.split(key, logits.shape[0])
-        return combine_loss_sums(_sums_image_by_image(sums_of_one, logits, labels, keys),
-                                 **options)
+        return combine_loss_sums(_sums_image_by_image(sums_of_one, logits, labels, keys), **options)
 
     return loss_of
 
 
-def make_loss_fn(graphdef: Any, config: ml_collections.ConfigDict, *,
-                 pseudo_label_ids: Sequence[int] = ()) -> Callable:
+def make_loss_fn(
+    graphdef: Any, config: ml_collections.ConfigDict, *, pseudo_label_ids: Sequence[int] = ()
+) -> Callable:
     """Returns `loss_fn(params, frozen, batch, text_inputs) -> (loss, aux)`.
 
     What the step differentiates with respect to `params` (arguments as in `make_train_step`).

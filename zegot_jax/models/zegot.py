@@ -29,8 +29,13 @@ from zegot_jax import ot
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.prompts import Trainable, l2_normalize
 
-TRAINING_FREE = {"prompts": "templates", "alignment": False, "ot.enabled": False,
-                 "learn_temperature": False, "ensemble_weight": 0.0}
+TRAINING_FREE = {
+    "prompts": "templates",
+    "alignment": False,
+    "ot.enabled": False,
+    "learn_temperature": False,
+    "ensemble_weight": 0.0,
+}
 """`model` fields that turn ZegOT into the training-free template baseline: hand-crafted prompts,
 no DLFA, no OT, raw cosine scores (evaluated without a seen penalty: nothing was trained). It reads
 only the deepest selected layer (`training_free_config`): MaskCLIP's training-free dense CLIP, whose
@@ -47,9 +52,14 @@ def training_free_config(model_config: ml_collections.ConfigDict) -> ml_collecti
     return config
 
 
-def transport(similarity: jax.Array, ot_config: ml_collections.ConfigDict, *,
-              grid: tuple[int, int] | None = None, pixels: jax.Array | None = None,
-              prompts: jax.Array | None = None) -> ot.MPOTOutput:
+def transport(
+    similarity: jax.Array,
+    ot_config: ml_collections.ConfigDict,
+    *,
+    grid: tuple[int, int] | None = None,
+    pixels: jax.Array | None = None,
+    prompts: jax.Array | None = None,
+) -> ot.MPOTOutput:
     """MPOT of `S [L, B, K, M, N]` as the `model.ot` config section says (what `segment` runs).
 
     `grid` `(h, w)`, `pixels` `[L, B, M, D]` and `prompts` `[L, B, K, N, D]` reach transports that
@@ -58,14 +68,22 @@ def transport(similarity: jax.Array, ot_config: ml_collections.ConfigDict, *,
     """
     newton = ot_config.solver == "newton"
     options = ot_config.get("options", None)
-    return ot.mpot(similarity, epsilon=ot_config.epsilon,
-                   tau=None if ot_config.tau >= 1.0 else ot_config.tau,
-                   num_iterations=ot_config.newton_steps if newton else ot_config.num_iterations,
-                   plan_gradient=ot_config.plan_gradient, uniform=not ot_config.enabled,
-                   solver=ot_config.solver, backward=ot_config.backward,
-                   domain=ot_config.domain, threshold=ot_config.threshold,
-                   options=_plain(options), grid=grid,
-                   pixels=pixels, prompts=prompts)
+    return ot.mpot(
+        similarity,
+        epsilon=ot_config.epsilon,
+        tau=None if ot_config.tau >= 1.0 else ot_config.tau,
+        num_iterations=ot_config.newton_steps if newton else ot_config.num_iterations,
+        plan_gradient=ot_config.plan_gradient,
+        uniform=not ot_config.enabled,
+        solver=ot_config.solver,
+        backward=ot_config.backward,
+        domain=ot_config.domain,
+        threshold=ot_config.threshold,
+        options=_plain(options),
+        grid=grid,
+        pixels=pixels,
+        prompts=prompts,
+    )
 
 
 def _plain(options) -> dict | None:
@@ -79,6 +97,7 @@ PROMPTS = ("learned", "templates")  # model.prompts
 GLOBAL_POOLS = ("class", "mean")  # model.global_pool
 DENSE_MODES = ("standard", "value")  # model.dense_mode
 PROMPT_INITS = ("templates", "random")  # model.prompt_init
+
 
 class Alignment(nnx.Module):
     """DLFA relationship descriptor: `Linear(2D -> D)` on `[g * t ; t]`.
@@ -128,8 +147,7 @@ class ZegOTOutput(NamedTuple):
 class ZegOT(nnx.Module):
     """Frozen CLIP + learned prompts + DLFA + MPOT. Only `Trainable` variables are ever updated."""
 
-    def __init__(self, clip: clip_lib.CLIP, config: ml_collections.ConfigDict, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, clip: clip_lib.CLIP, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         """Builds the trainable parts around an already loaded (frozen) CLIP.
 
         Args:
@@ -140,39 +158,61 @@ class ZegOT(nnx.Module):
         spec = clip.spec
         bad = [i for i in config.layers if not 0 <= i < spec.vision_layers]
         if bad or not config.layers:
-            raise ValueError(f"model.layers={tuple(config.layers)} must be non-empty 0-indexed "
-                             f"layers of a {spec.vision_layers}-layer image tower.")
-        for field, choices in (("prompts", PROMPTS), ("global_pool", GLOBAL_POOLS),
-                               ("dense_mode", DENSE_MODES), ("prompt_init", PROMPT_INITS)):
+            raise ValueError(
+                f"model.layers={tuple(config.layers)} must be non-empty 0-indexed "
+                f"layers of a {spec.vision_layers}-layer image tower."
+            )
+        for field, choices in (
+            ("prompts", PROMPTS),
+            ("global_pool", GLOBAL_POOLS),
+            ("dense_mode", DENSE_MODES),
+            ("prompt_init", PROMPT_INITS),
+        ):
             if config[field] not in choices:
                 raise ValueError(f"model.{field}={config[field]!r}: use one of {choices}.")
         self.clip = clip
         self.config = config
         self.layers = tuple(int(i) for i in config.layers)
         self.prompt_learner = nnx.data(
-            self._prompt_learner(clip, config, rngs) if config.prompts == "learned" else None)
+            self._prompt_learner(clip, config, rngs) if config.prompts == "learned" else None
+        )
         self.alignment = nnx.data(
-            nnx.List([Alignment(spec.embed_dim, residual=config.alignment_residual, rngs=rngs)
-                      for _ in self.layers]) if config.alignment else None)
+            nnx.List(
+                [
+                    Alignment(spec.embed_dim, residual=config.alignment_residual, rngs=rngs)
+                    for _ in self.layers
+                ]
+            )
+            if config.alignment
+            else None
+        )
         # Temperature and bias of the refined score (SigLIP's init: t = 10, b = -10).
-        self.score_scale = nnx.data(Trainable(jnp.log(jnp.asarray(
-            config.temperature_init, jnp.float32))) if config.learn_temperature else None)
-        self.score_bias = nnx.data(Trainable(jnp.asarray(config.bias_init, jnp.float32))
-                                   if config.learn_temperature else None)
+        self.score_scale = nnx.data(
+            Trainable(jnp.log(jnp.asarray(config.temperature_init, jnp.float32)))
+            if config.learn_temperature
+            else None
+        )
+        self.score_bias = nnx.data(
+            Trainable(jnp.asarray(config.bias_init, jnp.float32)) if config.learn_temperature else None
+        )
 
     @staticmethod
-    def _prompt_learner(clip: clip_lib.CLIP, config: ml_collections.ConfigDict,
-                        rngs: nnx.Rngs) -> prompts_lib.PromptLearner:
+    def _prompt_learner(
+        clip: clip_lib.CLIP, config: ml_collections.ConfigDict, rngs: nnx.Rngs
+    ) -> prompts_lib.PromptLearner:
         shape = (config.num_prompts, config.context_tokens, clip.spec.text_width)
         init = config.prompt_init_std * jax.random.normal(rngs.params(), shape, jnp.float32)
         if config.prompt_init == "templates":
-            init = prompts_lib.template_context(clip, config.init_templates,
-                                                config.context_tokens, init)
+            init = prompts_lib.template_context(clip, config.init_templates, config.context_tokens, init)
         # Runs saved before these two fields existed get the defaults: the values are the same.
-        return prompts_lib.PromptLearner(*shape, init_std=config.prompt_init_std, rngs=rngs,
-                                         init=init,
-                                         prefix_shared=config.get("prefix_shared", True),
-                                         remat=config.get("text_remat", False))
+        return prompts_lib.PromptLearner(
+            *shape,
+            init_std=config.prompt_init_std,
+            rngs=rngs,
+            init=init,
+            prefix_shared=config.get("prefix_shared", True),
+            remat=config.get("text_remat", False),
+        )
 
     @property
     def num_prompts(self) -> int:
@@ -181,8 +221,9 @@ class ZegOT(nnx.Module):
             return self.config.num_prompts
         return len(self.config.templates)
 
-    def text_inputs(self, class_names: Sequence[str],
-                    context_length: int) -> dict[str, jax.Array] | jax.Array:
+    def text_inputs(
+        self, class_names: Sequence[str], context_length: int
+    ) -> dict[str, jax.Array] | jax.Array:
         """What `text_features` needs for a vocabulary (computed once per vocabulary).
 
         Learned prompts: the token table (the contexts change while training). Templates: the
@@ -194,7 +235,8 @@ class ZegOT(nnx.Module):
         if self.prompt_learner is None:
             return self.reference_features(names, context_length)
         tokens, eot = prompts_lib.prompt_token_table(
-            names, num_context=self.config.context_tokens, context_length=context_length)
+            names, num_context=self.config.context_tokens, context_length=context_length
+        )
         inputs = {"tokens": jnp.asarray(tokens), "eot": jnp.asarray(eot)}
         if self.config.text_consistency_weight > 0:
             inputs["reference"] = self.reference_features(names, context_length)
@@ -202,8 +244,9 @@ class ZegOT(nnx.Module):
 
     def reference_features(self, class_names: Sequence[str], context_length: int) -> jax.Array:
         """Frozen hand-crafted template features `[K, T, D]` (`model.templates`), L2-normalised."""
-        return prompts_lib.template_features(self.clip, class_names, self.config.templates,
-                                             context_length=context_length)
+        return prompts_lib.template_features(
+            self.clip, class_names, self.config.templates, context_length=context_length
+        )
 
     def text_features(self, text_inputs: dict[str, jax.Array] | jax.Array) -> jax.Array:
         """L2-normalised text features `[K, N, D]` from `text_inputs(...)`."""
@@ -233,8 +276,9 @@ class ZegOT(nnx.Module):
             pooled = self.clip.visual.project(inter[f"layer_{last}"][:, 1:]).mean(axis=1)
         return l2_normalize(jnp.stack(feats)), l2_normalize(pooled.astype(jnp.float32))
 
-    def segment(self, images: jax.Array, text_features: jax.Array,
-                reference: jax.Array | None = None) -> ZegOTOutput:
+    def segment(
+        self, images: jax.Array, text_features: jax.Array, reference: jax.Array | None = None
+    ) -> ZegOTOutput:
         """Refined score maps for images `[B, H, W, 3]` and text features `[K, N, D]`.
 
         With `reference` (template features `[K, T, D]`), the output also carries the
@@ -258,8 +302,9 @@ class ZegOT(nnx.Module):
             similarity=sim.reshape(num_layers, b, k, h, w, n),
             plan=(result.plan * (h * w)).reshape(num_layers, b, k, h, w, n),
             free_logits=free,
-            ot_marginal_error=result.marginal_error.max() if self.config.ot.enabled
-            and self.config.ot.tau >= 1.0 else None,
+            ot_marginal_error=result.marginal_error.max()
+            if self.config.ot.enabled and self.config.ot.tau >= 1.0
+            else None,
         )
 
     def scale_score(self, score: jax.Array, num_prompts: int) -> jax.Array:
@@ -282,7 +327,6 @@ class ZegOT(nnx.Module):
         scale = jnp.exp(jax.lax.stop_gradient(self.clip.logit_scale[...])).astype(jnp.float32)
         return jnp.minimum(scale, 100.0) * cos
 
-    def __call__(self, images: jax.Array, text_inputs: dict[str, jax.Array] | jax.Array
-                 ) -> ZegOTOutput:
+    def __call__(self, images: jax.Array, text_inputs: dict[str, jax.Array] | jax.Array) -> ZegOTOutput:
         """Text features from `text_inputs`, then `segment`."""
         return self.segment(images, self.text_features(text_inputs))

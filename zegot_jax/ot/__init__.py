@@ -72,7 +72,22 @@ from zegot_jax.ot.registry import (
 )
 from zegot_jax.ot.solvers import DOMAINS, SOLVERS
 
-__all__ = ["BACKWARDS", "DOMAINS", "MARGINAL_ERROR_WARNING", "MPOTOutput", "Problem", "SOLVERS",
-           "Settings", "default_options", "get_transport", "load_plugins", "mpot",
-           "register_transport", "registered_transports", "require_registered",
-           "sinkhorn_log_reference", "unregister_transport", "warn_if_unconverged"]
+__all__ = [
+    "BACKWARDS",
+    "DOMAINS",
+    "MARGINAL_ERROR_WARNING",
+    "MPOTOutput",
+    "Problem",
+    "SOLVERS",
+    "Settings",
+    "default_options",
+    "get_transport",
+    "load_plugins",
+    "mpot",
+    "register_transport",
+    "registered_transports",
+    "require_registered",
+    "sinkhorn_log_reference",
+    "unregister_transport",
+    "warn_if_unconverged",
+]

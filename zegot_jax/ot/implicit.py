@@ -35,8 +35,7 @@ from zegot_jax.ot import spd
 Solve = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 
 
-def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: float,
-                           tau: float) -> jax.Array:
+def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: float, tau: float) -> jax.Array:
     """dL/dC `[M, N]` from the plan `P [M, N]` and dL/dP `[M, N]` (see the module docstring)."""
     a, b = plan.sum(1), plan.sum(0)
     safe_a = jnp.where(a > 0, a, 1.0)  # an all-zero row carries no mass: alpha_i drops out
@@ -53,8 +52,9 @@ def plan_cotangent_to_cost(plan: jax.Array, plan_grad: jax.Array, *, epsilon: fl
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def implicit_plan(solve: Solve, epsilon: float, tau: float, similarity: jax.Array,
-                  shared: Any) -> tuple[jax.Array, Any]:
+def implicit_plan(
+    solve: Solve, epsilon: float, tau: float, similarity: jax.Array, shared: Any
+) -> tuple[jax.Array, Any]:
     """`solve(similarity, shared) -> (plan [M, N], aux)`, differentiated implicitly in `S [M, N]`.
 
     The cost is `C = 1 - S`, so `dL/dS = -dL/dC`. `shared` (any pytree, e.g. the kernel/log flag)

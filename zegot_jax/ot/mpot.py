@@ -60,12 +60,12 @@ class MPOTOutput(NamedTuple):
 def _check_args(epsilon, num_iterations, tau, solver, backward, domain, threshold) -> float:
     """Validates the scalar options of `mpot`; returns tau as a float (1.0 = balanced)."""
     if epsilon is None:
-        raise ValueError("mpot: epsilon is required (ott's default 0.05*std(cost) is too small); "
-                         "pass e.g. epsilon=0.05.")
+        raise ValueError(
+            "mpot: epsilon is required (ott's default 0.05*std(cost) is too small); pass e.g. epsilon=0.05."
+        )
     if isinstance(epsilon, jax.core.Tracer) or not float(epsilon) > 0:
         raise ValueError(f"mpot: epsilon must be > 0 (a Python float), got {epsilon!r}.")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) \
-            or num_iterations < 1:
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 1:
         raise ValueError(f"mpot: num_iterations must be a positive int, got {num_iterations!r}.")
     tau = 1.0 if tau is None else float(tau)
     if not 0.0 < tau <= 1.0:
@@ -85,8 +85,10 @@ def _check_args(epsilon, num_iterations, tau, solver, backward, domain, threshol
 def threshold_problem(threshold: float, backward: str) -> str | None:
     """Why a convergence `threshold` cannot go with `backward` (None when it can)."""
     if threshold > 0 and backward == "unrolled":
-        return ("threshold > 0 stops in a while loop, which reverse mode cannot unroll; use "
-                "backward='implicit' or threshold=0.")
+        return (
+            "threshold > 0 stops in a while loop, which reverse mode cannot unroll; use "
+            "backward='implicit' or threshold=0."
+        )
     return None
 
 
@@ -148,8 +150,14 @@ def mpot(
     """
     tau = _check_args(epsilon, num_iterations, tau, solver, backward, domain, threshold)
     entry = registry.get_transport(solver)
-    settings = registry.Settings(float(epsilon), tau, num_iterations, float(threshold), domain,
-                                 registry.resolve_options(entry, options))
+    settings = registry.Settings(
+        float(epsilon),
+        tau,
+        num_iterations,
+        float(threshold),
+        domain,
+        registry.resolve_options(entry, options),
+    )
     s = jnp.asarray(similarity)
     if s.ndim < 2:
         raise ValueError(f"mpot: similarity must be [..., M, N], got shape {s.shape}.")
@@ -181,8 +189,13 @@ def _uniform(s: jax.Array) -> MPOTOutput:
     return MPOTOutput(s.sum(-1), plan, entropy, zeros, jnp.zeros(lead, jnp.int32), {})
 
 
-def _solve_batch(entry: registry.Entry, settings: registry.Settings, implicit_backward: bool,
-                 grid: tuple[int, int] | None, inputs: tuple) -> tuple[jax.Array, dict]:
+def _solve_batch(
+    entry: registry.Entry,
+    settings: registry.Settings,
+    implicit_backward: bool,
+    grid: tuple[int, int] | None,
+    inputs: tuple,
+) -> tuple[jax.Array, dict]:
     """Runs the transport on every problem of `inputs = (S [..., M, N], pixels, prompts)`."""
     s, pixels, prompts = inputs
     *lead, m, n = s.shape
@@ -193,8 +206,10 @@ def _solve_batch(entry: registry.Entry, settings: registry.Settings, implicit_ba
 
         def solve(x, px, pr, sh):
             del px, pr
-            return implicit.implicit_plan(lambda y, z: checked(y, None, None, z),
-                                          settings.epsilon, settings.tau, x, sh)
+            return implicit.implicit_plan(
+                lambda y, z: checked(y, None, None, z), settings.epsilon, settings.tau, x, sh
+            )
+
     # One vmap per leading dimension rather than a reshape to [P, M, N]: a reshape merges a sharded
     # batch axis with the others and makes every device solve every problem. `shared` (e.g. the
     # kernel/log flag) is one value for the batch (in_axes None), so a branch stays a branch.
@@ -206,22 +221,29 @@ def _solve_batch(entry: registry.Entry, settings: registry.Settings, implicit_ba
 def _check_grid(grid: Any, m: int) -> tuple[int, int] | None:
     if grid is None:
         return None
-    if (not isinstance(grid, tuple | list) or len(grid) != 2
-            or not all(isinstance(x, int) and x > 0 for x in grid) or grid[0] * grid[1] != m):
+    if (
+        not isinstance(grid, tuple | list)
+        or len(grid) != 2
+        or not all(isinstance(x, int) and x > 0 for x in grid)
+        or grid[0] * grid[1] != m
+    ):
         raise ValueError(f"mpot: grid must be (h, w) with h * w == M = {m}, got {grid!r}.")
     return int(grid[0]), int(grid[1])
 
 
-def _feature(x: jax.Array | None, what: str, lead: list[int], size: int,
-             dtype: jnp.dtype) -> jax.Array | None:
+def _feature(
+    x: jax.Array | None, what: str, lead: list[int], size: int, dtype: jnp.dtype
+) -> jax.Array | None:
     """Checks a feature array `[*lead[:k], size, D]` and casts it to `dtype`."""
     if x is None:
         return None
     x = jnp.asarray(x)
     k = x.ndim - 2
     if x.ndim < 2 or x.shape[-2] != size or list(x.shape[:k]) != list(lead[:k]):
-        raise ValueError(f"mpot: {what} must be [..., {size}, D] with leading dimensions a "
-                         f"prefix of the similarity's {tuple(lead)}, got shape {x.shape}.")
+        raise ValueError(
+            f"mpot: {what} must be [..., {size}, D] with leading dimensions a "
+            f"prefix of the similarity's {tuple(lead)}, got shape {x.shape}."
+        )
     return x.astype(dtype)
 
 
@@ -230,20 +252,29 @@ def _axis(x: jax.Array | None, level: int) -> int | None:
     return 0 if x is not None and level < x.ndim - 2 else None
 
 
-def _checked(entry: registry.Entry, settings: registry.Settings, grid: tuple[int, int] | None,
-             shape: tuple[int, int], dtype: jnp.dtype):
+def _checked(
+    entry: registry.Entry,
+    settings: registry.Settings,
+    grid: tuple[int, int] | None,
+    shape: tuple[int, int],
+    dtype: jnp.dtype,
+):
     """`(S [M, N], pixels, prompts, shared) -> (plan [M, N], diagnostics)` with the output checked."""
 
     def solve(s, pixels, prompts, shared):
         out = entry.fn(registry.Problem(s, grid, pixels, prompts, shared), settings)
         plan, diagnostics = out if isinstance(out, tuple) else (out, {})
         if not isinstance(diagnostics, dict) or not all(isinstance(k, str) for k in diagnostics):
-            raise TypeError(f"transport {entry.name!r} must return the plan or (plan, dict of "
-                            f"diagnostics), got diagnostics of type {type(diagnostics).__name__}.")
+            raise TypeError(
+                f"transport {entry.name!r} must return the plan or (plan, dict of "
+                f"diagnostics), got diagnostics of type {type(diagnostics).__name__}."
+            )
         plan = jnp.asarray(plan)
         if plan.shape != shape:
-            raise ValueError(f"transport {entry.name!r} returned a plan of shape {plan.shape} for "
-                             f"a problem of shape {shape}; it must return the plan [M, N].")
+            raise ValueError(
+                f"transport {entry.name!r} returned a plan of shape {plan.shape} for "
+                f"a problem of shape {shape}; it must return the plan [M, N]."
+            )
         diagnostics = {k: jnp.asarray(v) for k, v in diagnostics.items()}
         diagnostics["iterations"] = jnp.asarray(diagnostics.get("iterations", 0), jnp.int32)
         return plan.astype(dtype), diagnostics
@@ -257,12 +288,20 @@ def _check_values(plan: jax.Array, solver: str) -> None:
         return
     bad = int(jnp.sum(~jnp.isfinite(plan) | (plan < 0)))
     if bad:
-        raise ValueError(f"mpot: transport {solver!r} returned {bad} non-finite or negative plan "
-                         f"cells (of {plan.size}); a plan must be finite and >= 0.")
+        raise ValueError(
+            f"mpot: transport {solver!r} returned {bad} non-finite or negative plan "
+            f"cells (of {plan.size}); a plan must be finite and >= 0."
+        )
 
 
-def _outputs(s: jax.Array, plan: jax.Array, iterations: jax.Array,
-             diagnostics: dict[str, jax.Array], *, unit_mass: bool) -> MPOTOutput:
+def _outputs(
+    s: jax.Array,
+    plan: jax.Array,
+    iterations: jax.Array,
+    diagnostics: dict[str, jax.Array],
+    *,
+    unit_mass: bool,
+) -> MPOTOutput:
     """Score and diagnostics from the similarity `[..., M, N]` and the plan."""
     m, n = s.shape[-2:]
     # Unbalanced (or partial) plans carry less (or more) than unit mass, often far less when the
@@ -273,8 +312,7 @@ def _outputs(s: jax.Array, plan: jax.Array, iterations: jax.Array,
     score = (m * n) * jnp.einsum("...mn,...mn->...m", weights, s)
     fixed = jax.lax.stop_gradient(plan)
     entropy = -jnp.sum(jax.scipy.special.xlogy(fixed, fixed), axis=(-2, -1))
-    marginal_error = (jnp.abs(fixed.sum(-1) - 1.0 / m).sum(-1)
-                      + jnp.abs(fixed.sum(-2) - 1.0 / n).sum(-1))
+    marginal_error = jnp.abs(fixed.sum(-1) - 1.0 / m).sum(-1) + jnp.abs(fixed.sum(-2) - 1.0 / n).sum(-1)
     return MPOTOutput(score, plan, entropy, marginal_error, iterations, diagnostics)
 
 
@@ -287,7 +325,11 @@ def warn_if_unconverged(marginal_error: float | None, where: str) -> None:
     if marginal_error is None or "marginal" in _warned or marginal_error <= MARGINAL_ERROR_WARNING:
         return  # NaN goes on to the warning
     _warned.add("marginal")
-    print(f"warning: MPOT did not converge ({where}: a plan's marginal error is "
-          f"{marginal_error:.3g}, above {MARGINAL_ERROR_WARNING}); its scores are not the OT "
-          "scores. Raise model.ot.epsilon or model.ot.newton_steps / num_iterations (similarities "
-          "far beyond [-1, 1] need a larger epsilon). Shown once.", file=sys.stderr, flush=True)
+    print(
+        f"warning: MPOT did not converge ({where}: a plan's marginal error is "
+        f"{marginal_error:.3g}, above {MARGINAL_ERROR_WARNING}); its scores are not the OT "
+        "scores. Raise model.ot.epsilon or model.ot.newton_steps / num_iterations (similarities "
+        "far beyond [-1, 1] need a larger epsilon). Shown once.",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -36,10 +36,8 @@ def sinkhorn_log_reference(
 
     def step(carry, _):
         f, g = carry
-        g = tau * (epsilon * log_b
-                   - epsilon * jax.nn.logsumexp((f[..., :, None] - cost) / epsilon, axis=-2))
-        f = tau * (epsilon * log_a
-                   - epsilon * jax.nn.logsumexp((g[..., None, :] - cost) / epsilon, axis=-1))
+        g = tau * (epsilon * log_b - epsilon * jax.nn.logsumexp((f[..., :, None] - cost) / epsilon, axis=-2))
+        f = tau * (epsilon * log_a - epsilon * jax.nn.logsumexp((g[..., None, :] - cost) / epsilon, axis=-1))
         return (f, g), None
 
     if remat:

@@ -81,9 +81,15 @@ class Entry(NamedTuple):
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register_transport(name: str, fn: Transport | None = None, *, balanced_entropic: bool = False,
-                       options: Mapping[str, Any] | None = None, prepare: Prepare | None = None,
-                       builtin: bool = False):
+def register_transport(
+    name: str,
+    fn: Transport | None = None,
+    *,
+    balanced_entropic: bool = False,
+    options: Mapping[str, Any] | None = None,
+    prepare: Prepare | None = None,
+    builtin: bool = False,
+):
     """Registers `fn(problem, settings) -> plan [M, N]` (or `(plan, diagnostics)`) as `name`.
 
     Also a decorator: `@register_transport('mine')`. Registering a name again replaces the entry
@@ -110,14 +116,13 @@ def register_transport(name: str, fn: Transport | None = None, *, balanced_entro
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"register_transport: name must be a non-empty string, got {name!r}.")
     if fn is None:
-        return lambda f: register_transport(name, f, balanced_entropic=balanced_entropic,
-                                            options=options, prepare=prepare, builtin=builtin)
+        return lambda f: register_transport(
+            name, f, balanced_entropic=balanced_entropic, options=options, prepare=prepare, builtin=builtin
+        )
     if not callable(fn):
-        raise TypeError(f"register_transport({name!r}): fn must be callable, got "
-                        f"{type(fn).__name__}.")
+        raise TypeError(f"register_transport({name!r}): fn must be callable, got {type(fn).__name__}.")
     if name in _REGISTRY and _REGISTRY[name].builtin:
-        raise ValueError(f"register_transport: {name!r} is a built-in transport; pick another "
-                         "name.")
+        raise ValueError(f"register_transport: {name!r} is a built-in transport; pick another name.")
     defaults = None if options is None else MappingProxyType(dict(options))
     _REGISTRY[name] = Entry(name, fn, bool(balanced_entropic), defaults, prepare, builtin)
     return fn
@@ -137,9 +142,11 @@ def registered_transports() -> tuple[str, ...]:
 
 def unknown_message(name: Any) -> str:
     """`Unknown OT solver ...` naming the registered transports and how to add one."""
-    return (f"Unknown OT solver {name!r}; registered: {', '.join(registered_transports())}. "
-            f"Register it first: zegot_jax.ot.register_transport({name!r}, fn) (in this process, "
-            "e.g. in the config file or a module it imports).")
+    return (
+        f"Unknown OT solver {name!r}; registered: {', '.join(registered_transports())}. "
+        f"Register it first: zegot_jax.ot.register_transport({name!r}, fn) (in this process, "
+        "e.g. in the config file or a module it imports)."
+    )
 
 
 def get_transport(name: str) -> Entry:
@@ -161,7 +168,8 @@ def require_registered(name: str, what: str) -> None:
             f"{what} was trained with model.ot.solver={name!r}, which is not registered in this "
             f"process (registered: {', '.join(registered_transports())}): call "
             f"zegot_jax.ot.register_transport({name!r}, fn) with the same transport (or import "
-            "the module that does; zegot-jax segment: --plugin) before loading it.")
+            "the module that does; zegot-jax segment: --plugin) before loading it."
+        )
 
 
 def resolve_options(entry: Entry, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -172,8 +180,10 @@ def resolve_options(entry: Entry, options: Mapping[str, Any] | None) -> Mapping[
     unknown = sorted(set(given) - set(entry.options))
     if unknown:
         known = ", ".join(sorted(entry.options)) or "none"
-        raise ValueError(f"model.ot.options has field(s) {unknown} that transport "
-                         f"{entry.name!r} does not take; its options: {known}.")
+        raise ValueError(
+            f"model.ot.options has field(s) {unknown} that transport "
+            f"{entry.name!r} does not take; its options: {known}."
+        )
     return MappingProxyType({**entry.options, **given})
 
 
@@ -205,5 +215,6 @@ def load_plugins(plugins: Sequence[str]) -> None:
         try:
             importlib.import_module(plugin)
         except ImportError as e:
-            raise ValueError(f"--plugin {plugin}: cannot import it ({e}); give an importable "
-                             "module name or a .py file.") from e
+            raise ValueError(
+                f"--plugin {plugin}: cannot import it ({e}); give an importable module name or a .py file."
+            ) from e

@@ -67,8 +67,9 @@ def use_kernel_domain(cost: jax.Array, epsilon: float, domain: str, tau: float) 
     return (jnp.max(spread) / epsilon <= KERNEL_MAX_RANGE).astype(jnp.float32)
 
 
-def sinkhorn_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_iterations: int,
-                  tau: float, threshold: float) -> tuple[jax.Array, jax.Array]:
+def sinkhorn_plan(
+    cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_iterations: int, tau: float, threshold: float
+) -> tuple[jax.Array, jax.Array]:
     """ott Sinkhorn on `cost [M, N]`; log or kernel domain by the scalar `kernel` (1 = kernel)."""
     if tau >= 1.0:
         # A balanced plan does not change when a constant is subtracted from the cost (an
@@ -76,8 +77,9 @@ def sinkhorn_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_ite
         cost = cost - jax.lax.stop_gradient(jnp.min(cost))
 
     def run(lse_mode: bool):
-        return lambda c: _ott_sinkhorn(c, lse_mode, epsilon=epsilon, tau=tau,
-                                       num_iterations=num_iterations, threshold=threshold)
+        return lambda c: _ott_sinkhorn(
+            c, lse_mode, epsilon=epsilon, tau=tau, num_iterations=num_iterations, threshold=threshold
+        )
 
     return jax.lax.cond(kernel > 0, run(False), run(True), cost)
 
@@ -88,9 +90,13 @@ def _ott_sinkhorn(cost, lse_mode, *, epsilon, tau, num_iterations, threshold):
     if threshold > 0:
         every = min(CHECK_EVERY, num_iterations)
         solver = sinkhorn.Sinkhorn(
-            lse_mode=lse_mode, implicit_diff=None, min_iterations=0,
-            max_iterations=num_iterations - num_iterations % every, inner_iterations=every,
-            threshold=threshold)
+            lse_mode=lse_mode,
+            implicit_diff=None,
+            min_iterations=0,
+            max_iterations=num_iterations - num_iterations % every,
+            inner_iterations=every,
+            threshold=threshold,
+        )
     else:
         solver = unrolled_sinkhorn(num_iterations, lse_mode=lse_mode)
     out = solver(problem)
@@ -107,12 +113,18 @@ def unrolled_sinkhorn(iterations: int, *, lse_mode: bool = True) -> sinkhorn.Sin
     gradient is wrong (max error 28 on gradients of size 3 at inner_iterations=1). With one outer
     step it is exact, and the backward keeps every iteration's residuals.
     """
-    return sinkhorn.Sinkhorn(lse_mode=lse_mode, implicit_diff=None, min_iterations=iterations,
-                             max_iterations=iterations, inner_iterations=iterations)
+    return sinkhorn.Sinkhorn(
+        lse_mode=lse_mode,
+        implicit_diff=None,
+        min_iterations=iterations,
+        max_iterations=iterations,
+        inner_iterations=iterations,
+    )
 
 
-def newton_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_iterations: int,
-                tau: float, threshold: float) -> tuple[jax.Array, jax.Array]:
+def newton_plan(
+    cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_iterations: int, tau: float, threshold: float
+) -> tuple[jax.Array, jax.Array]:
     """Semi-dual Newton on `cost [M, N]` (balanced): `num_iterations` steps; `kernel` is unused.
 
     Works on the transposed cost `[N, M]`, so that the long pixel axis is the one XLA vectorises
@@ -122,8 +134,10 @@ def newton_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_itera
     """
     del kernel, threshold
     if tau < 1.0:
-        raise ValueError("model.ot.solver='newton' solves balanced problems only (tau = 1); use "
-                         "solver='sinkhorn' for tau < 1.")
+        raise ValueError(
+            "model.ot.solver='newton' solves balanced problems only (tau = 1); use "
+            "solver='sinkhorn' for tau < 1."
+        )
     m, n = cost.shape
     scaled = cost.T / epsilon  # [N, M]
     steps = jnp.asarray(LINE_SEARCH, cost.dtype)
@@ -150,8 +164,7 @@ def newton_plan(cost: jax.Array, kernel: jax.Array, *, epsilon: float, num_itera
     return plan_of(g).T, jnp.asarray(num_iterations, jnp.int32)
 
 
-def _semi_dual_gains(weights: jax.Array, direction: jax.Array, steps: jax.Array,
-                     epsilon: float) -> jax.Array:
+def _semi_dual_gains(weights: jax.Array, direction: jax.Array, steps: jax.Array, epsilon: float) -> jax.Array:
     """`J(g + t d) - J(g)` for each step length t `[T]`, accurate in float32 near the optimum.
 
     With the pixel-normalised plan `w = M P^T [N, M]` at g, `f_m(g + t d) - f_m(g) = -eps log
@@ -165,9 +178,14 @@ def _semi_dual_gains(weights: jax.Array, direction: jax.Array, steps: jax.Array,
 
 def _sinkhorn(problem: registry.Problem, settings: registry.Settings):
     """'sinkhorn' as a registered transport: `problem.shared` is the kernel/log flag."""
-    plan, iterations = sinkhorn_plan(problem.cost, problem.shared, epsilon=settings.epsilon,
-                                      num_iterations=settings.num_iterations, tau=settings.tau,
-                                      threshold=settings.threshold)
+    plan, iterations = sinkhorn_plan(
+        problem.cost,
+        problem.shared,
+        epsilon=settings.epsilon,
+        num_iterations=settings.num_iterations,
+        tau=settings.tau,
+        threshold=settings.threshold,
+    )
     return plan, {"iterations": iterations}
 
 
@@ -187,20 +205,30 @@ def _note_kernel_fallback(kernel, epsilon: float) -> None:
     if np.all(np.asarray(kernel) > 0) or "kernel" in _noted:
         return
     _noted.add("kernel")
-    print(f"note: model.ot.domain='kernel' ran log-domain iterations instead: the cost range "
-          f"over epsilon={epsilon} exceeds {KERNEL_MAX_RANGE}, where kernel-domain iterations "
-          "overflow float32. Use domain='auto' (the same choice, silently) or a larger epsilon. "
-          "Shown once.", file=sys.stderr, flush=True)
+    print(
+        f"note: model.ot.domain='kernel' ran log-domain iterations instead: the cost range "
+        f"over epsilon={epsilon} exceeds {KERNEL_MAX_RANGE}, where kernel-domain iterations "
+        "overflow float32. Use domain='auto' (the same choice, silently) or a larger epsilon. "
+        "Shown once.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _newton(problem: registry.Problem, settings: registry.Settings):
     """'newton' as a registered transport (`settings.num_iterations` Newton steps)."""
-    plan, iterations = newton_plan(problem.cost, None, epsilon=settings.epsilon,
-                                   num_iterations=settings.num_iterations, tau=settings.tau,
-                                   threshold=settings.threshold)
+    plan, iterations = newton_plan(
+        problem.cost,
+        None,
+        epsilon=settings.epsilon,
+        num_iterations=settings.num_iterations,
+        tau=settings.tau,
+        threshold=settings.threshold,
+    )
     return plan, {"iterations": iterations}
 
 
-registry.register_transport("sinkhorn", _sinkhorn, balanced_entropic=True, options={},
-                            prepare=_kernel_flag, builtin=True)
+registry.register_transport(
+    "sinkhorn", _sinkhorn, balanced_entropic=True, options={}, prepare=_kernel_flag, builtin=True
+)
 registry.register_transport("newton", _newton, balanced_entropic=True, options={}, builtin=True)

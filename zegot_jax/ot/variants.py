@@ -43,8 +43,9 @@ def semi_relaxed(problem: Problem, settings: Settings):
     if not rho > 0:
         raise ValueError(f"model.ot.options.rho must be > 0 for 'semi_relaxed', got {rho}.")
     geom = geometry.Geometry(cost_matrix=problem.cost, epsilon=settings.epsilon)
-    out = unrolled_sinkhorn(settings.num_iterations)(linear_problem.LinearProblem(
-        geom, tau_a=1.0, tau_b=rho / (rho + settings.epsilon)))
+    out = unrolled_sinkhorn(settings.num_iterations)(
+        linear_problem.LinearProblem(geom, tau_a=1.0, tau_b=rho / (rho + settings.epsilon))
+    )
     return out.matrix, {"iterations": out.n_iters}
 
 
@@ -143,8 +144,9 @@ def partial(problem: Problem, settings: Settings):
         return (log_plan, rows_q, columns_q), None
 
     zeros = jnp.zeros_like(cost)
-    (log_plan, _, _), _ = jax.lax.scan(step, (-cost / settings.epsilon, zeros, zeros), None,
-                                       length=settings.num_iterations)
+    (log_plan, _, _), _ = jax.lax.scan(
+        step, (-cost / settings.epsilon, zeros, zeros), None, length=settings.num_iterations
+    )
     return jnp.exp(log_plan), {"iterations": settings.num_iterations}
 
 
@@ -170,8 +172,9 @@ def weighted_prompts(problem: Problem, settings: Settings):
     """
     temperature = float(settings.options["temperature"])
     if not temperature > 0:
-        raise ValueError("model.ot.options.temperature must be > 0 for 'weighted_prompts', got "
-                         f"{temperature}.")
+        raise ValueError(
+            f"model.ot.options.temperature must be > 0 for 'weighted_prompts', got {temperature}."
+        )
     b = jax.nn.softmax(jnp.mean(problem.similarity, axis=0) / temperature)
     geom = geometry.Geometry(cost_matrix=problem.cost, epsilon=settings.epsilon)
     out = unrolled_sinkhorn(settings.num_iterations)(linear_problem.LinearProblem(geom, b=b))
@@ -215,11 +218,12 @@ def fused_gw(problem: Problem, settings: Settings):
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"model.ot.options.alpha must be in (0, 1) for 'fused_gw', got {alpha}.")
     if outer < 2:
-        raise ValueError("model.ot.options.outer_iterations must be >= 2 for 'fused_gw', got "
-                         f"{outer}.")
+        raise ValueError(f"model.ot.options.outer_iterations must be >= 2 for 'fused_gw', got {outer}.")
     if problem.grid is None or problem.prompts is None:
-        raise ValueError("'fused_gw' needs the pixel grid and the prompt features; call mpot with "
-                         "grid=(h, w) and prompts=[..., N, D] (the model passes both).")
+        raise ValueError(
+            "'fused_gw' needs the pixel grid and the prompt features; call mpot with "
+            "grid=(h, w) and prompts=[..., N, D] (the model passes both)."
+        )
     cost = problem.cost
     prompts = problem.prompts
     prompt_distances = jnp.clip(1.0 - prompts @ prompts.T, 0.0, 2.0) / 2.0
@@ -231,9 +235,15 @@ def fused_gw(problem: Problem, settings: Settings):
     quadratic = quadratic_problem.QuadraticProblem(
         geometry.Geometry(cost_matrix=grid_distances(problem.grid, cost.dtype)),
         geometry.Geometry(cost_matrix=prompt_distances),
-        geometry.Geometry(cost_matrix=cost), fused_penalty=ratio)
+        geometry.Geometry(cost_matrix=cost),
+        fused_penalty=ratio,
+    )
     solver = gromov_wasserstein.GromovWasserstein(
-        unrolled_sinkhorn(settings.num_iterations), epsilon=ratio * settings.epsilon,
-        min_iterations=outer - 1, max_iterations=outer - 1, threshold=0.0)
+        unrolled_sinkhorn(settings.num_iterations),
+        epsilon=ratio * settings.epsilon,
+        min_iterations=outer - 1,
+        max_iterations=outer - 1,
+        threshold=0.0,
+    )
     out = solver(quadratic)
     return out.matrix, {"iterations": jnp.asarray(outer, jnp.int32)}

@@ -30,8 +30,11 @@ PARAMS, TRAIN_STATE, OLD_STATE = "params", "train_state", "state"  # items (OLD_
 
 def directory(workdir: str) -> str:
     """The checkpoint folder of `workdir`."""
-    return str(Path(workdir).absolute() / CHECKPOINTS) if "://" not in workdir else \
-        f"{workdir.rstrip('/')}/{CHECKPOINTS}"
+    return (
+        str(Path(workdir).absolute() / CHECKPOINTS)
+        if "://" not in workdir
+        else f"{workdir.rstrip('/')}/{CHECKPOINTS}"
+    )
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -72,11 +75,10 @@ class Checkpointer:
     `create=False` (reading another run) never creates the checkpoint folder.
     """
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True,
-                 create: bool = True):
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=async_save,
-                                               create=create)
+    def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True, create: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create
+        )
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(directory(workdir), options=options)
         self._write_failed = False
@@ -86,13 +88,19 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: Any,
-             config: ml_collections.ConfigDict, *, force: bool = False) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: Any,
+        config: ml_collections.ConfigDict,
+        *,
+        force: bool = False,
+    ) -> None:
         """Starts an (asynchronous) save of `state` and the data iterator state at `step`."""
         rest = {k: v for k, v in state.items() if k != "params"}
-        args = ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardSave(state["params"]),
-            TRAIN_STATE: ocp.args.StandardSave(rest)},
+        args = ocp.args.Composite(
+            **{PARAMS: ocp.args.StandardSave(state["params"]), TRAIN_STATE: ocp.args.StandardSave(rest)},
             data=ocp.args.JsonSave({"state": _jsonable(data_state)}),
             config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         )
@@ -122,21 +130,35 @@ class Checkpointer:
                 f"Checkpoint step {step} of {self.workdir} holds parameters of other shapes "
                 f"than this model's (saved {shapes[0]}, needed {shapes[1]}): it was trained "
                 "with another model config (model.num_prompts, model.context_tokens, "
-                "model.layers, clip.weights, ...). Use a run of the same model.")
-        return ValueError(f"Checkpoint {unreadable(step, str(self.manager.directory), error)}. "
-                          "Delete that step's folder to use the one before it.")
+                "model.layers, clip.weights, ...). Use a run of the same model."
+            )
+        return ValueError(
+            f"Checkpoint {unreadable(step, str(self.manager.directory), error)}. "
+            "Delete that step's folder to use the one before it."
+        )
 
     def _read(self, abstract_state: Any, step: int) -> tuple[Any, Any, dict]:
         json_items = {"data": ocp.args.JsonRestore(), "config": ocp.args.JsonRestore()}
         if self._old_layout(step):
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                **{OLD_STATE: ocp.args.StandardRestore(abstract_state)}, **json_items))
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{OLD_STATE: ocp.args.StandardRestore(abstract_state)}, **json_items
+                ),
+            )
             state = restored[OLD_STATE]
         else:
             rest = {k: v for k, v in abstract_state.items() if k != "params"}
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                **{PARAMS: ocp.args.StandardRestore(abstract_state["params"]),
-                   TRAIN_STATE: ocp.args.StandardRestore(rest)}, **json_items))
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        PARAMS: ocp.args.StandardRestore(abstract_state["params"]),
+                        TRAIN_STATE: ocp.args.StandardRestore(rest),
+                    },
+                    **json_items,
+                ),
+            )
             state = {**restored[TRAIN_STATE], "params": restored[PARAMS]}
         return state, _from_jsonable(restored.data["state"]), restored.config
 
@@ -158,12 +180,21 @@ class Checkpointer:
         try:
             if self._old_layout(step):  # the params subtree of the whole train state
                 wanted = {"params": abstract_params}
-                return self.manager.restore(step, args=ocp.args.Composite(**{
-                    OLD_STATE: ocp.args.PyTreeRestore(
-                        wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-                        partial_restore=True)}))[OLD_STATE]["params"]
-            return self.manager.restore(step, args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardRestore(abstract_params)}))[PARAMS]
+                return self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            OLD_STATE: ocp.args.PyTreeRestore(
+                                wanted,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                partial_restore=True,
+                            )
+                        }
+                    ),
+                )[OLD_STATE]["params"]
+            return self.manager.restore(
+                step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)})
+            )[PARAMS]
         except Exception as e:  # tensorstore and JSON errors of a damaged file
             raise self._read_error(e, step) from e
 
@@ -183,13 +214,19 @@ class Checkpointer:
                 failures.append((step, unreadable(step, str(self.manager.directory), e)))
                 continue
             for bad, reason in failures:
-                print(f"note: checkpoint {reason}; {self._set_aside(bad)}, resuming from step "
-                      f"{step}.", file=sys.stderr, flush=True)
+                print(
+                    f"note: checkpoint {reason}; {self._set_aside(bad)}, resuming from step {step}.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if failures:
                 self.manager.reload()
             return step, restored
-        raise ValueError("No intact checkpoint to resume from: " + "; ".join(
-            reason for _, reason in failures) + ". Delete the checkpoints/ folder to start over.")
+        raise ValueError(
+            "No intact checkpoint to resume from: "
+            + "; ".join(reason for _, reason in failures)
+            + ". Delete the checkpoints/ folder to start over."
+        )
 
     def _set_aside(self, step: int) -> str:
         """Moves a damaged step into `workdir/corrupt_checkpoints/`; says what it did.
@@ -212,9 +249,11 @@ class Checkpointer:
         aside = Path(self.workdir) / "corrupt_checkpoints"
         source = Path(directory(self.workdir)) / str(step)
         if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
-            raise ValueError(f"Checkpoint step {step} is damaged and should be set aside, but "
-                             f"{aside} is a link or a file, not a folder of this run; move it "
-                             f"away, or delete {source} yourself, and start again.")
+            raise ValueError(
+                f"Checkpoint step {step} is damaged and should be set aside, but "
+                f"{aside} is a link or a file, not a folder of this run; move it "
+                f"away, or delete {source} yourself, and start again."
+            )
         aside.mkdir(exist_ok=True)
         target, n = aside / str(step), 1
         while os.path.lexists(target):
@@ -223,9 +262,11 @@ class Checkpointer:
         try:
             os.rename(source, target)  # renames a link itself, never what it points to
         except OSError as e:
-            raise ValueError(f"Checkpoint step {step} is damaged and could not be moved to "
-                             f"{target} ({e.strerror}); delete {source} yourself and start "
-                             "again.") from e
+            raise ValueError(
+                f"Checkpoint step {step} is damaged and could not be moved to "
+                f"{target} ({e.strerror}); delete {source} yourself and start "
+                "again."
+            ) from e
         return f"moved it to {target}"
 
     def wait(self) -> None:
@@ -250,15 +291,15 @@ class Checkpointer:
 def read_config(workdir: str) -> dict:
     """The config saved with the latest checkpoint of `workdir` (as a plain dict)."""
     if not has_checkpoint(workdir):
-        raise FileNotFoundError(f"No checkpoint in {directory(workdir)}: is {workdir!r} a "
-                                "training workdir?")
+        raise FileNotFoundError(f"No checkpoint in {directory(workdir)}: is {workdir!r} a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False, create=False)
     try:
         failures = []
         for step in sorted(ckpt.manager.all_steps(), reverse=True):  # the newest readable one
             try:
                 return ckpt.manager.restore(
-                    step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+                    step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+                ).config
             except Exception as e:  # a damaged file
                 failures.append(unreadable(step, directory(workdir), e))
         raise ValueError("No readable config in any checkpoint: " + "; ".join(failures) + ".")

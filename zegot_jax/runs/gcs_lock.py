@@ -43,8 +43,7 @@ STALE_AFTER_S = 600.0
 def _describe(holder: dict) -> str:
     if not isinstance(holder.get("pid"), int):
         return "its holder did not describe itself"
-    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started " \
-           f"{holder.get('started', '?')}"
+    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 def _holder_of(blob) -> dict:
@@ -73,13 +72,21 @@ class Held:
 
     def describe(self) -> dict:
         """What the lock object says of its holder: pid, host, start, token, heartbeats."""
-        return {"pid": os.getpid(), "host": socket.gethostname(), "started": self._started,
-                "token": self._token, "beats": self._beats}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": self._started,
+            "token": self._token,
+            "beats": self._beats,
+        }
 
     def _write(self, if_generation_match: int) -> None:
         """Writes the description, conditioned on `if_generation_match` (0: create)."""
-        self._blob.upload_from_string(json.dumps(self.describe()), content_type="application/json",
-                                      if_generation_match=if_generation_match)
+        self._blob.upload_from_string(
+            json.dumps(self.describe()),
+            content_type="application/json",
+            if_generation_match=if_generation_match,
+        )
         self.generation = self._blob.generation
 
     def renew(self) -> None:
@@ -101,7 +108,8 @@ class Held:
                     self.lost = ValueError(
                         f"Lost the lock of {self.workdir} to another training "
                         f"({_describe(self._current())}), which took it over after this one's "
-                        f"heartbeat was over {STALE_AFTER_S / 60:.0f} min old; stop this training.")
+                        f"heartbeat was over {STALE_AFTER_S / 60:.0f} min old; stop this training."
+                    )
                     raise self.lost from None
 
     def _current(self) -> dict:
@@ -133,9 +141,12 @@ class Held:
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 return
             except Exception as e:  # a transient failure: the next beat tries again
-                print(f"note: could not renew the lock of {self.workdir} ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:200]}); retrying in {self._heartbeat_s:.0f} s.",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"note: could not renew the lock of {self.workdir} ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:200]}); retrying in {self._heartbeat_s:.0f} s.",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def check(self) -> None:
         """Raises the ValueError of a lock lost to another training (for the loop's log steps)."""
@@ -181,8 +192,7 @@ def _age_s(blob) -> float:
     return (datetime.datetime.now(datetime.UTC) - blob.updated).total_seconds()
 
 
-def acquire(workdir: str, *, heartbeat_s: float = HEARTBEAT_S,
-            stale_after_s: float = STALE_AFTER_S) -> Held:
+def acquire(workdir: str, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S) -> Held:
     """Takes the lock of gs:// `workdir` for this process and starts its heartbeat.
 
     Raises:
@@ -213,12 +223,17 @@ def acquire(workdir: str, *, heartbeat_s: float = HEARTBEAT_S,
                         f"{workdir} is in use by another training ({_describe(holder)}, "
                         f"heartbeat {age:.0f} s ago); wait for it to finish or stop it, or pick "
                         f"another --workdir (a lock not renewed for {stale_after_s / 60:g} min "
-                        "is taken over).")
+                        "is taken over)."
+                    )
                 held._write(if_generation_match=current.generation)
-                why = "is no longer running on this host" if gone else \
-                    f"last renewed it {age / 60:.0f} min ago"
-                print(f"note: taking over the lock of {workdir}: its holder ({_describe(holder)}) "
-                      f"{why}.", file=sys.stderr, flush=True)
+                why = (
+                    "is no longer running on this host" if gone else f"last renewed it {age / 60:.0f} min ago"
+                )
+                print(
+                    f"note: taking over the lock of {workdir}: its holder ({_describe(holder)}) {why}.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 break
             except exceptions.NotFound as e:
                 if (missing := storage.explain(e, lock)) is not e:

@@ -42,11 +42,12 @@ class _Filter:
             while pending:
                 if pending.startswith(_START):
                     lines = pending.split("\n")
-                    end = next((i for i in range(1, len(lines) - 1)
-                                if lines[i] and not lines[i][0].isspace()), None)
+                    end = next(
+                        (i for i in range(1, len(lines) - 1) if lines[i] and not lines[i][0].isspace()), None
+                    )
                     if end is None:  # not complete yet
                         break
-                    block, pending = lines[:end + 1], "\n".join(lines[end + 1:])
+                    block, pending = lines[: end + 1], "\n".join(lines[end + 1 :])
                     if block[-1].strip() != _NOISE:
                         out.append("\n".join(block) + "\n")
                 elif _START.startswith(pending):  # perhaps the start of one: wait
@@ -84,8 +85,9 @@ class _BackgroundErrors(logging.Filter):
     """Drops orbax's ERROR records of failures in its background threads (re-raised later)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-                    and record.exc_info is not None)
+        return not (
+            record.levelno >= logging.ERROR and "orbax" in record.pathname and record.exc_info is not None
+        )
 
 
 _BACKGROUND_FILTER = _BackgroundErrors()
@@ -107,14 +109,22 @@ def write_error(error: Exception, directory: str, latest: int | None) -> Excepti
         return error
     quiet_after_failure()
     reason = next(r for r in _FULL if r in str(error))
-    resume = f"it resumes from step {latest}, the last complete checkpoint" if latest else \
-        "no checkpoint was complete, so it starts over"
-    return ValueError(f"Could not write a checkpoint in {directory}: {reason.lower()}. Free some "
-                      f"space and run the same command again: {resume}.")
+    resume = (
+        f"it resumes from step {latest}, the last complete checkpoint"
+        if latest
+        else "no checkpoint was complete, so it starts over"
+    )
+    return ValueError(
+        f"Could not write a checkpoint in {directory}: {reason.lower()}. Free some "
+        f"space and run the same command again: {resume}."
+    )
 
 
 def other_shapes(error: Exception) -> tuple[str, str] | None:
     """`(stored shape, requested shape)` when a restore failed because the shapes differ."""
-    found = re.search(r"Requested shape: (\([^)]*\)) is not compatible with the stored shape: "
-                      r"(\([^)]*\))", str(error))
+    found = re.search(
+        r"Requested shape: (\([^)]*\)) is not compatible with the stored shape: "
+        r"(\([^)]*\))",
+        str(error),
+    )
     return (found.group(2), found.group(1)) if found else None

@@ -30,22 +30,27 @@ def check_run(workdir: str | os.PathLike) -> None:
     if storage.is_remote(workdir):
         with storage.gcs_errors(workdir):
             if not storage.listdir(ckpt_lib.directory(workdir)):
-                raise FileNotFoundError(f"{workdir!r} holds no {ckpt_lib.CHECKPOINTS}/ folder: is "
-                                        "it the --workdir of a train.py run?")
+                raise FileNotFoundError(
+                    f"{workdir!r} holds no {ckpt_lib.CHECKPOINTS}/ folder: is "
+                    "it the --workdir of a train.py run?"
+                )
         return
     if not Path(workdir).is_dir():
-        raise FileNotFoundError(f"Run directory {workdir!r} does not exist: pass the --workdir of "
-                                "a train.py run.")
+        raise FileNotFoundError(
+            f"Run directory {workdir!r} does not exist: pass the --workdir of a train.py run."
+        )
     if not Path(ckpt_lib.directory(workdir)).is_dir():
-        raise FileNotFoundError(f"{workdir!r} holds no {ckpt_lib.CHECKPOINTS}/ folder: is it the "
-                                "--workdir of a train.py run?")
+        raise FileNotFoundError(
+            f"{workdir!r} holds no {ckpt_lib.CHECKPOINTS}/ folder: is it the --workdir of a train.py run?"
+        )
 
 
 def check_init_from(path: str) -> None:
     """Raises FileNotFoundError unless `path` (train.init_from) holds a checkpoint."""
     if path and not ckpt_lib.has_checkpoint(path):
-        raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint: give the --workdir "
-                                "of a finished train.py run.")
+        raise FileNotFoundError(
+            f"train.init_from={path!r} holds no checkpoint: give the --workdir of a finished train.py run."
+        )
 
 
 def run_config(eval_config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -76,8 +81,9 @@ def read_params(workdir: str, abstract_params: Any) -> Any:
         ckpt.close()
 
 
-def trained_params(config: ml_collections.ConfigDict, workdir: str, *, offline: bool = False
-                   ) -> tuple[functional.SplitModel, Any]:
+def trained_params(
+    config: ml_collections.ConfigDict, workdir: str, *, offline: bool = False
+) -> tuple[functional.SplitModel, Any]:
     """The model of `config` and the trainable parameters of `workdir`'s latest step.
 
     With `offline`, a hub id in `clip.weights` is read from the local cache only.

@@ -28,6 +28,7 @@ LOCK_NAME = "train.lock"
 
 class Held(NamedTuple):
     """A taken lock: the open file that carries the OS lock, and its path."""
+
     fd: int
     path: Path
 
@@ -53,8 +54,7 @@ def _read(fd: int) -> dict:
 def _describe(holder: dict) -> str:
     if not isinstance(holder.get("pid"), int):
         return "its holder did not describe itself"
-    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started " \
-           f"{holder.get('started', '?')}"
+    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 def _busy(workdir: str, path: Path, holder: dict) -> ValueError:
@@ -62,22 +62,25 @@ def _busy(workdir: str, path: Path, holder: dict) -> ValueError:
     if isinstance(pid, int) and holder.get("host") == socket.gethostname() and _alive(pid):
         fix = f"wait for it to finish or stop it (kill {pid}), or pick another --workdir."
     else:  # the named process is gone or unknown: a child that inherited the lock may hold it
-        fix = f"find the process that holds it with `fuser -v {path}` and stop it, or pick " \
-              "another --workdir."
+        fix = f"find the process that holds it with `fuser -v {path}` and stop it, or pick another --workdir."
     return ValueError(f"{workdir} is in use by another training ({_describe(holder)}); {fix}")
 
 
 def _write(fd: int, path: Path) -> None:
     """Writes this process's description; a failure (full disk) is a note, the lock still holds."""
-    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    text = json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    ).encode()
     try:
         os.ftruncate(fd, 0)
         if os.write(fd, text) != len(text):
             raise OSError(errno.ENOSPC, "short write")
     except OSError as e:
-        print(f"note: could not write who holds {path} ({e.strerror}); the lock holds anyway.",
-              file=sys.stderr, flush=True)
+        print(
+            f"note: could not write who holds {path} ({e.strerror}); the lock holds anyway.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _open_locked(workdir: str, path: Path) -> int | None:
@@ -97,8 +100,12 @@ def _open_locked(workdir: str, path: Path) -> int | None:
         if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
             os.close(fd)
             raise
-        print(f"note: {path} cannot be locked on this filesystem ({e.strerror}); make sure only "
-              "one training uses this workdir.", file=sys.stderr, flush=True)
+        print(
+            f"note: {path} cannot be locked on this filesystem ({e.strerror}); make sure only "
+            "one training uses this workdir.",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
     except FileNotFoundError:  # its holder released (removed) it between our open and lock
@@ -122,22 +129,28 @@ def acquire(workdir: str) -> Held | None:
         try:
             fd = _open_locked(workdir, path)
         except OSError as e:  # a link or a folder named train.lock, an unwritable workdir
-            raise ValueError(f"Cannot lock {workdir}: {path} ({e.strerror}); remove it or pick "
-                             "another --workdir.") from e
+            raise ValueError(
+                f"Cannot lock {workdir}: {path} ({e.strerror}); remove it or pick another --workdir."
+            ) from e
         if fd is not None:
             break
     else:
         raise ValueError(f"Could not take the lock {path}: other processes keep replacing it.")
     holder = _read(fd)
-    if isinstance(holder.get("pid"), int) and holder.get("host") not in (None,
-                                                                        socket.gethostname()):
+    if isinstance(holder.get("pid"), int) and holder.get("host") not in (None, socket.gethostname()):
         os.close(fd)
-        raise ValueError(f"{workdir} may be in use by a training on another host "
-                         f"({_describe(holder)}); wait for it, or if it is gone, delete {path} "
-                         "and start again.")
+        raise ValueError(
+            f"{workdir} may be in use by a training on another host "
+            f"({_describe(holder)}); wait for it, or if it is gone, delete {path} "
+            "and start again."
+        )
     if isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid():
-        print(f"note: taking over the lock of {workdir} left by a process that no longer holds "
-              f"it ({_describe(holder)}).", file=sys.stderr, flush=True)
+        print(
+            f"note: taking over the lock of {workdir} left by a process that no longer holds "
+            f"it ({_describe(holder)}).",
+            file=sys.stderr,
+            flush=True,
+        )
     _write(fd, path)
     return Held(fd, path)
 

@@ -14,6 +14,10 @@ from zegot_jax.synthetic.source import SyntheticSource
 from zegot_jax.synthetic.world import CLASS_NAMES, SEEN, UNSEEN
 
 __all__ = [
-    "CLASS_NAMES", "SEEN", "UNSEEN", "SyntheticSource", "default_pretrain_config",
+    "CLASS_NAMES",
+    "SEEN",
+    "UNSEEN",
+    "SyntheticSource",
+    "default_pretrain_config",
     "pretrained_clip",
 ]

@@ -38,7 +38,7 @@ class Footprint(NamedTuple):
 def pixel_grid(size: int) -> Grid:
     """Normalised pixel-centre coordinates `(y, x)`, each `[size, size]` float32 (cached)."""
     c = (np.arange(size, dtype=np.float32) + 0.5) / size
-    y, x = np.meshgrid(c, c, indexing='ij')
+    y, x = np.meshgrid(c, c, indexing="ij")
     y.setflags(write=False)
     x.setflags(write=False)
     return y, x
@@ -60,7 +60,7 @@ def noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     if n > _BANK_SIZE:
         return rng.standard_normal(shape, dtype=np.float32)
     start = int(rng.random() * (_BANK_SIZE - n))  # one draw whatever the shape
-    return _noise_bank()[start:start + n].reshape(shape)
+    return _noise_bank()[start : start + n].reshape(shape)
 
 
 def _unit_power(u: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
@@ -126,8 +126,19 @@ def wedge(grid, rng, cy, cx, r, angle):
     return Footprint(inside, np.clip(np.abs(v) / np.maximum(half, 1e-6), 0, 1), u, v)
 
 
-_CLUSTER = np.array([(0.0, -0.5), (0.0, 0.0), (0.0, 0.5), (0.43, -0.25), (0.43, 0.25),
-                     (0.86, 0.0), (-0.43, -0.25), (-0.43, 0.25)], np.float32)
+_CLUSTER = np.array(
+    [
+        (0.0, -0.5),
+        (0.0, 0.0),
+        (0.0, 0.5),
+        (0.43, -0.25),
+        (0.43, 0.25),
+        (0.86, 0.0),
+        (-0.43, -0.25),
+        (-0.43, 0.25),
+    ],
+    np.float32,
+)
 
 
 def cluster(grid, rng, cy, cx, r, angle):
@@ -147,8 +158,10 @@ def blob(grid, rng, cy, cx, r, angle):
     phase = rng.uniform(0, 2 * np.pi, 3)
     z2 = _unit_power(u, v, 2)
     z3 = z2 * _unit_power(u, v, 1)
-    wobble = sum(((a * np.exp(1j * p)).astype(np.complex64) * z).real
-                 for a, p, z in zip(amp, phase, (z2, z3, z2 * z2), strict=True))
+    wobble = sum(
+        ((a * np.exp(1j * p)).astype(np.complex64) * z).real
+        for a, p, z in zip(amp, phase, (z2, z3, z2 * z2), strict=True)
+    )
     rad = r * (1 + wobble)
     d = np.sqrt(u * u + v * v) / rad
     return Footprint(d < 1.0, d, u, v)

@@ -37,14 +37,14 @@ from zegot_jax.synthetic import world
 TRAINER_VERSION = 2  # bump when the trainer changes what a config produces (invalidates caches)
 
 
-def default_pretrain_config(size: str = 'default') -> ml_collections.ConfigDict:
+def default_pretrain_config(size: str = "default") -> ml_collections.ConfigDict:
     """The pretraining section of the synthetic experiment.
 
     Args:
         size: 'default' (64 px, 4-block towers, about 5 minutes on 2 CPU cores) or 'smoke'
             (32 px, one block, a few steps: for tests).
     """
-    if size not in ('default', 'smoke'):
+    if size not in ("default", "smoke"):
         raise ValueError(f"size must be 'default' or 'smoke', got {size!r}")
     c = ml_collections.ConfigDict()
     c.world_seed = 0  # which synthetic world ('pretrain' split) the pairs come from
@@ -61,15 +61,33 @@ def default_pretrain_config(size: str = 'default') -> ml_collections.ConfigDict:
     # Items of a batch with the same set of classes count as positives of each other (their
     # captions describe the same content); False gives plain one-hot InfoNCE targets.
     c.multi_positive = True
-    c.pooling = 'class'  # image embedding: 'class' token (as real CLIP) or 'mean' of patch tokens
-    c.model = ml_collections.ConfigDict(dict(
-        embed_dim=128, patch_size=8, vision_width=128, vision_layers=4, vision_heads=4,
-        text_width=128, text_layers=3, text_heads=4, context_length=32, activation='quick_gelu'))
-    if size == 'smoke':
+    c.pooling = "class"  # image embedding: 'class' token (as real CLIP) or 'mean' of patch tokens
+    c.model = ml_collections.ConfigDict(
+        dict(
+            embed_dim=128,
+            patch_size=8,
+            vision_width=128,
+            vision_layers=4,
+            vision_heads=4,
+            text_width=128,
+            text_layers=3,
+            text_heads=4,
+            context_length=32,
+            activation="quick_gelu",
+        )
+    )
+    if size == "smoke":
         c.image_size = 32
         c.steps, c.batch_size, c.warmup_steps = 4, 16, 1
-        c.model.update(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
-                       text_width=32, text_layers=1, text_heads=2)
+        c.model.update(
+            embed_dim=32,
+            vision_width=32,
+            vision_layers=1,
+            vision_heads=2,
+            text_width=32,
+            text_layers=1,
+            text_heads=2,
+        )
     return c
 
 
@@ -87,8 +105,10 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     fields = {}
     for key in default_pretrain_config().keys():
         if key not in config:
-            raise ValueError(f'pretraining config lacks field {key!r}; start from '
-                             'zegot_jax.synthetic.pretrain.default_pretrain_config().')
+            raise ValueError(
+                f"pretraining config lacks field {key!r}; start from "
+                "zegot_jax.synthetic.pretrain.default_pretrain_config()."
+            )
         value = config[key]
         fields[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
     payload = dict(config=fields, trainer=TRAINER_VERSION, world=world.WORLD_VERSION)
@@ -96,20 +116,19 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def cache_path(config: ml_collections.ConfigDict,
-               cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def cache_path(config: ml_collections.ConfigDict, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Where `pretrained_clip` keeps the weights of `config`.
 
     The directory is `cache_dir`, else `$ZEGOT_CACHE`, else `~/.cache/zegot_jax`.
     """
-    root = cache_dir or os.environ.get('ZEGOT_CACHE') or pathlib.Path.home() / '.cache/zegot_jax'
-    return pathlib.Path(root).expanduser() / f'synthetic_clip-{config_hash(config)}.safetensors'
+    root = cache_dir or os.environ.get("ZEGOT_CACHE") or pathlib.Path.home() / ".cache/zegot_jax"
+    return pathlib.Path(root).expanduser() / f"synthetic_clip-{config_hash(config)}.safetensors"
 
 
-POOLINGS = ('class', 'mean')
+POOLINGS = ("class", "mean")
 
 
-def image_embedding(clip: CLIP, images: jax.Array, pooling: str = 'class') -> jax.Array:
+def image_embedding(clip: CLIP, images: jax.Array, pooling: str = "class") -> jax.Array:
     """The pretraining image embedding `[B, D]` of normalised images `[B, H, W, 3]`.
 
     Args:
@@ -119,16 +138,17 @@ def image_embedding(clip: CLIP, images: jax.Array, pooling: str = 'class') -> ja
             patch tokens).
     """
     if pooling not in POOLINGS:
-        raise ValueError(f'pooling={pooling!r}: use one of {POOLINGS}.')
-    if pooling == 'class':
+        raise ValueError(f"pooling={pooling!r}: use one of {POOLINGS}.")
+    if pooling == "class":
         pooled, _ = clip.visual(images)
         return pooled
-    _, inter = clip.visual(images, dense='standard')
-    return inter['dense'].mean(axis=(1, 2))
+    _, inter = clip.visual(images, dense="standard")
+    return inter["dense"].mean(axis=(1, 2))
 
 
-def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                     groups: jax.Array | None = None) -> jax.Array:
+def contrastive_loss(
+    image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, groups: jax.Array | None = None
+) -> jax.Array:
     """Symmetric InfoNCE between matching rows.
 
     Args:
@@ -162,21 +182,25 @@ def make_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.nda
         mask of the classes present, equal for images with the same content)}.
     """
     b = config.batch_size
-    items = [world.render(config.world_seed, 'pretrain', step * b + i, config.image_size)
-             for i in range(b)]
+    items = [world.render(config.world_seed, "pretrain", step * b + i, config.image_size) for i in range(b)]
     bits = 1 << np.arange(len(world.CLASS_NAMES))
-    groups = [int(bits[np.unique(it['label'])].sum()) for it in items]
-    return {'images': np.stack([it['image'] for it in items]),
-            'tokens': tokenize([it['caption'] for it in items], config.model.context_length),
-            'groups': np.asarray(groups, np.int32)}
+    groups = [int(bits[np.unique(it["label"])].sum()) for it in items]
+    return {
+        "images": np.stack([it["image"] for it in items]),
+        "tokens": tokenize([it["caption"] for it in items], config.model.context_length),
+        "groups": np.asarray(groups, np.int32),
+    }
 
 
 def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
+        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1)
+    )
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                       optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+    )
 
 
 def init_clip(config: ml_collections.ConfigDict) -> CLIP:
@@ -197,9 +221,9 @@ def pretrain(config: ml_collections.ConfigDict, *, progress: bool = True) -> tup
     graphdef, params = nnx.split(clip)
     tx, step = _train_step(config, graphdef)
     opt_state = tx.init(params)
-    history = {'loss': [], 'logit_scale': [], 'seconds': []}
+    history = {"loss": [], "logit_scale": [], "seconds": []}
     start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc='pretraining synthetic CLIP', disable=not progress)
+    bar = tqdm(range(config.steps), desc="pretraining synthetic CLIP", disable=not progress)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(make_batch, config, 0)
         for i in bar:
@@ -207,13 +231,15 @@ def pretrain(config: ml_collections.ConfigDict, *, progress: bool = True) -> tup
             if i + 1 < config.steps:
                 pending = pool.submit(make_batch, config, i + 1)
             params, opt_state, loss, scale = step(params, opt_state, batch)
-            history['loss'].append(float(loss))
-            history['logit_scale'].append(float(scale))
-            history['seconds'].append(time.perf_counter() - start)
-            if not np.isfinite(history['loss'][-1]):
-                raise FloatingPointError(f'pretraining loss is {loss} at step {i}; lower '
-                                         'config.learning_rate or raise config.grad_clip.')
-            bar.set_postfix(loss=f'{history["loss"][-1]:.3f}', refresh=False)
+            history["loss"].append(float(loss))
+            history["logit_scale"].append(float(scale))
+            history["seconds"].append(time.perf_counter() - start)
+            if not np.isfinite(history["loss"][-1]):
+                raise FloatingPointError(
+                    f"pretraining loss is {loss} at step {i}; lower "
+                    "config.learning_rate or raise config.grad_clip."
+                )
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
     nnx.update(clip, params)
     return clip, history
 
@@ -237,9 +263,9 @@ def _train_step(config: ml_collections.ConfigDict, graphdef) -> tuple:
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params)
-        img = image_embedding(model, normalize(batch['images']), pooling)
-        txt = model.encode_text(batch['tokens'])
-        groups = batch['groups'] if multi_positive else None
+        img = image_embedding(model, normalize(batch["images"]), pooling)
+        txt = model.encode_text(batch["tokens"])
+        groups = batch["groups"] if multi_positive else None
         return contrastive_loss(img, txt, model.logit_scale[...], groups)
 
     @jax.jit
@@ -247,17 +273,21 @@ def _train_step(config: ml_collections.ConfigDict, graphdef) -> tuple:
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        params['logit_scale'] = jax.tree.map(lambda s: jnp.clip(s, 0.0, max_scale),
-                                             params['logit_scale'])
-        return params, opt_state, loss, params['logit_scale'][...]
+        params["logit_scale"] = jax.tree.map(lambda s: jnp.clip(s, 0.0, max_scale), params["logit_scale"])
+        return params, opt_state, loss, params["logit_scale"][...]
 
     _STEPS[key] = (tx, step)
     return tx, step
 
 
-def pretrained_clip(config: ml_collections.ConfigDict | None = None, *,
-                    cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                    dtype=jnp.float32, param_dtype=jnp.float32) -> CLIP:
+def pretrained_clip(
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+) -> CLIP:
     """The synthetic CLIP of `config`: loaded from the cache, else trained, cached and loaded.
 
     Args:
@@ -279,11 +309,10 @@ def pretrained_clip(config: ml_collections.ConfigDict | None = None, *,
     return load(path, dtype=dtype, param_dtype=param_dtype)
 
 
-def _train_and_store(config: ml_collections.ConfigDict, path: pathlib.Path,
-                     progress: bool) -> None:
+def _train_and_store(config: ml_collections.ConfigDict, path: pathlib.Path, progress: bool) -> None:
     clip, _ = pretrain(config, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_safetensors(clip, tmp)

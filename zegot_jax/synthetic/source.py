@@ -24,14 +24,13 @@ class SyntheticSource:
     class_names = world.CLASS_NAMES
     unseen = world.UNSEEN
 
-    def __init__(self, split: str = 'train', size: int = 64, num_images: int = 10_000,
-                 seed: int = 0):
+    def __init__(self, split: str = "train", size: int = 64, num_images: int = 10_000, seed: int = 0):
         if split not in world.SPLITS:
-            raise ValueError(f'unknown split {split!r}; use one of {sorted(world.SPLITS)}')
+            raise ValueError(f"unknown split {split!r}; use one of {sorted(world.SPLITS)}")
         if size < 8:
-            raise ValueError(f'size must be >= 8 pixels, got {size}')
+            raise ValueError(f"size must be >= 8 pixels, got {size}")
         if num_images < 1:
-            raise ValueError(f'num_images must be >= 1, got {num_images}')
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.split, self.size, self.num_images, self.seed = split, size, num_images, seed
 
     def __len__(self) -> int:
@@ -42,9 +41,11 @@ class SyntheticSource:
         if index < 0:
             index += self.num_images
         if not 0 <= index < self.num_images:
-            raise IndexError(f'index {index} out of range for a source of {self.num_images}')
+            raise IndexError(f"index {index} out of range for a source of {self.num_images}")
         return world.render(self.seed, self.split, index, self.size)
 
     def __repr__(self) -> str:
-        return (f'SyntheticSource(split={self.split!r}, size={self.size}, '
-                f'num_images={self.num_images}, seed={self.seed})')
+        return (
+            f"SyntheticSource(split={self.split!r}, size={self.size}, "
+            f"num_images={self.num_images}, seed={self.seed})"
+        )

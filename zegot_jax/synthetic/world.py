@@ -50,37 +50,37 @@ def _stuff(name, colour, texture, extra=()):
 
 
 CLASSES: tuple[ClassSpec, ...] = (
-    _thing('tomato', (205, 35, 30), P.disc, P.shaded),
-    _thing('cherry', (122, 16, 36), P.disc, P.shaded),
-    _thing('carrot', (240, 122, 22), P.wedge, P.ridged),
-    _thing('lemon', (240, 212, 45), P.ellipse, P.shaded),
-    _thing('lime', (138, 206, 48), P.ellipse, P.shaded),
-    _thing('cucumber', (22, 70, 52), P.wedge, P.ridged),
-    _thing('mint', (40, 172, 160), P.blob, P.shaded),
-    _thing('blueberry', (68, 56, 192), P.cluster, P.shaded),
-    _thing('grape', (112, 40, 142), P.cluster, P.shaded),
-    _thing('plum', (198, 40, 158), P.disc, P.shaded),
-    _thing('donut', (242, 132, 186), P.ring, P.shaded),
-    _thing('cookie', (172, 112, 58), P.disc, P.speckled, extra=((69, 28, 7),)),
-    _thing('salmon', (250, 128, 114), P.blob, P.shaded),
-    _thing('tire', (32, 32, 34), P.ring, P.treaded, extra=((60, 60, 62),)),
-    _thing('rock', (128, 126, 122), P.blob, functools.partial(P.grainy, amount=8.0)),
-    _thing('egg', (250, 244, 226), P.ellipse, P.shaded),
-    _stuff('sky', (118, 178, 238), P.gradient_sky),
-    _stuff('grass', (52, 138, 40), P.blades),
-    _stuff('sand', (218, 192, 140), P.speckles),
-    _stuff('water', (24, 62, 146), P.waves, extra=((59, 107, 191),)),
-    _stuff('snow', (242, 246, 252), P.mottled, extra=((228, 236, 249),)),
-    _stuff('road', (78, 82, 98), P.speckles),
-    _stuff('mud', (112, 78, 46), P.mottled, extra=((98, 68, 43),)),
-    _stuff('ice', (172, 214, 236), P.mottled, extra=((158, 204, 233),)),
+    _thing("tomato", (205, 35, 30), P.disc, P.shaded),
+    _thing("cherry", (122, 16, 36), P.disc, P.shaded),
+    _thing("carrot", (240, 122, 22), P.wedge, P.ridged),
+    _thing("lemon", (240, 212, 45), P.ellipse, P.shaded),
+    _thing("lime", (138, 206, 48), P.ellipse, P.shaded),
+    _thing("cucumber", (22, 70, 52), P.wedge, P.ridged),
+    _thing("mint", (40, 172, 160), P.blob, P.shaded),
+    _thing("blueberry", (68, 56, 192), P.cluster, P.shaded),
+    _thing("grape", (112, 40, 142), P.cluster, P.shaded),
+    _thing("plum", (198, 40, 158), P.disc, P.shaded),
+    _thing("donut", (242, 132, 186), P.ring, P.shaded),
+    _thing("cookie", (172, 112, 58), P.disc, P.speckled, extra=((69, 28, 7),)),
+    _thing("salmon", (250, 128, 114), P.blob, P.shaded),
+    _thing("tire", (32, 32, 34), P.ring, P.treaded, extra=((60, 60, 62),)),
+    _thing("rock", (128, 126, 122), P.blob, functools.partial(P.grainy, amount=8.0)),
+    _thing("egg", (250, 244, 226), P.ellipse, P.shaded),
+    _stuff("sky", (118, 178, 238), P.gradient_sky),
+    _stuff("grass", (52, 138, 40), P.blades),
+    _stuff("sand", (218, 192, 140), P.speckles),
+    _stuff("water", (24, 62, 146), P.waves, extra=((59, 107, 191),)),
+    _stuff("snow", (242, 246, 252), P.mottled, extra=((228, 236, 249),)),
+    _stuff("road", (78, 82, 98), P.speckles),
+    _stuff("mud", (112, 78, 46), P.mottled, extra=((98, 68, 43),)),
+    _stuff("ice", (172, 214, 236), P.mottled, extra=((158, 204, 233),)),
 )
 """The world's classes; the class id is the index. Colours sit around the hue circle at two
 brightness levels, so every unseen class has seen neighbours sharing its hue, its texture or its
 kind (thing or stuff)."""
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
-DEFAULT_UNSEEN: tuple[str, ...] = ('grape', 'cookie', 'lime', 'egg', 'water', 'mud')
+DEFAULT_UNSEEN: tuple[str, ...] = ("grape", "cookie", "lime", "egg", "water", "mud")
 """Classes never labelled in segmentation training by default (four things, two stuff); the
 experiment config's `synthetic.unseen` may name any others."""
 
@@ -94,12 +94,13 @@ def class_ids(names) -> tuple[int, ...]:
     names = tuple(names)
     unknown = [n for n in names if n not in CLASS_NAMES]
     if unknown:
-        raise ValueError(f'synthetic.unseen names unknown classes {unknown}; the world has '
-                         f'{", ".join(CLASS_NAMES)}.')
+        raise ValueError(
+            f"synthetic.unseen names unknown classes {unknown}; the world has {', '.join(CLASS_NAMES)}."
+        )
     if len(set(names)) != len(names):
-        raise ValueError(f'synthetic.unseen={names} repeats a class; name each once.')
+        raise ValueError(f"synthetic.unseen={names} repeats a class; name each once.")
     if len(names) >= len(CLASS_NAMES):
-        raise ValueError('synthetic.unseen names every class; leave some seen classes to train on.')
+        raise ValueError("synthetic.unseen names every class; leave some seen classes to train on.")
     return tuple(CLASS_NAMES.index(n) for n in names)
 
 
@@ -107,12 +108,12 @@ UNSEEN: tuple[int, ...] = class_ids(DEFAULT_UNSEEN)
 SEEN: tuple[int, ...] = tuple(i for i in range(len(CLASSES)) if i not in UNSEEN)
 THINGS: tuple[int, ...] = tuple(i for i, c in enumerate(CLASSES) if not c.stuff)
 STUFF: tuple[int, ...] = tuple(i for i, c in enumerate(CLASSES) if c.stuff)
-SKY = CLASS_NAMES.index('sky')
+SKY = CLASS_NAMES.index("sky")
 IGNORE = 255
 
 WORLD_VERSION = 2  # bump whenever a change alters rendered items (invalidates pretrained caches)
 
-SPLITS = {'pretrain': 0, 'train': 1, 'validation': 2, 'test': 3}
+SPLITS = {"pretrain": 0, "train": 1, "validation": 2, "test": 3}
 """Split name -> stream id; images of different splits never share a random stream."""
 
 OBJECT_COUNTS = (0, 1, 2, 3)
@@ -126,9 +127,9 @@ NOISE_STD = 3.0
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     if split not in SPLITS:
-        raise ValueError(f'unknown split {split!r}; use one of {sorted(SPLITS)}')
+        raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
     if index < 0:
-        raise ValueError(f'index must be >= 0, got {index}')
+        raise ValueError(f"index must be >= 0, got {index}")
     return np.random.default_rng([int(seed), SPLITS[split], int(index)])
 
 
@@ -186,14 +187,19 @@ def caption_for(present: list[int], rng: np.random.Generator) -> str:
     """
     things = [CLASS_NAMES[i] for i in rng.permutation([i for i in present if i in THINGS])]
     stuff = [CLASS_NAMES[i] for i in present if i in STUFF]
-    where = ' and '.join(stuff)
+    where = " and ".join(stuff)
     if not things:
-        templates = ('a photo of {w}.', 'a view of {w}.', '{w}.', 'a picture of {w}.')
+        templates = ("a photo of {w}.", "a view of {w}.", "{w}.", "a picture of {w}.")
         return templates[rng.integers(len(templates))].format(w=where)
-    objs = [f'a {t}' for t in things]
-    what = objs[0] if len(objs) == 1 else ', '.join(objs[:-1]) + ' and ' + objs[-1]
-    templates = ('a photo of {t} on {w}.', '{t} on {w}.', 'a picture of {w} with {t}.',
-                 'a photo of {w} and {t}.', 'there is {t} on {w}.')
+    objs = [f"a {t}" for t in things]
+    what = objs[0] if len(objs) == 1 else ", ".join(objs[:-1]) + " and " + objs[-1]
+    templates = (
+        "a photo of {t} on {w}.",
+        "{t} on {w}.",
+        "a picture of {w} with {t}.",
+        "a photo of {w} and {t}.",
+        "there is {t} on {w}.",
+    )
     return templates[rng.integers(len(templates))].format(t=what, w=where)
 
 
@@ -211,7 +217,7 @@ def render(seed: int, split: str, index: int, size: int = 64) -> dict:
          'caption': str naming exactly the classes in 'label'}.
     """
     if size < 8:
-        raise ValueError(f'size must be >= 8 pixels, got {size}')
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
     rng = _rng(seed, split, index)
     grid = P.pixel_grid(size)
     image, label = _background(grid, rng)
@@ -220,7 +226,7 @@ def render(seed: int, split: str, index: int, size: int = 64) -> dict:
     noise = P.noise(rng, image.shape)
     image = np.clip(image * gain + (noise * NOISE_STD + 0.5), 0, 255).astype(np.uint8)
     present = np.flatnonzero(np.bincount(label.ravel(), minlength=len(CLASSES))).tolist()
-    return {'image': image, 'label': label, 'caption': caption_for(present, rng)}
+    return {"image": image, "label": label, "caption": caption_for(present, rng)}
 
 
 def class_colours() -> np.ndarray:

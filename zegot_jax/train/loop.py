@@ -34,16 +34,22 @@ from zegot_jax.train.metric_writer import MetricWriter
 from zegot_jax.train.preemption import Preempted, Preemption
 
 
-def _check_finite(metrics: dict[str, float], step: int, last_saved: int | None,
-                  ot_config: ml_collections.ConfigDict) -> None:
+def _check_finite(
+    metrics: dict[str, float], step: int, last_saved: int | None, ot_config: ml_collections.ConfigDict
+) -> None:
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
     if not bad:
         return
-    kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else \
-        "no checkpoint was written yet"
-    raise FloatingPointError(f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
-                             f"Inf (checked every train.log_every steps and before each "
-                             f"checkpoint); {kept}. {step_lib.divergence_fix(bad, ot_config)}")
+    kept = (
+        f"the last good checkpoint (step {last_saved}) is kept"
+        if last_saved
+        else "no checkpoint was written yet"
+    )
+    raise FloatingPointError(
+        f"Training diverged at step {step}: {', '.join(bad)} is NaN or "
+        f"Inf (checked every train.log_every steps and before each "
+        f"checkpoint); {kept}. {step_lib.divergence_fix(bad, ot_config)}"
+    )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -58,8 +64,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         anything is built or written (see `launch.check`); the workdir is busy.
       errors.LostPeer: another process of a multi-process run is gone.
     """
-    distributed.start(config.distributed.initialize,
-                      heartbeat_timeout_s=config.distributed.heartbeat_timeout_s)
+    distributed.start(
+        config.distributed.initialize, heartbeat_timeout_s=config.distributed.heartbeat_timeout_s
+    )
     workdir = storage.normalise(workdir)  # `~` expanded; a scheme other than gs:// refused
     launch.check(config, workdir, num_devices=jax.device_count())
     remote = storage.is_remote(workdir)
@@ -109,18 +116,23 @@ def _build(config: ml_collections.ConfigDict) -> tuple[_Run, dict[str, Any]]:
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     replicated = sharding.replicated(mesh)
     state = jax.device_put(step_lib.init_state(parts.params, tx, config.seed), replicated)
-    text_inputs = jax.device_put(model.text_inputs(data.train_classes,
-                                                   config.clip.text_context_length), replicated)
+    text_inputs = jax.device_put(
+        model.text_inputs(data.train_classes, config.clip.text_context_length), replicated
+    )
     train_step = jax.jit(
-        step_lib.make_train_step(parts.graphdef, tx, schedule, config,
-                                 pseudo_label_ids=data.pseudo_label_ids),
-        donate_argnums=(0,))
-    return _Run(data, mesh, parts.graphdef, jax.device_put(parts.frozen, replicated), text_inputs,
-                train_step, tx), state
+        step_lib.make_train_step(
+            parts.graphdef, tx, schedule, config, pseudo_label_ids=data.pseudo_label_ids
+        ),
+        donate_argnums=(0,),
+    )
+    return _Run(
+        data, mesh, parts.graphdef, jax.device_put(parts.frozen, replicated), text_inputs, train_step, tx
+    ), state
 
 
-def _resume(config: ml_collections.ConfigDict, workdir: str, run: _Run, state: dict[str, Any]
-            ) -> tuple[ckpt_lib.Checkpointer, Any, dict[str, Any], int]:
+def _resume(
+    config: ml_collections.ConfigDict, workdir: str, run: _Run, state: dict[str, Any]
+) -> tuple[ckpt_lib.Checkpointer, Any, dict[str, Any], int]:
     """The checkpointer, the train iterator and the state to start from, and its step.
 
     A workdir with checkpoints resumes from its newest intact step (damaged newer ones are set
@@ -162,8 +174,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         preempt.raise_from_now()  # the checkpoint is saved: a SIGTERM now stops the evaluation
         return _final_evaluation(config, run.data, run.graphdef, state, run.frozen, writer)
     except Preempted:
-        writer.write_text(f"preempted during the final evaluation (step {config.train.num_steps} "
-                          "is saved; the same command evaluates it)")
+        writer.write_text(
+            f"preempted during the final evaluation (step {config.train.num_steps} "
+            "is saved; the same command evaluates it)"
+        )
         return {"preempted_at": config.train.num_steps}
     finally:
         preempt.restore()
@@ -177,18 +191,24 @@ def _compile(run: _Run, state, batch) -> tuple[Any, float, float]:
     return compiled, perf.flops(compiled), time.perf_counter() - began
 
 
-def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
-           ) -> tuple[dict[str, Any], int | None]:
+def _steps(
+    config, run: _Run, state, ckpt, train_iter, writer, preempt, start
+) -> tuple[dict[str, Any], int | None]:
     """Trains from `start` to `train.num_steps`, logging, checkpointing and evaluating on the way.
 
     Returns:
         The final state, and the step at which a SIGTERM stopped it after saving (else None).
     """
     num_steps, last_saved = config.train.num_steps, start or None
-    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
-    profile = perf.Profile(tuple(config.train.profile_steps), writer.workdir,
-                           config.train.profile_process)
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=jax.process_index() != 0,
+    )
+    profile = perf.Profile(tuple(config.train.profile_steps), writer.workdir, config.train.profile_process)
     train_step, clock = None, perf.StepClock()
     try:
         for step in range(start + 1, num_steps + 1):
@@ -206,9 +226,14 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(host, step, last_saved, config.model.ot)
                 ot.warn_if_unconverged(host.get("ot_marginal_error"), f"training step {step}")
-                host.update(perf.figures(clock.lap(step), flops,
-                                         global_batch=config.train.global_batch_size,
-                                         dtype=config.clip.dtype))
+                host.update(
+                    perf.figures(
+                        clock.lap(step),
+                        flops,
+                        global_batch=config.train.global_batch_size,
+                        dtype=config.clip.dtype,
+                    )
+                )
                 if compile_s is not None:  # once, in the first row after compiling
                     host["compile_time_s"], compile_s = compile_s, None
                 writer.write(step, host)
@@ -237,34 +262,56 @@ def _steps(config, run: _Run, state, ckpt, train_iter, writer, preempt, start
 
 def _final_evaluation(config, data, graphdef, state, frozen, writer) -> dict[str, Any]:
     """The last evaluation (with the training-free baseline if asked) and `predictions.png`."""
-    summary = _evaluate(config, data, graphdef, state, frozen, writer, config.train.num_steps,
-                        baseline=config.eval.training_free_baseline)
+    summary = _evaluate(
+        config,
+        data,
+        graphdef,
+        state,
+        frozen,
+        writer,
+        config.train.num_steps,
+        baseline=config.eval.training_free_baseline,
+    )
     if config.eval.get("figure", True) and jax.process_index() == 0 and jax.process_count() == 1:
         baseline = None
         if config.eval.training_free_baseline:
             clip = functional.merge(graphdef, state["params"], frozen).clip
             baseline = evaluator.training_free_parts(config, clip)
-        figure.write_results_figure(os.fspath(storage.path(writer.workdir) / "predictions.png"), config,
-                                    (graphdef, state["params"], frozen),
-                                    data.source("eval"), data.class_names, data.unseen,
-                                    baseline_parts=baseline)
+        figure.write_results_figure(
+            os.fspath(storage.path(writer.workdir) / "predictions.png"),
+            config,
+            (graphdef, state["params"], frozen),
+            data.source("eval"),
+            data.class_names,
+            data.unseen,
+            baseline_parts=baseline,
+        )
     return summary
 
 
-def _evaluate(config, data, graphdef, state, frozen, writer, step, *,
-              baseline: bool = False) -> dict[str, Any]:
+def _evaluate(
+    config, data, graphdef, state, frozen, writer, step, *, baseline: bool = False
+) -> dict[str, Any]:
     """Scores the model; with `baseline`, also the training-free templates (same CLIP, images).
 
     The row written holds the evaluation's wall time, `eval_time_s`.
     """
     began = time.perf_counter()
-    summary = evaluator.evaluate(config, graphdef, state["params"], frozen,
-                                 data.eval_iterator(), data.class_names, data.unseen,
-                                 seen_penalty=data.seen_penalty(config))
+    summary = evaluator.evaluate(
+        config,
+        graphdef,
+        state["params"],
+        frozen,
+        data.eval_iterator(),
+        data.class_names,
+        data.unseen,
+        seen_penalty=data.seen_penalty(config),
+    )
     if baseline:
         clip = functional.merge(graphdef, state["params"], frozen).clip
-        free = evaluator.evaluate_training_free(config, clip, data.eval_iterator(),
-                                                data.class_names, data.unseen)
+        free = evaluator.evaluate_training_free(
+            config, clip, data.eval_iterator(), data.class_names, data.unseen
+        )
         summary = evaluator.with_training_free(summary, free)
     writer.write(step, {**evaluator.flat_row(summary), "eval_time_s": time.perf_counter() - began})
     evaluator.write_results(writer.workdir, summary, config)

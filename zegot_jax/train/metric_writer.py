@@ -88,8 +88,7 @@ class MetricWriter:
         root = storage.path(self.workdir)
         storage.write_text(root / METRICS, "".join(f"{row}\n" for row in self._rows))
         for name in sorted(os.listdir(self._events)):
-            storage.write_bytes(root / TENSORBOARD / name,
-                                Path(self._events, name).read_bytes())
+            storage.write_bytes(root / TENSORBOARD / name, Path(self._events, name).read_bytes())
         self._uploaded = time.monotonic()
 
     def write_text(self, message: str) -> None:

@@ -27,8 +27,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
     return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict, num_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    config: ml_collections.ConfigDict, num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimiser for the trainable parameters and its learning-rate schedule."""
     schedule = learning_rate_schedule(config, num_steps)
     parts = []

@@ -160,23 +160,26 @@ class StepClock:
         return spent / steps if spent > 0 else None
 
 
-def figures(step_time_s: float | None, flops_per_device: float, *, global_batch: int,
-            dtype: str) -> dict[str, float | None]:
+def figures(
+    step_time_s: float | None, flops_per_device: float, *, global_batch: int, dtype: str
+) -> dict[str, float | None]:
     """The per-log-step performance row (see the module docstring); None where unknown."""
     devices = jax.device_count()
     used, peak = device_memory()
-    row: dict[str, float | None] = {"step_time_s": step_time_s, "images_per_s": None,
-                                    "images_per_s_per_device": None, "tflops_per_device": None,
-                                    "mfu": None}
+    row: dict[str, float | None] = {
+        "step_time_s": step_time_s,
+        "images_per_s": None,
+        "images_per_s_per_device": None,
+        "tflops_per_device": None,
+        "mfu": None,
+    }
     if step_time_s:
         row["images_per_s"] = global_batch / step_time_s
         row["images_per_s_per_device"] = global_batch / step_time_s / devices
         if flops_per_device > 0:
             row["tflops_per_device"] = flops_per_device / step_time_s / 1e12
-        row["mfu"] = mfu(flops_per_device, step_time_s,
-                         peak_for(jax.devices()[0].device_kind, dtype))
-    return {**row, "device_memory_gib": used, "device_peak_memory_gib": peak,
-            "host_rss_gib": host_rss_gib()}
+        row["mfu"] = mfu(flops_per_device, step_time_s, peak_for(jax.devices()[0].device_kind, dtype))
+    return {**row, "device_memory_gib": used, "device_peak_memory_gib": peak, "host_rss_gib": host_rss_gib()}
 
 
 class Profile:
@@ -188,9 +191,12 @@ class Profile:
 
     def __init__(self, steps: tuple[int, ...], workdir: str, process: int = 0):
         wanted = process in (-1, jax.process_index())
-        self.first, self.last = (steps if steps and wanted else (0, -1))
-        self.log_dir = str(Path(workdir) / "tensorboard") if "://" not in workdir else \
-            f"{workdir.rstrip('/')}/tensorboard"
+        self.first, self.last = steps if steps and wanted else (0, -1)
+        self.log_dir = (
+            str(Path(workdir) / "tensorboard")
+            if "://" not in workdir
+            else f"{workdir.rstrip('/')}/tensorboard"
+        )
         self.active = False
 
     def before(self, step: int) -> float:

@@ -59,8 +59,9 @@ def unstack(tree: Any, index: int) -> Any:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def init_states(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
-                ) -> tuple[functional.SplitModel, dict[str, Any]]:
+def init_states(
+    config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
+) -> tuple[functional.SplitModel, dict[str, Any]]:
     """Builds the model once per seed around one CLIP.
 
     Returns seed 0's parts and the stacked train states (each exactly `step.init_state` of the model
@@ -81,14 +82,17 @@ def init_states(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: A
     return parts, stack(states)
 
 
-def _check_finite(losses: np.ndarray, seeds: Sequence[int], first_step: int,
-                  ot_config: ml_collections.ConfigDict) -> None:
+def _check_finite(
+    losses: np.ndarray, seeds: Sequence[int], first_step: int, ot_config: ml_collections.ConfigDict
+) -> None:
     bad = ~np.isfinite(losses)
     if bad.any():
         step, column = np.argwhere(bad)[0]
-        raise FloatingPointError(f"Seed {seeds[column]} diverged at step {first_step + step}: the "
-                                 f"loss is NaN or Inf. "
-                                 f"{step_lib.divergence_fix(['loss'], ot_config)}")
+        raise FloatingPointError(
+            f"Seed {seeds[column]} diverged at step {first_step + step}: the "
+            f"loss is NaN or Inf. "
+            f"{step_lib.divergence_fix(['loss'], ot_config)}"
+        )
 
 
 class SeedProgram(NamedTuple):
@@ -109,14 +113,14 @@ class SeedProgram(NamedTuple):
     next_batch: Any
 
 
-def seed_program(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None
-                 ) -> SeedProgram:
+def seed_program(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: Any = None) -> SeedProgram:
     """Builds S seeds of `config` around one CLIP, ready to step (not compiled yet)."""
     data = DataSetup.from_config(config)
     parts, state = init_states(config, seeds, clip)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-    step = step_lib.make_train_step(parts.graphdef, tx, schedule, config,
-                                    pseudo_label_ids=data.pseudo_label_ids)
+    step = step_lib.make_train_step(
+        parts.graphdef, tx, schedule, config, pseudo_label_ids=data.pseudo_label_ids
+    )
     model = functional.merge(parts.graphdef, unstack(state["params"], 0), parts.frozen)
     text_inputs = model.text_inputs(data.train_classes, config.clip.text_context_length)
     iterators = [data.train_iterator(config.train.global_batch_size, seed=s) for s in seeds]
@@ -125,12 +129,12 @@ def seed_program(config: ml_collections.ConfigDict, seeds: Sequence[int], clip: 
         batches = [next(it) for it in iterators]
         return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
-    return SeedProgram(parts, state, jax.vmap(step, in_axes=(0, None, 0, None)), text_inputs,
-                       next_batch)
+    return SeedProgram(parts, state, jax.vmap(step, in_axes=(0, None, 0, None)), text_inputs, next_batch)
 
 
-def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip: Any = None,
-                num_steps: int | None = None) -> SeedRuns:
+def train_seeds(
+    config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip: Any = None, num_steps: int | None = None
+) -> SeedRuns:
     """Trains `config` once per seed, all seeds in one vmapped, jitted step.
 
     Args:
@@ -153,13 +157,19 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip
     total = config.train.num_steps if num_steps is None else int(num_steps)
     if total <= 0:
         parts, state = init_states(config, seeds, clip)
-        return SeedRuns(seeds, parts.graphdef, state["params"], parts.frozen,
-                        np.zeros((0, len(seeds)), np.float32), 0.0, 0.0)
+        return SeedRuns(
+            seeds,
+            parts.graphdef,
+            state["params"],
+            parts.frozen,
+            np.zeros((0, len(seeds)), np.float32),
+            0.0,
+            0.0,
+        )
     parts, state, vmapped, text_inputs, next_batch = seed_program(config, seeds, clip)
     start = time.perf_counter()
     batch = next_batch()
-    compiled = jax.jit(vmapped, donate_argnums=(0,)).lower(
-        state, parts.frozen, batch, text_inputs).compile()
+    compiled = jax.jit(vmapped, donate_argnums=(0,)).lower(state, parts.frozen, batch, text_inputs).compile()
     compile_s = time.perf_counter() - start
     start, losses, checked = time.perf_counter(), [], 0
     for index in range(total):
@@ -168,9 +178,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *, clip
         if index + 1 < total:
             batch = next_batch()
         if (index + 1) % config.train.log_every == 0 or index + 1 == total:
-            _check_finite(np.asarray(jax.device_get(losses[checked:])), seeds, checked + 1,
-                          config.model.ot)
+            _check_finite(np.asarray(jax.device_get(losses[checked:])), seeds, checked + 1, config.model.ot)
             checked = len(losses)
     losses = np.asarray(jax.device_get(losses), np.float32)
-    return SeedRuns(seeds, parts.graphdef, state["params"], parts.frozen, losses, compile_s,
-                    time.perf_counter() - start)
+    return SeedRuns(
+        seeds, parts.graphdef, state["params"], parts.frozen, losses, compile_s, time.perf_counter() - start
+    )

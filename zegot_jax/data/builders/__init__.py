@@ -8,11 +8,17 @@ from zegot_jax.data.builders.voc import ZegotVocAug
 
 # Dataset key (as in class_names.DATASETS) -> builder class. TFDS names: `BUILDERS[k].name`.
 BUILDERS: dict[str, type[SegmentationBuilder]] = {
-    'voc': ZegotVocAug,
-    'context': ZegotContext59,
-    'coco_stuff': ZegotCocoStuff171,
-    'ade20k': ZegotAde150,
+    "voc": ZegotVocAug,
+    "context": ZegotContext59,
+    "coco_stuff": ZegotCocoStuff171,
+    "ade20k": ZegotAde150,
 }
 
-__all__ = ['BUILDERS', 'SegmentationBuilder', 'ZegotAde150', 'ZegotCocoStuff171',
-           'ZegotContext59', 'ZegotVocAug']
+__all__ = [
+    "BUILDERS",
+    "SegmentationBuilder",
+    "ZegotAde150",
+    "ZegotCocoStuff171",
+    "ZegotContext59",
+    "ZegotVocAug",
+]

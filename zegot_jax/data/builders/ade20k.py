@@ -34,19 +34,18 @@ class ZegotAde150(base.SegmentationBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
     CLASS_NAMES = class_names.ADE150
-    EXPECTED_COUNTS = {'validation': (2000,)}
-    ARCHIVES = (base.Archive('ADEChallengeData2016.zip', 'ADEChallengeData2016'),)
-    DESCRIPTION = 'ADE20K-150 validation (cross-dataset evaluation), 255 ignore.'
-    HOMEPAGE = 'http://sceneparsing.csail.mit.edu/'
+    EXPECTED_COUNTS = {"validation": (2000,)}
+    ARCHIVES = (base.Archive("ADEChallengeData2016.zip", "ADEChallengeData2016"),)
+    DESCRIPTION = "ADE20K-150 validation (cross-dataset evaluation), 255 ignore."
+    HOMEPAGE = "http://sceneparsing.csail.mit.edu/"
 
     def _list_split(self, root: Path, split: str) -> tuple[list[base.Item], list[str]]:
-        ade = base.require_dir(root / 'ADEChallengeData2016', 'ADE20K', _INSTRUCTIONS)
-        images = base.require_dir(ade / 'images' / 'validation', 'ADE20K images', _INSTRUCTIONS)
-        labels = base.require_dir(ade / 'annotations' / 'validation', 'ADE20K labels',
-                                  _INSTRUCTIONS)
+        ade = base.require_dir(root / "ADEChallengeData2016", "ADE20K", _INSTRUCTIONS)
+        images = base.require_dir(ade / "images" / "validation", "ADE20K images", _INSTRUCTIONS)
+        labels = base.require_dir(ade / "annotations" / "validation", "ADE20K labels", _INSTRUCTIONS)
         items, missing = [], []
-        for image in sorted(images.glob('*.jpg')):
-            label = labels / f'{image.stem}.png'
+        for image in sorted(images.glob("*.jpg")):
+            label = labels / f"{image.stem}.png"
             if label.is_file():
                 items.append(base.Item(image.stem, image, label))
             else:

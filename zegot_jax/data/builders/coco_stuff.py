@@ -49,25 +49,23 @@ class ZegotCocoStuff171(base.SegmentationBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
     CLASS_NAMES = class_names.COCO_STUFF171
-    EXPECTED_COUNTS = {'train': (118287,), 'validation': (5000,)}
+    EXPECTED_COUNTS = {"train": (118287,), "validation": (5000,)}
     ARCHIVES = (
-        base.Archive('train2017.zip', 'images/train2017', into='images'),
-        base.Archive('val2017.zip', 'images/val2017', into='images'),
-        base.Archive('stuffthingmaps_trainval2017.zip', 'annotations/val2017',
-                     into='annotations'),
+        base.Archive("train2017.zip", "images/train2017", into="images"),
+        base.Archive("val2017.zip", "images/val2017", into="images"),
+        base.Archive("stuffthingmaps_trainval2017.zip", "annotations/val2017", into="annotations"),
     )
-    DESCRIPTION = 'COCO-Stuff 164K, 171 classes, 255 ignore.'
-    HOMEPAGE = 'https://github.com/nightrome/cocostuff'
+    DESCRIPTION = "COCO-Stuff 164K, 171 classes, 255 ignore."
+    HOMEPAGE = "https://github.com/nightrome/cocostuff"
 
     def _list_split(self, root: Path, split: str) -> tuple[list[base.Item], list[str]]:
-        folder = 'train2017' if split == 'train' else 'val2017'
-        images = base.require_dir(root / 'images' / folder, 'COCO images', _INSTRUCTIONS)
-        labels = base.require_dir(root / 'annotations' / folder, 'COCO-Stuff label maps',
-                                  _INSTRUCTIONS)
+        folder = "train2017" if split == "train" else "val2017"
+        images = base.require_dir(root / "images" / folder, "COCO images", _INSTRUCTIONS)
+        labels = base.require_dir(root / "annotations" / folder, "COCO-Stuff label maps", _INSTRUCTIONS)
         items, missing = [], []
-        for image in sorted(images.glob('*.jpg')):
-            raw = labels / f'{image.stem}.png'
-            converted = labels / f'{image.stem}_labelTrainIds.png'
+        for image in sorted(images.glob("*.jpg")):
+            raw = labels / f"{image.stem}.png"
+            converted = labels / f"{image.stem}_labelTrainIds.png"
             label = raw if raw.is_file() else converted if converted.is_file() else None
             if label is None:
                 missing.append(str(raw))
@@ -76,5 +74,5 @@ class ZegotCocoStuff171(base.SegmentationBuilder):
         return items, missing
 
     def _train_ids(self, item: base.Item, size: tuple[int, int]) -> np.ndarray:
-        lut = _TRAIN_ID_LUT if item.label.stem.endswith('_labelTrainIds') else RAW_LUT
+        lut = _TRAIN_ID_LUT if item.label.stem.endswith("_labelTrainIds") else RAW_LUT
         return base.apply_lut(base.read_label_image(item.label), lut, item.label)

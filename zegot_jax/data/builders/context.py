@@ -49,19 +49,18 @@ _PNG_LUT = _png_lut()
 
 
 def _normalise(name: str) -> str:
-    return name.replace(' ', '').replace('_', '').lower()
+    return name.replace(" ", "").replace("_", "").lower()
 
 
-def mask_from_annotations(annotations: list[dict], height: int, width: int,
-                          source: object) -> np.ndarray:
+def mask_from_annotations(annotations: list[dict], height: int, width: int, source: object) -> np.ndarray:
     """Paints Detail annotations (in order) into uint8 train ids `[height, width]`."""
     label = np.full((height, width), base.IGNORE, dtype=np.uint8)
     for annotation in annotations:
         try:
-            mask = rle.decode(annotation['segmentation'], height, width)
+            mask = rle.decode(annotation["segmentation"], height, width)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f'Bad segmentation for {source}: {e}.') from e
-        label[mask] = _TO_TRAIN_ID.get(int(annotation['category_id']), base.IGNORE)
+            raise ValueError(f"Bad segmentation for {source}: {e}.") from e
+        label[mask] = _TO_TRAIN_ID.get(int(annotation["category_id"]), base.IGNORE)
     return label
 
 
@@ -70,66 +69,71 @@ class ZegotContext59(base.SegmentationBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
     CLASS_NAMES = class_names.CONTEXT59
-    EXPECTED_COUNTS = {'train': (4996, 4998), 'validation': (5104, 5105)}
-    ARCHIVES = (base.Archive('VOCtrainval_03-May-2010.tar', 'VOCdevkit/VOC2010'),)
-    DESCRIPTION = 'PASCAL Context-59 (VOC 2010 images, PASCAL in Detail labels), 255 ignore.'
-    HOMEPAGE = 'https://cs.stanford.edu/~roozbeh/pascal-context/'
+    EXPECTED_COUNTS = {"train": (4996, 4998), "validation": (5104, 5105)}
+    ARCHIVES = (base.Archive("VOCtrainval_03-May-2010.tar", "VOCdevkit/VOC2010"),)
+    DESCRIPTION = "PASCAL Context-59 (VOC 2010 images, PASCAL in Detail labels), 255 ignore."
+    HOMEPAGE = "https://cs.stanford.edu/~roozbeh/pascal-context/"
 
     def _list_split(self, root: Path, split: str) -> tuple[list[base.Item], list[str]]:
-        voc = base.require_dir(root / 'VOCdevkit' / 'VOC2010', 'VOC 2010', _INSTRUCTIONS)
-        images = base.require_dir(voc / 'JPEGImages', 'VOC 2010 images', _INSTRUCTIONS)
-        json_path = next((p for p in (voc / 'trainval_merged.json', root / 'trainval_merged.json')
-                          if p.is_file()), None)
+        voc = base.require_dir(root / "VOCdevkit" / "VOC2010", "VOC 2010", _INSTRUCTIONS)
+        images = base.require_dir(voc / "JPEGImages", "VOC 2010 images", _INSTRUCTIONS)
+        json_path = next(
+            (p for p in (voc / "trainval_merged.json", root / "trainval_merged.json") if p.is_file()), None
+        )
         if json_path is not None:
             return self._list_from_json(json_path, images, split)
-        labels = base.require_dir(voc / 'SegmentationClassContext',
-                                  'Context labels (or trainval_merged.json)', _INSTRUCTIONS)
-        list_name = 'train.txt' if split == 'train' else 'val.txt'
-        ids = base.read_list(voc / 'ImageSets' / 'SegmentationContext' / list_name, _INSTRUCTIONS)
+        labels = base.require_dir(
+            voc / "SegmentationClassContext", "Context labels (or trainval_merged.json)", _INSTRUCTIONS
+        )
+        list_name = "train.txt" if split == "train" else "val.txt"
+        ids = base.read_list(voc / "ImageSets" / "SegmentationContext" / list_name, _INSTRUCTIONS)
         items, missing = [], []
         for image_id in sorted(ids):
-            image, label = images / f'{image_id}.jpg', labels / f'{image_id}.png'
+            image, label = images / f"{image_id}.jpg", labels / f"{image_id}.png"
             found = [p for p in (image, label) if not p.is_file()]
             missing.extend(map(str, found))
             if not found:
                 items.append(base.Item(image_id, image, label))
         return items, missing
 
-    def _list_from_json(self, path: Path, images: Path,
-                        split: str) -> tuple[list[base.Item], list[str]]:
+    def _list_from_json(self, path: Path, images: Path, split: str) -> tuple[list[base.Item], list[str]]:
         data = self._load_json(path)
-        phase = 'train' if split == 'train' else 'val'
+        phase = "train" if split == "train" else "val"
         by_image = collections.defaultdict(list)
-        for annotation in data.get('annos_segmentation', []):
-            by_image[annotation['image_id']].append(annotation)
+        for annotation in data.get("annos_segmentation", []):
+            by_image[annotation["image_id"]].append(annotation)
         items, missing = [], []
-        records = sorted((r for r in data['images'] if r.get('phase') == phase),
-                         key=lambda r: r['file_name'])
+        records = sorted((r for r in data["images"] if r.get("phase") == phase), key=lambda r: r["file_name"])
         for record in records:
-            image = images / record['file_name']
+            image = images / record["file_name"]
             if not image.is_file():
                 missing.append(str(image))
                 continue
-            items.append(base.Item(Path(record['file_name']).stem, image,
-                                   (path, by_image.get(record['image_id'], []))))
+            items.append(
+                base.Item(Path(record["file_name"]).stem, image, (path, by_image.get(record["image_id"], [])))
+            )
         return items, missing
 
     def _load_json(self, path: Path) -> dict:
-        cache = getattr(self, '_json_cache', None)
+        cache = getattr(self, "_json_cache", None)
         if cache is not None and cache[0] == path:
             return cache[1]
         try:
             data = json.loads(path.read_text())
-            if not isinstance(data, dict) or 'images' not in data:
+            if not isinstance(data, dict) or "images" not in data:
                 raise ValueError("no 'images' list")
         except (OSError, ValueError) as e:
-            raise ValueError(f'Cannot read the Detail annotations {path}: {e}.') from e
-        names = {c.get('category_id'): c.get('name', '') for c in data.get('categories', [])}
-        odd = [(cid, names[cid], want) for cid, want in zip(DETAIL_IDS, self.CLASS_NAMES, strict=True)
-               if cid in names and _normalise(names[cid]) != _normalise(want)]
+            raise ValueError(f"Cannot read the Detail annotations {path}: {e}.") from e
+        names = {c.get("category_id"): c.get("name", "") for c in data.get("categories", [])}
+        odd = [
+            (cid, names[cid], want)
+            for cid, want in zip(DETAIL_IDS, self.CLASS_NAMES, strict=True)
+            if cid in names and _normalise(names[cid]) != _normalise(want)
+        ]
         if odd:
-            logging.warning('%s: category names differ from the expected ones (id, file, '
-                            'expected): %s', path, odd[:10])
+            logging.warning(
+                "%s: category names differ from the expected ones (id, file, expected): %s", path, odd[:10]
+            )
         self._json_cache = (path, data)
         return data
 
@@ -137,4 +141,4 @@ class ZegotContext59(base.SegmentationBuilder):
         if isinstance(item.label, Path):
             return base.apply_lut(base.read_label_image(item.label), _PNG_LUT, item.label)
         json_path, annotations = item.label
-        return mask_from_annotations(annotations, *size, source=f'{item.image} in {json_path}')
+        return mask_from_annotations(annotations, *size, source=f"{item.image} in {json_path}")

@@ -62,7 +62,7 @@ def rgb_to_index(rgb: np.ndarray, source: object) -> np.ndarray:
     uniques, inverse = np.unique(flat, return_inverse=True)
     unknown = [hex(int(u)) for u in uniques if int(u) not in table]
     if unknown:
-        raise ValueError(f'Label {source} has colours outside the VOC palette: {unknown[:10]}.')
+        raise ValueError(f"Label {source} has colours outside the VOC palette: {unknown[:10]}.")
     return np.array([table[int(u)] for u in uniques], dtype=np.uint8)[inverse].reshape(flat.shape)
 
 
@@ -71,61 +71,63 @@ class ZegotVocAug(base.SegmentationBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
     CLASS_NAMES = class_names.VOC20
-    EXPECTED_COUNTS = {'train': (10582,), 'validation': (1449,)}
+    EXPECTED_COUNTS = {"train": (10582,), "validation": (1449,)}
     ARCHIVES = (
-        base.Archive('VOCtrainval_11-May-2012.tar', 'VOCdevkit/VOC2012'),
-        base.Archive('benchmark.tgz', 'benchmark_RELEASE/dataset'),
+        base.Archive("VOCtrainval_11-May-2012.tar", "VOCdevkit/VOC2012"),
+        base.Archive("benchmark.tgz", "benchmark_RELEASE/dataset"),
     )
-    DESCRIPTION = 'PASCAL VOC 2012 + SBD aug, 20 classes (background is ignore 255).'
-    HOMEPAGE = 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/'
+    DESCRIPTION = "PASCAL VOC 2012 + SBD aug, 20 classes (background is ignore 255)."
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
     def _list_split(self, root: Path, split: str) -> tuple[list[base.Item], list[str]]:
-        voc = base.require_dir(root / 'VOCdevkit' / 'VOC2012', 'VOC 2012', _INSTRUCTIONS)
-        lists = voc / 'ImageSets' / 'Segmentation'
-        voc_val = base.read_list(lists / 'val.txt', _INSTRUCTIONS)
+        voc = base.require_dir(root / "VOCdevkit" / "VOC2012", "VOC 2012", _INSTRUCTIONS)
+        lists = voc / "ImageSets" / "Segmentation"
+        voc_val = base.read_list(lists / "val.txt", _INSTRUCTIONS)
         missing: list[str] = []
-        if split == 'validation':
+        if split == "validation":
             ids = sorted(voc_val)
         else:
             sbd = self._sbd_dir(root)
             sbd_ids: set[str] = set()
             if sbd is None:
-                missing.append(f'{root / "VOCdevkit/VOCaug/dataset"} (SBD, benchmark.tgz)')
+                missing.append(f"{root / 'VOCdevkit/VOCaug/dataset'} (SBD, benchmark.tgz)")
             else:
-                for name in ('train.txt', 'val.txt'):
+                for name in ("train.txt", "val.txt"):
                     sbd_ids.update(base.read_list(sbd / name, _INSTRUCTIONS))
-            voc_train = base.read_list(lists / 'train.txt', _INSTRUCTIONS)
+            voc_train = base.read_list(lists / "train.txt", _INSTRUCTIONS)
             ids = sorted((sbd_ids | set(voc_train)) - set(voc_val))
         items = []
         for image_id in ids:
-            image = voc / 'JPEGImages' / f'{image_id}.jpg'
+            image = voc / "JPEGImages" / f"{image_id}.jpg"
             label = self._label_path(root, image_id)
             if not image.is_file():
                 missing.append(str(image))
             elif label is None:
-                missing.append(f'label of {image_id} (SegmentationClass/*.png or SBD cls/*.mat)')
+                missing.append(f"label of {image_id} (SegmentationClass/*.png or SBD cls/*.mat)")
             else:
                 items.append(base.Item(image_id, image, label))
         return items, missing
 
     def _sbd_dir(self, root: Path) -> Path | None:
-        for candidate in ('VOCdevkit/VOCaug/dataset', 'benchmark_RELEASE/dataset'):
+        for candidate in ("VOCdevkit/VOCaug/dataset", "benchmark_RELEASE/dataset"):
             if (root / candidate).is_dir():
                 return root / candidate
         return None
 
     def _label_path(self, root: Path, image_id: str) -> Path | None:
-        voc = root / 'VOCdevkit' / 'VOC2012'
-        candidates = [voc / 'SegmentationClass' / f'{image_id}.png',
-                      voc / 'SegmentationClassAug' / f'{image_id}.png']
+        voc = root / "VOCdevkit" / "VOC2012"
+        candidates = [
+            voc / "SegmentationClass" / f"{image_id}.png",
+            voc / "SegmentationClassAug" / f"{image_id}.png",
+        ]
         sbd = self._sbd_dir(root)
         if sbd is not None:
-            candidates.append(sbd / 'cls' / f'{image_id}.mat')
+            candidates.append(sbd / "cls" / f"{image_id}.mat")
         return next((c for c in candidates if c.is_file()), None)
 
     def _train_ids(self, item: base.Item, size: tuple[int, int]) -> np.ndarray:
         path: Path = item.label
-        if path.suffix == '.mat':
+        if path.suffix == ".mat":
             raw = read_sbd_mat(path)
         else:
             raw = base.read_label_image(path)
@@ -138,6 +140,6 @@ def read_sbd_mat(path: Path) -> np.ndarray:
     """Reads `GTcls.Segmentation` (class ids 0..20) from an SBD .mat file."""
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-        return np.asarray(mat['GTcls'].Segmentation)
+        return np.asarray(mat["GTcls"].Segmentation)
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise ValueError(f'Cannot read GTcls.Segmentation from SBD file {path}: {e}.') from e
+        raise ValueError(f"Cannot read GTcls.Segmentation from SBD file {path}: {e}.") from e
