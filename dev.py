@@ -7,7 +7,8 @@ project into it (plus the test and demo extras for `test`) at the exact versions
 commands are safe to run again. Extra arguments are passed on: `python3 dev.py test -k ot`,
 `python3 dev.py demo --config.train.num_steps=50`.
 
-`test` runs ruff (lint, docstring rules, the formatter's check) and every test, spread over the cores (pytest-xdist), and prints the 15 slowest.
+`test` runs ruff (lint, docstring rules, the formatter's check) and every test, spread over the
+cores (pytest-xdist), and prints the 15 slowest.
 `test --quick` leaves out the tests marked `slow` (end-to-end runs) for a quick local check; CI and
 the README run everything.
 """

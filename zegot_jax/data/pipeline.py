@@ -2,7 +2,7 @@
 
 A source has `len(source)` and `source[i] -> {'image': uint8 [H, W, 3] or JPEG/PNG bytes,
 'label': uint8 [H, W] or PNG bytes}` (train ids, 255 ignore). Both iterators yield numpy batches
-for this process only; `to_global_batch` turns them into sharded `jax.Array`s.
+for this process only; `zegot_jax.sharding.to_global` turns them into sharded `jax.Array`s.
 
 Determinism: every random choice for the i-th example of a process's stream comes from a generator
 seeded by seed + i, so the stream of examples depends on the seed and the process's shard only.
@@ -25,7 +25,6 @@ import grain.python as grain
 import jax
 import numpy as np
 from absl import flags
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zegot_jax import storage
 from zegot_jax.data import transforms as T
@@ -327,16 +326,6 @@ def eval_iterator(
         _ensure_absl_flags()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iterable)
-
-
-def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
-    """Assembles each process's local batch into global `jax.Array`s split along axis 0."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def global_batch(batch: Any, mesh: Mesh, axis: str = "data") -> Any:
-    """`to_global_batch` with `NamedSharding(mesh, P(axis))`."""
-    return to_global_batch(batch, NamedSharding(mesh, PartitionSpec(axis)))
 
 
 SPLIT_ALIASES = {"eval": "validation", "val": "validation", "test": "validation"}

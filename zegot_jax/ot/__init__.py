@@ -70,7 +70,7 @@ from zegot_jax.ot.registry import (
     require_registered,
     unregister_transport,
 )
-from zegot_jax.ot.solvers import DOMAINS, SOLVERS
+from zegot_jax.ot.solvers import DOMAINS
 
 __all__ = [
     "BACKWARDS",
@@ -78,7 +78,6 @@ __all__ = [
     "MARGINAL_ERROR_WARNING",
     "MPOTOutput",
     "Problem",
-    "SOLVERS",
     "Settings",
     "default_options",
     "get_transport",

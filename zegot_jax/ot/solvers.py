@@ -44,7 +44,6 @@ KERNEL_MAX_RANGE = 30.0
 NEWTON_DAMPING = 0.01
 LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0)
 
-SOLVERS = ("sinkhorn", "newton")  # the built-ins; `registry.registered_transports()` lists all
 DOMAINS = ("log", "kernel", "auto")
 
 
