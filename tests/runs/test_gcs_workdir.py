@@ -55,6 +55,13 @@ def _finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[str, str]:
     return out, err
 
 
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs a command to its end; it must succeed."""
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _objects(prefix: str) -> list[str]:
     """Every object under gs:// `prefix`, relative to it."""
     fs = storage._gcsfs()
@@ -110,41 +117,29 @@ def test_a_bucket_run_trains_resumes_is_refused_evaluated_and_segmented(gcs, tmp
 
 
 def _evaluated_and_segmented(bucket: str, workdir: str, tmp_path: Path) -> None:
-    evaluated = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "evaluate.py"),
-            f"--config={ROOT}/configs/synthetic.py:smoke",
-            f"--checkpoint={workdir}",
-            f"--out={bucket}/eval",
-        ],
+    _run(
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        f"--config={ROOT}/configs/synthetic.py:smoke",
+        f"--checkpoint={workdir}",
+        f"--out={bucket}/eval",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"results.md", "results.json"} <= set(_objects(f"{bucket}/eval"))
     PIL.Image.fromarray(random_image(48, 64)).save(tmp_path / "photo.png")
     classes = "tomato,grape,grass,sky"
-    segmented = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "zegot-jax"),
-            "segment",
-            str(tmp_path / "photo.png"),
-            "--run",
-            workdir,
-            "--classes",
-            classes,
-            "--out",
-            f"{bucket}/segmented",
-        ],
+    _run(
+        str(Path(sys.executable).parent / "zegot-jax"),
+        "segment",
+        str(tmp_path / "photo.png"),
+        "--run",
+        workdir,
+        "--classes",
+        classes,
+        "--out",
+        f"{bucket}/segmented",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert segmented.returncode == 0, segmented.stderr[-3000:]
     assert set(_objects(f"{bucket}/segmented")) == {
         "photo.json",
         "photo_labels.png",
@@ -165,22 +160,16 @@ def test_data_weights_and_init_from_in_a_bucket(gcs, tmp_path, tiny_clip):
     """
     bucket = gcs.bucket("zegot-data")
     fakes.fake_voc(tmp_path / "raw", voc.voc_palette())
-    prepared = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zegot_jax.data.prepare",
-            "--dataset=voc",
-            f"--manual_dir={tmp_path / 'raw'}",
-            f"--data_dir={bucket}/tfds",
-            "--allow_partial",
-        ],
+    _run(
+        sys.executable,
+        "-m",
+        "zegot_jax.data.prepare",
+        "--dataset=voc",
+        f"--manual_dir={tmp_path / 'raw'}",
+        f"--data_dir={bucket}/tfds",
+        "--allow_partial",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert any(o.endswith("dataset_info.json") for o in _objects(f"{bucket}/tfds"))
     clip_lib.save_safetensors(tiny_clip, tmp_path / "tiny.safetensors")
     storage.write_bytes(f"{bucket}/clip/tiny.safetensors", (tmp_path / "tiny.safetensors").read_bytes())
