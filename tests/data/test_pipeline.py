@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 from jax.sharding import Mesh
 
+from zegot_jax import sharding
 from zegot_jax.data import pipeline, prepare
 from zegot_jax.data import transforms as T
 from zegot_jax.data.builders import voc
@@ -237,13 +238,13 @@ def test_eval_examples_and_padded_batches():
     assert len(list(pipeline.eval_iterator(source, max_images=2, shard_index=0, shard_count=1))) == 2
 
 
-def test_to_global_batch():
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+def test_a_local_batch_becomes_a_global_one():
+    mesh = Mesh(np.array(jax.devices()[:1]), (sharding.DATA,))
     batch = next(_train(block_source()))
-    out = pipeline.global_batch(batch, mesh)
+    out = sharding.to_global(batch, mesh)  # what the loop does with each batch
     assert isinstance(out["image"], jax.Array) and out["image"].shape == batch["image"].shape
     np.testing.assert_array_equal(np.asarray(out["label"]), batch["label"])
-    assert out["label"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert out["label"].sharding.spec == jax.sharding.PartitionSpec(sharding.DATA)
 
 
 def test_tfds_source_feeds_the_pipeline(tmp_path):

@@ -24,6 +24,7 @@ from inference_fixtures import random_image, save_run, smoke_config
 from zegot_jax import clip as clip_lib
 from zegot_jax import inference, storage
 from zegot_jax.configs import synthetic
+from zegot_jax.data import prepare
 from zegot_jax.data.builders import voc
 from zegot_jax.runs import checkpoint as ckpt_lib
 from zegot_jax.runs import saved
@@ -112,6 +113,11 @@ def test_a_bucket_run_trains_resumes_is_refused_evaluated_and_segmented(gcs, tmp
     rows = [json.loads(line) for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 61))  # each step once
     assert "hiou" in rows[-1] and "trained" in out
+    # The synthetic config scores the training-free templates beside the trained model (this run
+    # is the suite's end-to-end run of that config).
+    assert {"training_free_miou_seen", "training_free_miou_unseen", "training_free_hiou"} <= set(rows[-1])
+    assert rows[-1]["seen_penalty"] == 0.1 and "training-free" in out
+    assert "training-free" in storage.read_text(f"{workdir}/results.md")
     _evaluated_and_segmented(bucket, workdir, tmp_path)
     _no_local_gs(tmp_path, ROOT)
 
@@ -160,16 +166,8 @@ def test_data_weights_and_init_from_in_a_bucket(gcs, tmp_path, tiny_clip):
     """
     bucket = gcs.bucket("zegot-data")
     fakes.fake_voc(tmp_path / "raw", voc.voc_palette())
-    _run(
-        sys.executable,
-        "-m",
-        "zegot_jax.data.prepare",
-        "--dataset=voc",
-        f"--manual_dir={tmp_path / 'raw'}",
-        f"--data_dir={bucket}/tfds",
-        "--allow_partial",
-        cwd=tmp_path,
-    )
+    prepared = ["--dataset=voc", f"--manual_dir={tmp_path / 'raw'}", f"--data_dir={bucket}/tfds"]
+    assert prepare.main([*prepared, "--allow_partial"]) == 0  # the command, in this process
     assert any(o.endswith("dataset_info.json") for o in _objects(f"{bucket}/tfds"))
     clip_lib.save_safetensors(tiny_clip, tmp_path / "tiny.safetensors")
     storage.write_bytes(f"{bucket}/clip/tiny.safetensors", (tmp_path / "tiny.safetensors").read_bytes())

@@ -87,27 +87,39 @@ def _wait_for_checkpoint(proc, workdir, at_least, timeout=240):
     pytest.fail("no checkpoint appeared")
 
 
-LONG = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5"]
+# One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses. Long enough for a
+# SIGTERM sent after step 1 to be agreed mid-run in the two-process test (JAX's notifier polls
+# once a second; a step took 0.03-0.1 s here).
+SPLIT = [
+    "--config.train.global_batch_size=8",
+    "--config.train.num_steps=80",
+    "--config.train.checkpoint_every=40",
+]
+STEPS = list(range(1, 81))
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    reference = _train_losses(tmp_path / "ref", *LONG)
-    work = tmp_path / "killed"
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, one_device_losses):
+    # The uninterrupted run is the shared one-device reference: checkpoint_every does not change
+    # what trains, only when it is saved.
+    work, every_5 = tmp_path / "killed", "--config.train.checkpoint_every=5"
     proc = subprocess.Popen(
-        _cmd(work, *LONG), cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        _cmd(work, *SPLIT, every_5),
+        cwd=ROOT,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     _wait_for_checkpoint(proc, work, at_least=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(_losses(work))
-    assert killed_at < 60, "the run finished before it was killed; the test proves nothing"
-    _run(work, *LONG)
+    assert killed_at < STEPS[-1], "the run finished before it was killed; the test proves nothing"
+    _run(work, *SPLIT, every_5)
     resumed = _losses(work)
-    assert sorted(resumed) == sorted(reference) == list(range(1, 61))
-    np.testing.assert_allclose(
-        [resumed[s] for s in range(1, 61)], [reference[s] for s in range(1, 61)], rtol=1e-5
-    )
+    assert sorted(resumed) == sorted(one_device_losses) == STEPS
+    np.testing.assert_allclose([resumed[s] for s in STEPS], [one_device_losses[s] for s in STEPS], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -165,17 +177,6 @@ def test_a_nan_gradient_of_a_finite_loss_names_epsilon():
         )  # a huge learning rate, not the OT
 
 
-# One global batch of 8 on 1 device, 8 devices or 2 processes: the same losses. Long enough for a
-# SIGTERM sent after step 1 to be agreed mid-run in the two-process test (JAX's notifier polls
-# once a second; a step took 0.03-0.1 s here).
-SPLIT = [
-    "--config.train.global_batch_size=8",
-    "--config.train.num_steps=80",
-    "--config.train.checkpoint_every=40",
-]
-STEPS = list(range(1, 81))
-
-
 def _once_per_test_run(name: str, train) -> dict[int, float]:
     """`train(workdir)`'s losses, trained by the first pytest-xdist worker that asks.
 
@@ -193,7 +194,7 @@ def _once_per_test_run(name: str, train) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def one_device_losses():
-    """The reference both split runs compare with (trained once per test run)."""
+    """The reference the split runs and the SIGKILL resume compare with (trained once per run)."""
     return _once_per_test_run("one_device", lambda work: _train_losses(work, *SPLIT))
 
 
