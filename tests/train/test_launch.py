@@ -258,3 +258,17 @@ def test_metrics_after_the_restored_step_are_dropped(tmp_path):
     writer.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [*rows[:3], {"step": 4, "loss": 40.0}]
+
+
+def test_a_metrics_log_that_is_a_link_is_replaced_not_written_through(tmp_path):
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"step": 1, "loss": 1.0}\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(outside)
+    writer = MetricWriter(str(run), restored_step=5)
+    writer.write(6, {"loss": 2.0})
+    writer.close()
+    assert outside.read_text() == '{"step": 1, "loss": 1.0}\n'  # nothing written outside the run
+    assert not (run / "metrics.jsonl").is_symlink()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 6]
