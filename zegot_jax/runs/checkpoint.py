@@ -238,30 +238,24 @@ class Checkpointer:
         Raises:
             ValueError: `corrupt_checkpoints` is a link or a file, or the rename failed.
         """
-        if storage.is_remote(self.workdir):  # copied whole, then removed: nothing lost
-            target = f"{self.workdir}/corrupt_checkpoints/{step}"
-            n = 1
-            while storage.exists(target):
-                n += 1
-                target = f"{self.workdir}/corrupt_checkpoints/{step}-{n}"
-            storage.move_tree(f"{directory(self.workdir)}/{step}", target)
-            return f"moved it to {target}"
-        aside = Path(self.workdir) / "corrupt_checkpoints"
-        source = Path(directory(self.workdir)) / str(step)
-        if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+        aside = storage.path(self.workdir) / "corrupt_checkpoints"
+        source = storage.path(directory(self.workdir)) / str(step)
+        remote = storage.is_remote(self.workdir)
+        if not remote and (os.path.islink(aside) or (aside.exists() and not aside.is_dir())):
             raise ValueError(
                 f"Checkpoint step {step} is damaged and should be set aside, but "
                 f"{aside} is a link or a file, not a folder of this run; move it "
                 f"away, or delete {source} yourself, and start again."
             )
-        aside.mkdir(exist_ok=True)
         target, n = aside / str(step), 1
-        while os.path.lexists(target):
+        while storage.exists(target):  # a link counts as taken, never followed
             n += 1
             target = aside / f"{step}-{n}"
-        try:
-            os.rename(source, target)  # renames a link itself, never what it points to
+        try:  # locally a rename (of a link itself); in a bucket copied whole, then removed
+            storage.move_tree(source, target)
         except OSError as e:
+            if remote:
+                raise
             raise ValueError(
                 f"Checkpoint step {step} is damaged and could not be moved to "
                 f"{target} ({e.strerror}); delete {source} yourself and start "

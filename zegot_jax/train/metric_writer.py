@@ -47,7 +47,8 @@ class MetricWriter:
         from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
 
         path = storage.path(workdir) / METRICS
-        rows = _rows_up_to(storage.read_text(path) if storage.exists(path) else "", restored_step)
+        logged = storage.read_text(path) if storage.exists(path) else ""
+        rows = _rows_up_to(logged, restored_step)
         if self.remote:
             self._rows = rows
             self._events = tempfile.mkdtemp(prefix="zegot-tensorboard-")
@@ -55,7 +56,7 @@ class MetricWriter:
             self._upload(force=True)
         else:
             storage.check_no_links(path, workdir)  # nothing written outside the run
-            if rows != _lines(path) or os.path.islink(path):  # a link is replaced, not followed
+            if rows != logged.splitlines() or os.path.islink(path):  # a link is replaced
                 storage.write_text(path, "".join(f"{row}\n" for row in rows), root=workdir)
             self._tb = SummaryWriter(str(Path(workdir) / TENSORBOARD))
             self._file = open(path, "a")  # noqa: SIM115
@@ -106,10 +107,6 @@ class MetricWriter:
             shutil.rmtree(self._events, ignore_errors=True)
         else:
             self._file.close()
-
-
-def _lines(path: Any) -> list[str]:
-    return storage.read_text(path).splitlines() if storage.exists(path) else []
 
 
 def _rows_up_to(text: str, last_step: int) -> list[str]:
